@@ -1,0 +1,193 @@
+//! The running host: targets feed samples to rule workers, whose verdicts go
+//! through the alert lifecycle to the sink.
+//!
+//! ```text
+//! targets --poll--> samples --dispatch--> rule workers --evaluations--> alert tracker --> sink
+//! ```
+//!
+//! [`App::build`] does everything that can fail at start (open the state
+//! database, compile and `init` every rule) before anything runs, so a host
+//! either starts fully configured or not at all.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use tokio::sync::mpsc;
+
+use crate::alerts::Tracker;
+use crate::config::Settings;
+use crate::plugins::{self, Evaluation, LoadedRule, RuleWorker};
+use crate::runtime::{Runtime, Sample};
+use crate::sinks::StdoutSink;
+use crate::sources;
+use crate::state::StateDb;
+
+/// Samples in flight between the pollers and the dispatcher.
+const SAMPLE_QUEUE: usize = 1024;
+
+/// A host, configured and loaded, ready to run.
+pub struct App {
+    settings: Settings,
+    rules: Vec<LoadedRule>,
+    sink: StdoutSink,
+}
+
+impl App {
+    /// Opens the state database in `data_dir` and loads every rule. Any
+    /// failure is returned with the culprit named; nothing is started.
+    pub async fn build(
+        settings: Settings,
+        data_dir: &Path,
+        sink: StdoutSink,
+    ) -> anyhow::Result<App> {
+        std::fs::create_dir_all(data_dir).with_context(|| {
+            format!("cannot create the data directory `{}`", data_dir.display())
+        })?;
+        let db_path = data_dir.join("state.redb");
+        let state = StateDb::open(&db_path).with_context(|| {
+            format!(
+                "cannot open the state database `{}`\nhint: is another vigil using this data directory? \
+                 Give each its own with --data-dir",
+                db_path.display()
+            )
+        })?;
+        let runtime = Runtime::new()?;
+        let specs = settings.rules.clone();
+        // Compiling is CPU-heavy (seconds for big components): keep it off
+        // the async workers.
+        let loaded = tokio::task::spawn_blocking(move || {
+            specs
+                .iter()
+                .map(|spec| plugins::load(&runtime, &state, spec))
+                .collect::<Vec<_>>()
+        })
+        .await?;
+        let mut rules = Vec::new();
+        let mut errors = Vec::new();
+        for result in loaded {
+            match result {
+                Ok(rule) => rules.push(rule),
+                Err(error) => errors.push(error.to_string()),
+            }
+        }
+        if !errors.is_empty() {
+            bail!(
+                "cannot load {} of {} rules:\n{}",
+                errors.len(),
+                settings.rules.len(),
+                errors.join("\n")
+            );
+        }
+        Ok(App {
+            settings,
+            rules,
+            sink,
+        })
+    }
+
+    /// Polls, evaluates and reports until `shutdown` completes, then stops
+    /// the pollers and finishes the samples already taken.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let App {
+            settings,
+            rules,
+            mut sink,
+        } = self;
+        let (sample_tx, mut samples) = mpsc::channel::<Arc<Sample>>(SAMPLE_QUEUE);
+        let (result_tx, mut results) = mpsc::unbounded_channel::<Evaluation>();
+        let workers: Vec<RuleWorker> = rules
+            .into_iter()
+            .map(|rule| RuleWorker::spawn(rule, result_tx.clone()))
+            .collect();
+        drop(result_tx);
+        let pollers: Vec<_> = settings
+            .targets
+            .iter()
+            .map(|target| sources::spawn(target, sample_tx.clone()))
+            .collect();
+        drop(sample_tx);
+        tracing::info!(
+            targets = settings.targets.len(),
+            rules = workers.len(),
+            "Vigil is running."
+        );
+
+        let mut tracker = Tracker::default();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                Some(sample) = samples.recv() => {
+                    for worker in &workers {
+                        worker.send(sample.clone()).await;
+                    }
+                }
+                Some(evaluation) = results.recv() => report(&mut sink, &mut tracker, &evaluation),
+            }
+        }
+
+        tracing::info!("Shutting down.");
+        for poller in &pollers {
+            poller.abort();
+        }
+        // Samples already taken are still evaluated and reported.
+        while let Ok(sample) = samples.try_recv() {
+            for worker in &workers {
+                worker.send(sample.clone()).await;
+            }
+        }
+        tokio::task::spawn_blocking(move || workers.into_iter().for_each(RuleWorker::stop)).await?;
+        while let Some(evaluation) = results.recv().await {
+            report(&mut sink, &mut tracker, &evaluation);
+        }
+        Ok(())
+    }
+}
+
+fn report(sink: &mut StdoutSink, tracker: &mut Tracker, evaluation: &Evaluation) {
+    sink.evaluation(evaluation);
+    let sample = &evaluation.sample;
+    match &evaluation.result {
+        Ok(verdict) => {
+            for event in tracker.observe(
+                &evaluation.rule,
+                &sample.target,
+                &verdict.alerts,
+                sample.timestamp_ms,
+            ) {
+                sink.alert(&event);
+            }
+            for action in &verdict.actions {
+                tracing::info!(
+                    rule = %evaluation.rule,
+                    target = %sample.target,
+                    action = %action.action,
+                    "Action requested; remediation is not enabled in this build, so nothing runs."
+                );
+            }
+        }
+        // A failed call says nothing about the alerts: they stay as they were.
+        Err(error) => tracing::warn!(
+            rule = %evaluation.rule,
+            target = %sample.target,
+            kind = error.kind(),
+            %error,
+            "Rule evaluation failed; its instance will be rebuilt."
+        ),
+    }
+}
+
+/// Where durable state goes when neither `--data-dir` nor the config says:
+/// `$XDG_STATE_HOME/vigil`, else `~/.local/state/vigil`, else `./vigil-data`.
+pub fn default_data_dir() -> PathBuf {
+    let non_empty = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty());
+    if let Some(state) = non_empty("XDG_STATE_HOME") {
+        return PathBuf::from(state).join("vigil");
+    }
+    if let Some(home) = non_empty("HOME") {
+        return PathBuf::from(home).join(".local/state/vigil");
+    }
+    PathBuf::from("vigil-data")
+}

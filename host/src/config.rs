@@ -1,0 +1,531 @@
+//! The host configuration: a TOML file parsed once, at start, into typed
+//! values ([`Settings`]). Everything that can be checked without running is
+//! checked here, and an error names the file, the line and the fix: the host
+//! never starts half-configured.
+//!
+//! ```toml
+//! data_dir = "/var/lib/vigil"          # optional
+//!
+//! [[targets]]
+//! name = "web-01"
+//! kind = "http-json"                   # http-json | local
+//! url = "http://127.0.0.1:8080/status"
+//! interval = "5s"
+//! timeout = "2s"
+//! labels = { team = "payments" }
+//!
+//! [[rules]]
+//! path = "rules/my_rule.wasm"          # or: builtin = "threshold"
+//! config = { thresholds = { cpu_usage = 90 } }
+//! timeout = "100ms"
+//! max_memory_mib = 64
+//! ```
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::plugins::builtin;
+use crate::runtime::Limits;
+
+/// Poll interval when a target does not set one.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+/// HTTP timeout when a target does not set one.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest status body accepted when a target does not set a limit.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where durable state lives; `None` picks the default location.
+    pub data_dir: Option<PathBuf>,
+    /// What to poll.
+    pub targets: Vec<TargetSpec>,
+    /// What to run on each sample.
+    pub rules: Vec<RuleSpec>,
+}
+
+/// One target to poll.
+#[derive(Debug, Clone)]
+pub struct TargetSpec {
+    /// Unique name, sent to rules as `sample.target`.
+    pub name: String,
+    /// Labels sent with every sample, sorted by name.
+    pub labels: BTreeMap<String, String>,
+    /// Time between the starts of two polls.
+    pub interval: Duration,
+    /// How to poll it.
+    pub kind: TargetKind,
+}
+
+/// How a target is polled.
+#[derive(Debug, Clone)]
+pub enum TargetKind {
+    /// `GET url`, expecting a JSON object of numbers.
+    HttpJson {
+        /// The status endpoint.
+        url: reqwest::Url,
+        /// Deadline for the whole request, body included.
+        timeout: Duration,
+        /// Bodies larger than this are refused.
+        max_body_bytes: usize,
+    },
+    /// This machine: CPU, memory, load and disks.
+    Local,
+}
+
+/// One rule to load.
+#[derive(Debug, Clone)]
+pub struct RuleSpec {
+    /// Unique name: the rule's log tag and state namespace.
+    pub name: String,
+    /// Where its component comes from.
+    pub source: RuleSource,
+    /// Its `config` table, as the JSON text `init` receives.
+    pub config_json: String,
+    /// Its resource limits.
+    pub limits: Limits,
+    /// Where it was declared (`vigil.toml:12`), for error messages.
+    pub origin: String,
+}
+
+/// Where a rule's component comes from.
+#[derive(Debug, Clone)]
+pub enum RuleSource {
+    /// A rule embedded in the binary.
+    Builtin(&'static builtin::Builtin),
+    /// A `.wasm` file.
+    File(PathBuf),
+}
+
+impl fmt::Display for RuleSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RuleSource::Builtin(builtin) => write!(f, "builtin:{}", builtin.name),
+            RuleSource::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// A configuration that cannot be used, with where and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{location}: {message}")]
+pub struct ConfigError {
+    /// `file` or `file:line`.
+    pub location: String,
+    /// What is wrong, and the fix when there is an obvious one.
+    pub message: String,
+}
+
+impl Settings {
+    /// The embedded default: watch this machine every 5 s with the bundled
+    /// `threshold` rule.
+    pub fn local_default() -> Self {
+        Settings {
+            data_dir: None,
+            targets: vec![TargetSpec {
+                name: "local".into(),
+                labels: BTreeMap::new(),
+                interval: DEFAULT_INTERVAL,
+                kind: TargetKind::Local,
+            }],
+            rules: vec![default_rule("embedded default")],
+        }
+    }
+
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+            location: path.display().to_string(),
+            message: format!("cannot read the config file: {error}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates config text; `path` names it in errors and anchors relative
+    /// rule paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let file: ConfigFile = toml::from_str(text).map_err(|error| ConfigError {
+            location: path.display().to_string(),
+            message: error.to_string().trim_end().to_string(),
+        })?;
+        let at = |span: std::ops::Range<usize>| {
+            format!("{}:{}", path.display(), line_of(text, span.start))
+        };
+        let base = path.parent().unwrap_or(Path::new("."));
+
+        if file.targets.is_empty() {
+            return Err(ConfigError {
+                location: path.display().to_string(),
+                message: "no targets to poll\nhint: add a [[targets]] table, e.g. kind = \"local\" to watch this machine".into(),
+            });
+        }
+        let mut names = HashSet::new();
+        let mut targets = Vec::new();
+        for spanned in file.targets {
+            let location = at(spanned.span());
+            let target = spanned.into_inner();
+            let name = target.name.clone();
+            let fail = |message: String| ConfigError {
+                location: location.clone(),
+                message: format!("target `{name}`: {message}"),
+            };
+            if !names.insert(name.clone()) {
+                return Err(fail(
+                    "the name is used twice; target names must be unique".into(),
+                ));
+            }
+            targets.push(target.validate().map_err(fail)?);
+        }
+
+        let mut rules = Vec::new();
+        let mut names = HashSet::new();
+        for spanned in file.rules {
+            let location = at(spanned.span());
+            let rule = spanned.into_inner();
+            let spec = rule
+                .validate(base, &location)
+                .map_err(|message| ConfigError {
+                    location: location.clone(),
+                    message,
+                })?;
+            if !names.insert(spec.name.clone()) {
+                return Err(ConfigError {
+                    location,
+                    message: format!(
+                        "rule `{}`: the name is used twice\nhint: set `name` to tell the rules apart",
+                        spec.name
+                    ),
+                });
+            }
+            rules.push(spec);
+        }
+        if rules.is_empty() {
+            rules.push(default_rule(&path.display().to_string()));
+        }
+        Ok(Settings {
+            data_dir: file.data_dir.map(|dir| base.join(dir)),
+            targets,
+            rules,
+        })
+    }
+}
+
+fn default_rule(origin: &str) -> RuleSpec {
+    RuleSpec {
+        name: builtin::THRESHOLD.name.into(),
+        source: RuleSource::Builtin(&builtin::THRESHOLD),
+        config_json: "{}".into(),
+        limits: Limits::default(),
+        origin: origin.into(),
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    targets: Vec<Spanned<TargetConfig>>,
+    #[serde(default)]
+    rules: Vec<Spanned<RuleConfig>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetConfig {
+    name: String,
+    kind: KindName,
+    url: Option<String>,
+    interval: Option<ConfigDuration>,
+    timeout: Option<ConfigDuration>,
+    max_body_bytes: Option<usize>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+enum KindName {
+    HttpJson,
+    Local,
+}
+
+impl TargetConfig {
+    fn validate(self) -> Result<TargetSpec, String> {
+        if self.name.is_empty() {
+            return Err("the name is empty".into());
+        }
+        let interval = self.interval.map_or(DEFAULT_INTERVAL, |d| d.0);
+        if interval < Duration::from_millis(10) {
+            return Err(format!(
+                "interval `{interval:?}` is too short; use 10ms or more"
+            ));
+        }
+        for label in self.labels.keys() {
+            check_label_name(label)?;
+        }
+        let kind = match self.kind {
+            KindName::HttpJson => {
+                let url = self.url.ok_or(
+                    "kind `http-json` needs a `url`, e.g. \"http://127.0.0.1:8080/status\"",
+                )?;
+                let url = reqwest::Url::parse(&url)
+                    .map_err(|error| format!("invalid url `{url}`: {error}"))?;
+                if !matches!(url.scheme(), "http" | "https") {
+                    return Err(format!("url `{url}` must be http:// or https://"));
+                }
+                TargetKind::HttpJson {
+                    url,
+                    timeout: self.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0),
+                    max_body_bytes: self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+                }
+            }
+            KindName::Local => {
+                for (field, set) in [
+                    ("url", self.url.is_some()),
+                    ("timeout", self.timeout.is_some()),
+                    ("max_body_bytes", self.max_body_bytes.is_some()),
+                ] {
+                    if set {
+                        return Err(format!("kind `local` takes no `{field}`"));
+                    }
+                }
+                TargetKind::Local
+            }
+        };
+        Ok(TargetSpec {
+            name: self.name,
+            labels: self.labels,
+            interval,
+            kind,
+        })
+    }
+}
+
+fn check_label_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let valid = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "label name `{name}` is invalid; use letters, digits and `_`, not starting with a digit"
+        ))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleConfig {
+    path: Option<PathBuf>,
+    builtin: Option<String>,
+    name: Option<String>,
+    #[serde(default)]
+    config: toml::Table,
+    timeout: Option<ConfigDuration>,
+    init_timeout: Option<ConfigDuration>,
+    max_memory_mib: Option<usize>,
+}
+
+impl RuleConfig {
+    fn validate(self, base: &Path, origin: &str) -> Result<RuleSpec, String> {
+        let source = match (self.path, self.builtin) {
+            (Some(path), None) => RuleSource::File(base.join(path)),
+            (None, Some(name)) => RuleSource::Builtin(builtin::find(&name).ok_or_else(|| {
+                format!(
+                    "there is no builtin rule `{name}`; builtins: {}",
+                    builtin::names().join(", ")
+                )
+            })?),
+            (Some(_), Some(_)) => return Err("a rule takes `path` or `builtin`, not both".into()),
+            (None, None) => {
+                return Err(
+                    "a rule needs `path` (a .wasm file) or `builtin` (e.g. \"threshold\")".into(),
+                );
+            }
+        };
+        let name = match (self.name, &source) {
+            (Some(name), _) => name,
+            (None, RuleSource::Builtin(builtin)) => builtin.name.to_string(),
+            (None, RuleSource::File(path)) => path
+                .file_stem()
+                .map(|stem| stem.to_string_lossy().into_owned())
+                .ok_or_else(|| {
+                    format!(
+                        "cannot name the rule after `{}`; set `name`",
+                        path.display()
+                    )
+                })?,
+        };
+        let mut limits = Limits::default();
+        if let Some(timeout) = self.timeout {
+            limits.evaluate_timeout = timeout.0;
+        }
+        if let Some(timeout) = self.init_timeout {
+            limits.init_timeout = timeout.0;
+        }
+        if let Some(mib) = self.max_memory_mib {
+            if mib == 0 {
+                return Err("max_memory_mib must be at least 1".into());
+            }
+            limits.max_memory_bytes = mib.saturating_mul(1024 * 1024);
+        }
+        let config_json = serde_json::to_string(&self.config).map_err(|error| {
+            format!("rule `{name}`: its config cannot be passed as JSON: {error}")
+        })?;
+        Ok(RuleSpec {
+            name,
+            source,
+            config_json,
+            limits,
+            origin: origin.to_string(),
+        })
+    }
+}
+
+/// A duration written as text: `500ms`, `5s`, `1m 30s`.
+struct ConfigDuration(Duration);
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let duration = humantime::parse_duration(&text).map_err(|error| {
+            serde::de::Error::custom(format!(
+                "invalid duration `{text}`: {error}; write e.g. \"5s\" or \"250ms\""
+            ))
+        })?;
+        if duration.is_zero() {
+            return Err(serde::de::Error::custom(
+                "a duration of zero is not allowed here",
+            ));
+        }
+        Ok(ConfigDuration(duration))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Settings, ConfigError> {
+        Settings::parse(text, Path::new("/etc/vigil/vigil.toml"))
+    }
+
+    #[test]
+    fn a_full_config_becomes_typed_settings() {
+        let settings = parse(
+            r#"
+data_dir = "state"
+
+[[targets]]
+name = "web-01"
+kind = "http-json"
+url = "http://127.0.0.1:8080/status"
+interval = "1s"
+timeout = "250ms"
+labels = { team = "payments" }
+
+[[rules]]
+builtin = "threshold"
+config = { thresholds = { cpu_usage = 90 } }
+timeout = "50ms"
+max_memory_mib = 32
+
+[[rules]]
+path = "rules/disk.wasm"
+"#,
+        )
+        .unwrap();
+        assert_eq!(settings.data_dir, Some(PathBuf::from("/etc/vigil/state")));
+        let target = &settings.targets[0];
+        assert_eq!(target.interval, Duration::from_secs(1));
+        let TargetKind::HttpJson {
+            url,
+            timeout,
+            max_body_bytes,
+        } = &target.kind
+        else {
+            panic!("expected http-json");
+        };
+        assert_eq!(url.as_str(), "http://127.0.0.1:8080/status");
+        assert_eq!(*timeout, Duration::from_millis(250));
+        assert_eq!(*max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        let [threshold, disk] = &settings.rules[..] else {
+            panic!("two rules")
+        };
+        assert_eq!(threshold.config_json, r#"{"thresholds":{"cpu_usage":90}}"#);
+        assert_eq!(threshold.limits.evaluate_timeout, Duration::from_millis(50));
+        assert_eq!(threshold.limits.max_memory_bytes, 32 << 20);
+        assert_eq!(threshold.origin, "/etc/vigil/vigil.toml:14");
+        assert_eq!(disk.name, "disk");
+        assert!(
+            matches!(&disk.source, RuleSource::File(p) if p == Path::new("/etc/vigil/rules/disk.wasm"))
+        );
+    }
+
+    #[test]
+    fn no_rules_means_the_default_rule() {
+        let settings = parse("[[targets]]\nname = \"me\"\nkind = \"local\"\n").unwrap();
+        assert_eq!(settings.rules.len(), 1);
+        assert_eq!(settings.rules[0].name, "threshold");
+    }
+
+    #[test]
+    fn errors_name_the_file_the_line_and_the_fix() {
+        let error = |text: &str| parse(text).unwrap_err().to_string();
+        let bad_duration =
+            error("[[targets]]\nname = \"a\"\nkind = \"local\"\ninterval = \"soon\"\n");
+        assert!(
+            bad_duration.contains("/etc/vigil/vigil.toml"),
+            "{bad_duration}"
+        );
+        assert!(bad_duration.contains("line 4"), "{bad_duration}");
+        assert!(
+            bad_duration.contains("invalid duration `soon`"),
+            "{bad_duration}"
+        );
+
+        let no_url = error(
+            "[[targets]]\nname = \"a\"\nkind = \"local\"\n\n[[targets]]\nname = \"web\"\nkind = \"http-json\"\n",
+        );
+        assert_eq!(
+            no_url,
+            "/etc/vigil/vigil.toml:5: target `web`: kind `http-json` needs a `url`, e.g. \"http://127.0.0.1:8080/status\""
+        );
+
+        let typo = error("[[targets]]\nname = \"a\"\nkind = \"local\"\nintreval = \"5s\"\n");
+        assert!(typo.contains("unknown field `intreval`"), "{typo}");
+
+        let dup = error(
+            "[[targets]]\nname = \"a\"\nkind = \"local\"\n[[targets]]\nname = \"a\"\nkind = \"local\"\n",
+        );
+        assert!(
+            dup.contains(":4: target `a`: the name is used twice"),
+            "{dup}"
+        );
+
+        let kind = error("[[targets]]\nname = \"a\"\nkind = \"snmp\"\n");
+        assert!(kind.contains("unknown variant `snmp`"), "{kind}");
+
+        assert!(error("").contains("no targets"));
+        let rule =
+            error("[[targets]]\nname = \"a\"\nkind = \"local\"\n[[rules]]\nbuiltin = \"nope\"\n");
+        assert!(
+            rule.contains(":4: there is no builtin rule `nope`"),
+            "{rule}"
+        );
+    }
+}

@@ -1,0 +1,44 @@
+//! Vigil: a monitoring rule host. It polls targets, hands each sample to
+//! rules that run as sandboxed WebAssembly components, and turns their
+//! verdicts into alerts that fire and resolve exactly once.
+//!
+//! Load the bundled `threshold` rule, feed it a sample, get an alert:
+//!
+//! ```
+//! use vigil::alerts::{Status, Tracker};
+//! use vigil::config::Settings;
+//! use vigil::runtime::{Metric, Runtime};
+//! use vigil::state::StateDb;
+//! use vigil::{plugins, sources};
+//!
+//! # fn main() -> anyhow::Result<()> {
+//! let settings = Settings::local_default(); // the bundled rule, default config
+//! let runtime = Runtime::new()?;
+//! let state = StateDb::in_memory()?;
+//! let mut rule = plugins::load(&runtime, &state, &settings.rules[0])?;
+//!
+//! let cpu = Metric { name: "cpu_usage".into(), value: 91.0, labels: vec![] };
+//! let sample = sources::make_sample("web-01", &[], Ok(vec![cpu]), 1_000);
+//! let verdict = rule.instance.evaluate(&sample)?;
+//!
+//! let mut tracker = Tracker::default();
+//! let events = tracker.observe("threshold", "web-01", &verdict.alerts, sample.timestamp_ms);
+//! assert_eq!(events[0].status, Status::Firing);
+//! assert_eq!(events[0].alert.name, "CpuUsageHigh");
+//! assert_eq!(events[0].alert.summary, "cpu_usage is 91.0, above 80");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The modules follow the data flow: [`sources`] → [`plugins`] (on the
+//! [`runtime`]) → [`alerts`] → [`sinks`], wired together by [`app`].
+
+pub mod alerts;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod plugins;
+pub mod runtime;
+pub mod sinks;
+pub mod sources;
+pub mod state;

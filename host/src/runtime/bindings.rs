@@ -1,0 +1,10 @@
+#![allow(missing_docs)] // generated; the WIT file documents every item that matters
+//! The one `bindgen!` call: Rust types and call stubs for `wit/vigil.wit`.
+//!
+//! Everything else in the host uses the aliases re-exported from
+//! [`crate::runtime`], so the generated names appear in one place only.
+
+wasmtime::component::bindgen!({
+    world: "rule",
+    path: "../wit",
+});

@@ -1,0 +1,176 @@
+//! Turning bytes into a rule the host can instantiate, with a precise reason
+//! for every way the bytes can be wrong.
+
+use std::time::{Duration, Instant};
+
+use wasmtime::component::Component;
+
+use super::Runtime;
+use super::bindings::RulePre;
+use super::sandbox::StoreData;
+
+/// The WIT package version this host serves.
+pub const WIT_VERSION: &str = "0.1.0";
+/// The WIT package this host serves, as components name it.
+pub const WIT_PACKAGE: &str = "vigil:rules@0.1.0";
+
+/// Why a file is not a rule this host can run.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The bytes do not start with the wasm magic number.
+    #[error("not a WebAssembly file (it does not start with `\\0asm`)")]
+    NotWasm,
+    /// A core module, not a component.
+    #[error(
+        "a core WebAssembly module, not a component\n\
+         hint: build for `wasm32-wasip2`, or wrap it with `wasm-tools component new`"
+    )]
+    CoreModule,
+    /// Wasmtime rejected the component (truncated, malformed, unsupported).
+    #[error("not a valid component: {0}")]
+    Invalid(String),
+    /// Built against another version of the contract.
+    #[error(
+        "built for `{found}`, but this host serves `{WIT_PACKAGE}`\n\
+         hint: rebuild the rule against this host's wit/ folder"
+    )]
+    WrongVersion {
+        /// The import the component asked for.
+        found: String,
+    },
+    /// Asks for something rules are not granted.
+    #[error(
+        "imports `{0}`, which rules are not granted (only `vigil:rules/host` and WASI's clocks, random and stdio)"
+    )]
+    ForbiddenImport(String),
+    /// Missing one of the world's exports.
+    #[error("does not export `{0}`; is it built for the `rule` world of `{WIT_PACKAGE}`?")]
+    MissingExport(&'static str),
+    /// Linking failed for another reason.
+    #[error("cannot be linked: {0}")]
+    Link(String),
+    /// `init` returned an error.
+    #[error("`init` refused its config: {0}")]
+    InitRefused(String),
+    /// `init` (or instantiation) trapped, timed out or ran out of memory.
+    #[error("`init` failed: {0}")]
+    InitFailed(super::CallError),
+}
+
+/// A compiled and pre-linked rule, ready to instantiate (cheap) as often as
+/// needed.
+#[derive(Clone)]
+pub struct Prepared {
+    pub(crate) pre: RulePre<StoreData>,
+    /// How long compiling took.
+    pub compile_time: Duration,
+    /// Size of the component in bytes.
+    pub size: usize,
+}
+
+/// Core wasm modules carry version 1 in bytes 4..8; components carry a
+/// different version and layer 1.
+const CORE_MODULE_VERSION: [u8; 4] = [1, 0, 0, 0];
+
+impl Runtime {
+    /// Compiles and links a component. Slow (milliseconds for Rust, seconds
+    /// for interpreters compiled to wasm): keep it off the evaluation path.
+    pub fn prepare(&self, bytes: &[u8]) -> Result<Prepared, LoadError> {
+        if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+            return Err(LoadError::NotWasm);
+        }
+        if bytes[4..8] == CORE_MODULE_VERSION {
+            return Err(LoadError::CoreModule);
+        }
+        let started = Instant::now();
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|error| LoadError::Invalid(format!("{error:#}")))?;
+        let compile_time = started.elapsed();
+        self.check_world(&component)?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|error| LoadError::Link(format!("{error:#}")))?;
+        let pre =
+            RulePre::new(instance_pre).map_err(|error| LoadError::Link(format!("{error:#}")))?;
+        Ok(Prepared {
+            pre,
+            compile_time,
+            size: bytes.len(),
+        })
+    }
+
+    /// Checks imports and exports against the `rule` world so that the
+    /// common mistakes get a message better than a linker error.
+    fn check_world(&self, component: &Component) -> Result<(), LoadError> {
+        let ty = component.component_type();
+        for (name, _) in ty.imports(&self.engine) {
+            if let Some(interface) = name.strip_prefix("vigil:rules/") {
+                let version = interface.split_once('@').map(|(_, version)| version);
+                if !version.is_some_and(compatible) {
+                    return Err(LoadError::WrongVersion {
+                        found: name.to_string(),
+                    });
+                }
+            } else if !is_granted_wasi(name) {
+                return Err(LoadError::ForbiddenImport(name.to_string()));
+            }
+        }
+        for export in ["init", "evaluate"] {
+            if ty.get_export(&self.engine, export).is_none() {
+                return Err(LoadError::MissingExport(export));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Semver compatibility as the component model sees it: same major, and for
+/// 0.x the same minor.
+fn compatible(version: &str) -> bool {
+    let key = |v: &str| -> Option<(u64, u64)> {
+        let mut parts = v.split('.');
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next()?.parse().ok()?;
+        Some((major, if major == 0 { minor } else { 0 }))
+    };
+    key(version).is_some() && key(version) == key(WIT_VERSION)
+}
+
+/// WASI interfaces a rule may import. Every language toolchain links some of
+/// these (stdio, clocks, random, and filesystem/sockets stubs that the sandbox
+/// then gives nothing to). `wasi:http` is not among them: rules do not talk to
+/// the network.
+fn is_granted_wasi(name: &str) -> bool {
+    const GRANTED: [&str; 5] = [
+        "wasi:cli/",
+        "wasi:io/",
+        "wasi:clocks/",
+        "wasi:random/",
+        "wasi:filesystem/",
+    ];
+    // Sockets are linked (toolchains import them) but switched off in the
+    // sandbox; see `sandbox::StoreData::new`.
+    GRANTED.iter().any(|prefix| name.starts_with(prefix)) || name.starts_with("wasi:sockets/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_version_constants_match_the_wit_file() {
+        let wit = include_str!("../../../wit/vigil.wit");
+        assert!(wit.contains(&format!("package {WIT_PACKAGE};")));
+        assert_eq!(WIT_PACKAGE, format!("vigil:rules@{WIT_VERSION}"));
+    }
+
+    #[test]
+    fn semver_compatibility() {
+        assert!(compatible("0.1.0"));
+        assert!(compatible("0.1.7"));
+        assert!(!compatible("0.2.0"));
+        assert!(!compatible("1.1.0"));
+        assert!(!compatible("garbage"));
+    }
+}

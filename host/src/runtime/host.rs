@@ -1,0 +1,56 @@
+//! The `vigil:rules/host` imports: logging and the rule's key-value state.
+
+use super::bindings::vigil::rules::{host, types};
+use super::sandbox::StoreData;
+
+/// Longest log message kept from a rule; the rest is cut.
+const MAX_LOG_MESSAGE: usize = 4096;
+
+impl types::Host for StoreData {}
+
+impl host::Host for StoreData {
+    fn log(&mut self, level: host::Level, message: String) {
+        let rule = &*self.host.rule;
+        let message = truncate(&message, MAX_LOG_MESSAGE);
+        match level {
+            host::Level::Trace => tracing::trace!(rule, "{message}"),
+            host::Level::Debug => tracing::debug!(rule, "{message}"),
+            host::Level::Info => tracing::info!(rule, "{message}"),
+            host::Level::Warn => tracing::warn!(rule, "{message}"),
+            host::Level::Error => tracing::error!(rule, "{message}"),
+        }
+    }
+
+    fn state_get(&mut self, key: String) -> Option<Vec<u8>> {
+        let data = &self.host;
+        match data.state.get(&data.pending, &key) {
+            Ok(value) => value,
+            Err(error) => {
+                // The rule cannot fix a broken database; it sees a missing
+                // key and the operator sees why.
+                tracing::error!(rule = %data.rule, key, %error, "Reading rule state failed.");
+                None
+            }
+        }
+    }
+
+    fn state_set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
+        let data = &mut self.host;
+        data.state.set(&mut data.pending, &key, &value)
+    }
+
+    fn state_delete(&mut self, key: String) {
+        self.host.pending.insert(key, None);
+    }
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}

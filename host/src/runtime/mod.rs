@@ -1,0 +1,124 @@
+//! Wasmtime, wrapped: one engine per process, the rule world's bindings, the
+//! sandbox, limits, and long-lived rule instances.
+//!
+//! This is the only module that touches wasmtime. Its errors are converted
+//! here into [`LoadError`] and [`CallError`], which name what went wrong in
+//! the operator's terms (`timeout`, `memory limit`, `trap: ...`).
+//!
+//! Guarantees:
+//! - A rule's call that runs past its deadline is stopped (epoch
+//!   interruption; the deadline is set before every call).
+//! - A rule's linear memory cannot grow past its cap.
+//! - A rule that trapped never runs again in the same store: the next call
+//!   gets a fresh instance from the pre-linked component, `init`ed again.
+//! - A rule can reach nothing but the `vigil:rules/host` imports, clocks and
+//!   random numbers (see [`sandbox`]).
+
+mod bindings;
+mod component;
+mod host;
+mod instance;
+pub(crate) mod sandbox;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine};
+
+pub use bindings::vigil::rules::host::Level;
+pub use bindings::vigil::rules::types::{
+    ActionOutcome, ActionRequest, ActionStatus, Alert, Health, Label, Metric, RuleInfo, Sample,
+    Severity, Verdict,
+};
+pub use component::{LoadError, Prepared, WIT_PACKAGE, WIT_VERSION};
+pub use instance::{CallError, RuleInstance};
+
+use sandbox::StoreData;
+
+/// How often the epoch advances. Deadlines are rounded up to whole ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Resource limits for one rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most bytes of linear memory the rule's instance may use.
+    pub max_memory_bytes: usize,
+    /// Wall-clock deadline for one `evaluate` call.
+    pub evaluate_timeout: Duration,
+    /// Wall-clock deadline for instantiation plus `init`.
+    pub init_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_memory_bytes: 128 * 1024 * 1024,
+            evaluate_timeout: Duration::from_millis(100),
+            init_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The process-wide wasm runtime: an engine whose epoch ticks in a
+/// background thread, and a linker with WASI and the host imports.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+    linker: Arc<Linker<StoreData>>,
+}
+
+/// The runtime could not be set up (a wasmtime configuration problem).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the wasm runtime: {0}")]
+pub struct RuntimeError(String);
+
+impl Runtime {
+    /// Builds the engine, starts its epoch ticker and links the imports.
+    pub fn new() -> Result<Self, RuntimeError> {
+        let error = |e: wasmtime::Error| RuntimeError(format!("{e:#}"));
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        // Rules are called synchronously; the concurrency machinery of the
+        // component-model-async proposal only adds per-call overhead.
+        config.concurrency_support(false);
+        let engine = Engine::new(&config).map_err(error)?;
+        spawn_epoch_ticker(&engine);
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(error)?;
+        bindings::Rule::add_to_linker::<_, HasSelf<_>>(&mut linker, |data| data).map_err(error)?;
+        Ok(Runtime {
+            engine,
+            linker: Arc::new(linker),
+        })
+    }
+
+    /// The engine, shared by every rule.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is
+/// dropped. Deadlines are counted in these ticks.
+fn spawn_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("vigil-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch thread");
+}
+
+/// Ticks to allow for `timeout`: rounded up, plus one for the tick already
+/// under way when the call starts.
+fn deadline_ticks(timeout: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_nanos();
+    u64::try_from(timeout.as_nanos().div_ceil(tick)).unwrap_or(u64::MAX / 2) + 1
+}

@@ -1,0 +1,269 @@
+//! What a rule's store holds, and everything that makes it a sandbox.
+//!
+//! Deny by default: the WASI context grants no preopened directory, no
+//! environment variable, no argument, no stdin, no socket and no name lookup
+//! (wasmtime denies socket *addresses* by default but not the calls, so they
+//! are switched off explicitly). Clocks and random numbers stay available.
+//! A rule's stdout and stderr go to the host's log, one event per line,
+//! tagged with the rule's name. Linear memory is capped per store.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, Result as WasmResult};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::state::RuleState;
+
+/// The data a rule's `Store` carries.
+pub struct StoreData {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) host: HostData,
+}
+
+/// What the `vigil:rules/host` imports work with.
+pub struct HostData {
+    /// The rule's name, for log lines.
+    pub(crate) rule: Arc<str>,
+    pub(crate) state: RuleState,
+    /// Writes made during the current call, committed when it returns.
+    pub(crate) pending: crate::state::PendingWrites,
+}
+
+impl WasiView for StoreData {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl StoreData {
+    pub(crate) fn new(
+        rule: Arc<str>,
+        max_memory: usize,
+        state: RuleState,
+        output: &Output,
+    ) -> Self {
+        let wasi = WasiCtx::builder()
+            .stdout(output.stdout.clone())
+            .stderr(output.stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        StoreData {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                max_memory,
+                hit: false,
+            },
+            host: HostData {
+                rule,
+                state,
+                pending: Default::default(),
+            },
+        }
+    }
+}
+
+/// Caps linear memory and tables, and remembers whether the cap was hit so a
+/// failure can be reported as `memory limit` rather than a bare trap.
+pub struct MemoryLimiter {
+    pub(crate) max_memory: usize,
+    pub(crate) hit: bool,
+}
+
+/// Table elements a rule may have: plenty for any language runtime.
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> WasmResult<bool> {
+        let allowed = desired <= self.max_memory;
+        self.hit |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> WasmResult<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+
+    fn instances(&self) -> usize {
+        // A component instantiates a handful of core modules (the rule, the
+        // WASI adapter, shims); a thousand only comes from something odd.
+        1_000
+    }
+
+    fn memories(&self) -> usize {
+        100
+    }
+
+    fn tables(&self) -> usize {
+        100
+    }
+}
+
+/// A rule's stdout and stderr, turned into log lines as they are written.
+#[derive(Clone)]
+pub(crate) struct Output {
+    pub(crate) stdout: LogPipe,
+    pub(crate) stderr: LogPipe,
+}
+
+impl Output {
+    pub(crate) fn new(rule: &Arc<str>) -> Self {
+        Output {
+            stdout: LogPipe::new(rule.clone(), Stream::Stdout),
+            stderr: LogPipe::new(rule.clone(), Stream::Stderr),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Longest line kept before it is logged in pieces.
+const MAX_LINE: usize = 4096;
+
+/// A WASI output stream that logs each complete line with the rule's name.
+#[derive(Clone)]
+pub(crate) struct LogPipe {
+    rule: Arc<str>,
+    stream: Stream,
+    inner: Arc<Mutex<PipeState>>,
+}
+
+#[derive(Default)]
+struct PipeState {
+    partial: Vec<u8>,
+    last_line: Option<String>,
+}
+
+impl LogPipe {
+    fn new(rule: Arc<str>, stream: Stream) -> Self {
+        LogPipe {
+            rule,
+            stream,
+            inner: Default::default(),
+        }
+    }
+
+    /// The last line written, including an unterminated one. A Rust guest's
+    /// panic message is the last line on its stderr before the trap.
+    pub(crate) fn last_line(&self) -> Option<String> {
+        let state = self.inner.lock().expect("log pipe lock");
+        if state.partial.is_empty() {
+            state.last_line.clone()
+        } else {
+            Some(String::from_utf8_lossy(&state.partial).into_owned())
+        }
+    }
+
+    /// Forgets the last line, before a new call.
+    pub(crate) fn clear_last_line(&self) {
+        let mut state = self.inner.lock().expect("log pipe lock");
+        state.last_line = None;
+    }
+
+    fn push(&self, bytes: &[u8]) {
+        let mut state = self.inner.lock().expect("log pipe lock");
+        for &byte in bytes {
+            if byte == b'\n' || state.partial.len() >= MAX_LINE {
+                let line = String::from_utf8_lossy(&state.partial).into_owned();
+                state.partial.clear();
+                self.emit(&line);
+                state.last_line = Some(line);
+                if byte == b'\n' {
+                    continue;
+                }
+            }
+            state.partial.push(byte);
+        }
+    }
+
+    fn emit(&self, line: &str) {
+        match self.stream {
+            Stream::Stdout => tracing::info!(rule = %self.rule, stream = "stdout", "{line}"),
+            Stream::Stderr => tracing::warn!(rule = %self.rule, stream = "stderr", "{line}"),
+        }
+    }
+}
+
+impl IsTerminal for LogPipe {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for LogPipe {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl OutputStream for LogPipe {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.push(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for LogPipe {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for LogPipe {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.push(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

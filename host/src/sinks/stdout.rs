@@ -1,0 +1,233 @@
+//! The console sink: one line per evaluation and per alert event, readable
+//! text by default or JSON lines for machines (`--format json`).
+
+use std::io::Write;
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde_json::{Map, Value, json};
+
+use crate::alerts::{AlertEvent, Status};
+use crate::plugins::Evaluation;
+use crate::runtime::{Health, Label, Metric};
+
+/// How lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    /// For people.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Metrics shown on an evaluation's text line before "+N more".
+const SHOWN_METRICS: usize = 8;
+
+/// Writes events to stdout (or any writer, for tests).
+pub struct StdoutSink {
+    format: Format,
+    out: Box<dyn Write + Send>,
+}
+
+impl StdoutSink {
+    /// A sink writing to the process's stdout.
+    pub fn new(format: Format) -> Self {
+        Self::to_writer(format, Box::new(std::io::stdout()))
+    }
+
+    /// A sink writing to `out`.
+    pub fn to_writer(format: Format, out: Box<dyn Write + Send>) -> Self {
+        StdoutSink { format, out }
+    }
+
+    /// Reports one evaluation: what the rule saw and what it said.
+    pub fn evaluation(&mut self, evaluation: &Evaluation) {
+        let line = match self.format {
+            Format::Text => evaluation_text(evaluation),
+            Format::Json => evaluation_json(evaluation).to_string(),
+        };
+        self.write(&line);
+    }
+
+    /// Announces an alert that started firing or resolved.
+    pub fn alert(&mut self, event: &AlertEvent) {
+        let line = match self.format {
+            Format::Text => alert_text(event),
+            Format::Json => {
+                serde_json::to_string(&alert_json(event)).expect("JSON values serialise")
+            }
+        };
+        self.write(&line);
+    }
+
+    fn write(&mut self, line: &str) {
+        // stdout closed (a pipe whose reader left) is not a reason to stop
+        // monitoring; the log still has the events.
+        if let Err(error) = writeln!(self.out, "{line}").and_then(|()| self.out.flush()) {
+            tracing::warn!(%error, "Cannot write to stdout.");
+        }
+    }
+}
+
+fn time(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+fn labels_text(labels: &[(String, String)]) -> String {
+    if labels.is_empty() {
+        return String::new();
+    }
+    let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+    format!("{{{}}}", pairs.join(", "))
+}
+
+fn metric_text(metric: &Metric) -> String {
+    let labels: Vec<String> = metric
+        .labels
+        .iter()
+        .map(|l| format!("{}={}", l.name, l.value))
+        .collect();
+    let labels = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{}}}", labels.join(","))
+    };
+    format!("{}{labels}={:.1}", metric.name, metric.value)
+}
+
+fn evaluation_text(evaluation: &Evaluation) -> String {
+    let sample = &evaluation.sample;
+    let head = format!(
+        "{} eval     {}/{}",
+        time(sample.timestamp_ms),
+        sample.target,
+        evaluation.rule
+    );
+    let seen = match &sample.health {
+        Health::Up => {
+            let mut shown: Vec<String> = sample
+                .metrics
+                .iter()
+                .take(SHOWN_METRICS)
+                .map(metric_text)
+                .collect();
+            if sample.metrics.len() > SHOWN_METRICS {
+                shown.push(format!("+{} more", sample.metrics.len() - SHOWN_METRICS));
+            }
+            format!("up: {}", shown.join(" "))
+        }
+        Health::Down(reason) => format!("down: {reason}"),
+    };
+    let said = match &evaluation.result {
+        Ok(verdict) if verdict.alerts.is_empty() => "no alerts".to_string(),
+        Ok(verdict) => {
+            let names: Vec<&str> = verdict
+                .alerts
+                .iter()
+                .map(|alert| alert.name.as_str())
+                .collect();
+            format!("alerts: {}", names.join(", "))
+        }
+        Err(error) => format!("FAILED: {error}"),
+    };
+    format!("{head} {seen} -> {said} ({:?})", evaluation.duration)
+}
+
+fn label_map(labels: &[Label]) -> Map<String, Value> {
+    labels
+        .iter()
+        .map(|label| (label.name.clone(), Value::String(label.value.clone())))
+        .collect()
+}
+
+fn evaluation_json(evaluation: &Evaluation) -> Value {
+    let sample = &evaluation.sample;
+    let metrics: Vec<Value> = sample
+        .metrics
+        .iter()
+        .map(|metric| json!({"name": metric.name, "value": metric.value, "labels": label_map(&metric.labels)}))
+        .collect();
+    let mut line = json!({
+        "type": "evaluation",
+        "time": time(sample.timestamp_ms),
+        "timestamp_ms": sample.timestamp_ms,
+        "target": sample.target,
+        "rule": &*evaluation.rule,
+        "health": match &sample.health { Health::Up => "up", Health::Down(_) => "down" },
+        "metrics": metrics,
+        "duration_us": evaluation.duration.as_micros() as u64,
+    });
+    if let Health::Down(reason) = &sample.health {
+        line["reason"] = json!(reason);
+    }
+    match &evaluation.result {
+        Ok(verdict) => {
+            let alerts: Vec<&str> = verdict
+                .alerts
+                .iter()
+                .map(|alert| alert.name.as_str())
+                .collect();
+            let actions: Vec<&str> = verdict
+                .actions
+                .iter()
+                .map(|action| action.action.as_str())
+                .collect();
+            line["alerts"] = json!(alerts);
+            line["actions"] = json!(actions);
+        }
+        Err(error) => {
+            line["error"] = json!(error.to_string());
+            line["error_kind"] = json!(error.kind());
+        }
+    }
+    line
+}
+
+fn alert_text(event: &AlertEvent) -> String {
+    let alert = &event.alert;
+    let (status, after) = match event.status {
+        Status::Firing => ("FIRING  ", String::new()),
+        Status::Resolved => {
+            let lasted = Duration::from_millis(event.at_ms.saturating_sub(alert.active_since_ms));
+            (
+                "RESOLVED",
+                format!(" after {}", humantime::format_duration(lasted)),
+            )
+        }
+    };
+    format!(
+        "{} {status} {}{} {} on {} (rule {}){after}: {}",
+        time(event.at_ms),
+        alert.name,
+        labels_text(&alert.labels),
+        alert.severity,
+        event.target,
+        event.rule,
+        alert.summary
+    )
+}
+
+fn alert_json(event: &AlertEvent) -> Value {
+    let alert = &event.alert;
+    let pairs = |pairs: &[(String, String)]| -> Map<String, Value> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect()
+    };
+    json!({
+        "type": "alert",
+        "status": event.status,
+        "time": time(event.at_ms),
+        "at_ms": event.at_ms,
+        "fingerprint": alert.fingerprint.to_string(),
+        "rule": event.rule,
+        "target": event.target,
+        "name": alert.name,
+        "severity": alert.severity,
+        "summary": alert.summary,
+        "labels": pairs(&alert.labels),
+        "annotations": pairs(&alert.annotations),
+        "active_since_ms": alert.active_since_ms,
+    })
+}

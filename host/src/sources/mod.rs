@@ -1,0 +1,107 @@
+//! Sources: poll a target on its own schedule and turn each poll into a
+//! [`Sample`].
+//!
+//! A failed poll is not an error to swallow: it becomes a sample whose
+//! health is `down` with the reason, so rules can alert on it. Each target
+//! runs in its own task, so a slow or dead target never delays another.
+
+mod http_json;
+mod local;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+
+pub use http_json::{HttpJsonSource, flatten};
+pub use local::LocalSource;
+
+use crate::config::{TargetKind, TargetSpec};
+use crate::runtime::{Health, Label, Metric, Sample};
+
+/// Something that can be polled for metrics.
+pub trait Source: Send + 'static {
+    /// Takes one reading. `Err` is the reason the target counts as down.
+    fn poll(&mut self) -> impl Future<Output = Result<Vec<Metric>, String>> + Send;
+}
+
+/// Starts polling `target` every interval, sending each sample to `samples`
+/// until that channel closes.
+pub fn spawn(
+    target: &TargetSpec,
+    samples: mpsc::Sender<Arc<Sample>>,
+) -> tokio::task::JoinHandle<()> {
+    match &target.kind {
+        TargetKind::HttpJson {
+            url,
+            timeout,
+            max_body_bytes,
+        } => {
+            let source = HttpJsonSource::new(url.clone(), *timeout, *max_body_bytes);
+            tokio::spawn(run(target.clone(), source, samples))
+        }
+        TargetKind::Local => tokio::spawn(run(target.clone(), LocalSource::new(), samples)),
+    }
+}
+
+async fn run<S: Source>(target: TargetSpec, mut source: S, samples: mpsc::Sender<Arc<Sample>>) {
+    let labels: Vec<Label> = target
+        .labels
+        .iter()
+        .map(|(name, value)| Label {
+            name: name.clone(),
+            value: value.clone(),
+        })
+        .collect();
+    let mut ticks = tokio::time::interval(target.interval);
+    // A poll that overruns its interval delays the next one instead of
+    // firing a burst to catch up.
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let result = source.poll().await;
+        if let Err(reason) = &result {
+            tracing::warn!(target = %target.name, reason, "Target is down.");
+        }
+        let sample = make_sample(&target.name, &labels, result, now_ms());
+        if samples.send(Arc::new(sample)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Builds the sample for one poll.
+pub fn make_sample(
+    target: &str,
+    labels: &[Label],
+    result: Result<Vec<Metric>, String>,
+    timestamp_ms: u64,
+) -> Sample {
+    let (health, metrics) = match result {
+        Ok(metrics) => (Health::Up, metrics),
+        Err(reason) => (Health::Down(reason), Vec::new()),
+    };
+    Sample {
+        target: target.to_string(),
+        timestamp_ms,
+        health,
+        metrics,
+        labels: labels.to_vec(),
+        recent_actions: Vec::new(),
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
+fn describe(duration: Duration) -> String {
+    humantime::format_duration(duration).to_string()
+}
