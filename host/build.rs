@@ -12,7 +12,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const WASM_TARGET: &str = "wasm32-wasip2";
-const GUEST_PACKAGES: [&str; 3] = ["vigil-threshold", "fixture-spin", "fixture-hog"];
+const GUEST_PACKAGES: [&str; 5] = [
+    "vigil-threshold",
+    "fixture-spin",
+    "fixture-hog",
+    "fixture-wrong-version",
+    "fixture-no-evaluate",
+];
 
 fn main() {
     let host_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));

@@ -1,1 +1,268 @@
-fn main() {}
+//! Per-call cost of the default `threshold` rule: the embedded wasm component
+//! as the host runs it, against the same rule compiled natively.
+//!
+//! Run with `cargo bench -p vigil --bench evaluate`. Results and how to read
+//! them: `BENCHMARKS.md` at the workspace root.
+//!
+//! Both sides get the same input: one sample of `web-01` with 20 metrics.
+//! The host's worker would first narrow a sample to the metrics the rule
+//! subscribed to (3 for `threshold`); here `instance.evaluate` is called on
+//! the full sample so that wasm and native see identical data. The
+//! `wasm_subscribed` case measures the worker's real path (view + call).
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, criterion_main};
+use vigil::config::Settings;
+use vigil::plugins::{self, LoadedRule};
+use vigil::runtime::{Health, Label, Metric, Runtime, Sample};
+use vigil::state::StateDb;
+use vigil_sdk::Rule as _;
+use vigil_threshold::Threshold;
+
+/// One reading: name, value, labels.
+type Reading = (&'static str, f64, &'static [(&'static str, &'static str)]);
+
+/// The 20 metrics of a typical host poll. All below the default thresholds
+/// (cpu_usage and memory_usage above 80, disk_used_percent above 90).
+const CALM: [Reading; 20] = [
+    ("cpu_usage", 37.5, &[]),
+    ("memory_usage", 61.2, &[]),
+    ("disk_used_percent", 54.0, &[("mount", "/")]),
+    ("disk_used_percent", 71.3, &[("mount", "/var")]),
+    ("disk_used_percent", 12.8, &[("mount", "/data")]),
+    ("load_average_1m", 1.42, &[]),
+    ("load_average_5m", 1.18, &[]),
+    ("load_average_15m", 0.97, &[]),
+    ("swap_used_percent", 3.1, &[]),
+    ("uptime_seconds", 864_213.0, &[]),
+    ("process_count", 287.0, &[]),
+    ("open_file_descriptors", 4_812.0, &[]),
+    (
+        "net_rx_bytes_per_second",
+        1_254_331.0,
+        &[("interface", "eth0")],
+    ),
+    (
+        "net_tx_bytes_per_second",
+        893_102.0,
+        &[("interface", "eth0")],
+    ),
+    ("tcp_connections_established", 342.0, &[]),
+    ("http_requests_per_second", 118.4, &[("service", "api")]),
+    ("http_error_rate", 0.004, &[("service", "api")]),
+    ("http_latency_p99_ms", 212.0, &[("service", "api")]),
+    ("queues.mail.depth", 7.0, &[]),
+    ("temperature_celsius", 48.5, &[("sensor", "cpu0")]),
+];
+
+/// The same poll with cpu_usage at 91 and memory_usage at 95: two alerts.
+fn alerting() -> Vec<Reading> {
+    let mut readings = CALM.to_vec();
+    readings[0].1 = 91.0;
+    readings[1].1 = 95.0;
+    readings
+}
+
+/// `count` readings: the calm poll repeated, each repetition told apart by an
+/// `instance` label (so 200 metrics look like 10 instances of one host).
+fn scaled(count: usize) -> Vec<(Reading, Option<String>)> {
+    (0..count)
+        .map(|i| {
+            let instance = (count > CALM.len()).then(|| (i / CALM.len()).to_string());
+            (CALM[i % CALM.len()], instance)
+        })
+        .collect()
+}
+
+const TARGET: &str = "web-01";
+const TIMESTAMP_MS: u64 = 1_760_000_000_000;
+const TARGET_LABELS: [(&str, &str); 2] = [("env", "prod"), ("region", "eu-west-1")];
+
+fn host_labels(pairs: &[(&str, &str)], extra: Option<&str>) -> Vec<Label> {
+    let mut labels: Vec<Label> = pairs
+        .iter()
+        .map(|&(name, value)| Label {
+            name: name.into(),
+            value: value.into(),
+        })
+        .chain(extra.map(|value| Label {
+            name: "instance".into(),
+            value: value.into(),
+        }))
+        .collect();
+    labels.sort_by(|a, b| a.name.cmp(&b.name));
+    labels
+}
+
+fn sdk_labels(pairs: &[(&str, &str)], extra: Option<&str>) -> Vec<vigil_sdk::Label> {
+    let mut labels: Vec<vigil_sdk::Label> = pairs
+        .iter()
+        .map(|&(name, value)| vigil_sdk::Label::new(name, value))
+        .chain(extra.map(|value| vigil_sdk::Label::new("instance", value)))
+        .collect();
+    labels.sort_by(|a, b| a.name.cmp(&b.name));
+    labels
+}
+
+/// A host-side sample, as `sources` builds it.
+fn host_sample<'a>(readings: impl IntoIterator<Item = (&'a Reading, Option<&'a str>)>) -> Sample {
+    Sample {
+        target: TARGET.into(),
+        timestamp_ms: TIMESTAMP_MS,
+        health: Health::Up,
+        metrics: readings
+            .into_iter()
+            .map(|(&(name, value, labels), extra)| Metric {
+                name: name.into(),
+                value,
+                labels: host_labels(labels, extra),
+            })
+            .collect(),
+        labels: host_labels(&TARGET_LABELS, None),
+        recent_actions: Vec::new(),
+    }
+}
+
+/// The same sample as the SDK's type, for the native rule.
+fn sdk_sample<'a>(
+    readings: impl IntoIterator<Item = (&'a Reading, Option<&'a str>)>,
+) -> vigil_sdk::Sample {
+    vigil_sdk::Sample {
+        target: TARGET.into(),
+        timestamp_ms: TIMESTAMP_MS,
+        health: vigil_sdk::Health::Up,
+        metrics: readings
+            .into_iter()
+            .map(|(&(name, value, labels), extra)| vigil_sdk::Metric {
+                name: name.into(),
+                value,
+                labels: sdk_labels(labels, extra),
+            })
+            .collect(),
+        labels: sdk_labels(&TARGET_LABELS, None),
+        recent_actions: Vec::new(),
+    }
+}
+
+/// The bundled rule with its default config, exactly as `vigil` loads it.
+fn load_wasm(runtime: &Runtime, state: &StateDb) -> LoadedRule {
+    let settings = Settings::local_default();
+    plugins::load(runtime, state, &settings.rules[0]).expect("loading the bundled threshold rule")
+}
+
+/// Checks that both builds of the rule agree on `readings` before timing them.
+fn check_agree(
+    rule: &mut LoadedRule,
+    native: &mut Threshold,
+    readings: &[Reading],
+    alerts: &[&str],
+) {
+    let wasm = rule
+        .instance
+        .evaluate(&host_sample(readings.iter().map(|r| (r, None))))
+        .expect("wasm evaluate");
+    let native = native.evaluate(&sdk_sample(readings.iter().map(|r| (r, None))));
+    let wasm: Vec<(&str, &str)> = wasm
+        .alerts
+        .iter()
+        .map(|a| (a.name.as_str(), a.summary.as_str()))
+        .collect();
+    let native: Vec<(&str, &str)> = native
+        .alerts
+        .iter()
+        .map(|a| (a.name.as_str(), a.summary.as_str()))
+        .collect();
+    assert_eq!(wasm, native, "wasm and native disagree");
+    let names: Vec<&str> = wasm.iter().map(|(name, _)| *name).collect();
+    assert_eq!(names, alerts);
+}
+
+fn wasm_vs_native(c: &mut Criterion) {
+    let runtime = Runtime::new().expect("runtime");
+    let state = StateDb::in_memory().expect("state db");
+    let mut rule = load_wasm(&runtime, &state);
+    let mut native = Threshold::init("{}").expect("native init");
+
+    let hot = alerting();
+    check_agree(&mut rule, &mut native, &CALM, &[]);
+    check_agree(
+        &mut rule,
+        &mut native,
+        &hot,
+        &["CpuUsageHigh", "MemoryUsageHigh"],
+    );
+
+    let calm_host = host_sample(CALM.iter().map(|r| (r, None)));
+    let calm_sdk = sdk_sample(CALM.iter().map(|r| (r, None)));
+    let hot_host = host_sample(hot.iter().map(|r| (r, None)));
+    let hot_sdk = sdk_sample(hot.iter().map(|r| (r, None)));
+
+    let mut group = c.benchmark_group("threshold_20_metrics");
+    group.bench_function("wasm", |b| {
+        b.iter(|| {
+            rule.instance
+                .evaluate(black_box(&calm_host))
+                .expect("evaluate")
+        })
+    });
+    group.bench_function("wasm_alerting", |b| {
+        b.iter(|| {
+            rule.instance
+                .evaluate(black_box(&hot_host))
+                .expect("evaluate")
+        })
+    });
+    group.bench_function("native", |b| {
+        b.iter(|| native.evaluate(black_box(&calm_sdk)))
+    });
+    group.bench_function("native_alerting", |b| {
+        b.iter(|| native.evaluate(black_box(&hot_sdk)))
+    });
+    // What the worker does per sample: narrow to the subscribed metrics
+    // (cpu_usage, memory_usage, disk_used_percent: 5 of the 20), then call.
+    let shared = Arc::new(calm_host.clone());
+    let subscription = rule.subscription.clone();
+    group.bench_function("wasm_subscribed", |b| {
+        b.iter(|| {
+            let view = subscription.view(black_box(&shared));
+            rule.instance.evaluate(&view).expect("evaluate")
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("threshold_wasm_by_metric_count");
+    for count in [2, 20, 200] {
+        let readings = scaled(count);
+        let sample = host_sample(readings.iter().map(|(r, i)| (r, i.as_deref())));
+        assert_eq!(sample.metrics.len(), count);
+        group.bench_with_input(BenchmarkId::new("wasm", count), &sample, |b, sample| {
+            b.iter(|| rule.instance.evaluate(black_box(sample)).expect("evaluate"))
+        });
+        let sample = sdk_sample(readings.iter().map(|(r, i)| (r, i.as_deref())));
+        group.bench_with_input(BenchmarkId::new("native", count), &sample, |b, sample| {
+            b.iter(|| native.evaluate(black_box(sample)))
+        });
+    }
+    group.finish();
+}
+
+fn config() -> Criterion {
+    // Two shared cores: keep runs short.
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(5))
+        .sample_size(50)
+}
+
+mod group {
+    // `criterion_group!` makes an undocumented `pub fn`; keep it private.
+    criterion::criterion_group! {
+        name = benches;
+        config = super::config();
+        targets = super::wasm_vs_native
+    }
+}
+criterion_main!(group::benches);

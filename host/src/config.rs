@@ -469,7 +469,7 @@ path = "rules/disk.wasm"
         assert_eq!(threshold.config_json, r#"{"thresholds":{"cpu_usage":90}}"#);
         assert_eq!(threshold.limits.evaluate_timeout, Duration::from_millis(50));
         assert_eq!(threshold.limits.max_memory_bytes, 32 << 20);
-        assert_eq!(threshold.origin, "/etc/vigil/vigil.toml:14");
+        assert_eq!(threshold.origin, "/etc/vigil/vigil.toml:12");
         assert_eq!(disk.name, "disk");
         assert!(
             matches!(&disk.source, RuleSource::File(p) if p == Path::new("/etc/vigil/rules/disk.wasm"))

@@ -195,7 +195,11 @@ impl LogPipe {
                 let line = String::from_utf8_lossy(&state.partial).into_owned();
                 state.partial.clear();
                 self.emit(&line);
-                state.last_line = Some(line);
+                // Rust's hint about backtraces follows the panic message;
+                // the message is the line worth reporting.
+                if !line.starts_with("note: run with `RUST_BACKTRACE") {
+                    state.last_line = Some(line);
+                }
                 if byte == b'\n' {
                     continue;
                 }

@@ -1,0 +1,273 @@
+//! Shared helpers for the end-to-end tests: a status server on loopback
+//! whose answers the test controls, and the `vigil` binary run against it
+//! with its JSON-lines output collected.
+
+#![allow(dead_code)] // each test file uses a different part
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+/// How one route of the status server answers.
+#[derive(Clone, Debug)]
+pub enum Behavior {
+    /// 200 with this body.
+    Body(String),
+    /// This status, empty body.
+    Status(u16),
+    /// Wait this long, then 200 with the body.
+    Slow(Duration, String),
+}
+
+impl Behavior {
+    /// 200 with a JSON document.
+    pub fn json(value: Value) -> Self {
+        Behavior::Body(value.to_string())
+    }
+}
+
+type Routes = Arc<Mutex<HashMap<String, Behavior>>>;
+
+/// An HTTP server on 127.0.0.1 serving `/NAME` as the test says.
+pub struct StatusServer {
+    addr: SocketAddr,
+    routes: Routes,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl StatusServer {
+    pub fn start() -> Self {
+        let routes: Routes = Arc::default();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new()
+            .route("/{name}", axum::routing::get(answer))
+            .with_state(routes.clone());
+        runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
+        StatusServer {
+            addr,
+            routes,
+            runtime: Some(runtime),
+        }
+    }
+
+    /// The URL of route `name`.
+    pub fn url(&self, name: &str) -> String {
+        format!("http://{}/{name}", self.addr)
+    }
+
+    pub fn set(&self, name: &str, behavior: Behavior) {
+        self.routes.lock().unwrap().insert(name.into(), behavior);
+    }
+
+    /// Stops serving: the port refuses connections from now on.
+    pub fn stop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+impl Drop for StatusServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn answer(State(routes): State<Routes>, UrlPath(name): UrlPath<String>) -> Response {
+    let behavior = routes.lock().unwrap().get(&name).cloned();
+    match behavior {
+        None => StatusCode::NOT_FOUND.into_response(),
+        Some(Behavior::Body(body)) => body.into_response(),
+        Some(Behavior::Status(code)) => StatusCode::from_u16(code).unwrap().into_response(),
+        Some(Behavior::Slow(delay, body)) => {
+            tokio::time::sleep(delay).await;
+            body.into_response()
+        }
+    }
+}
+
+/// The compiled test fixture rule `name` (e.g. `fixture_spin`).
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("VIGIL_RULES_DIR")).join(format!("{name}.wasm"))
+}
+
+/// Escapes a path for a TOML string.
+pub fn toml_path(path: &Path) -> String {
+    path.display().to_string().replace('\\', "\\\\")
+}
+
+/// A running `vigil run --format json`, with its stdout lines parsed.
+pub struct Vigil {
+    child: Child,
+    lines: Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+    /// Every JSON line seen so far.
+    pub seen: Vec<Value>,
+    _dir: tempfile::TempDir,
+}
+
+impl Vigil {
+    /// Starts vigil with this config text.
+    pub fn start(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("vigil.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_vigil"));
+        command
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .args(["--format", "json"])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"));
+        Self::spawn(command, dir)
+    }
+
+    /// Starts an arbitrary vigil command whose stdout is JSON lines.
+    pub fn spawn(mut command: Command, dir: tempfile::TempDir) -> Self {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("RUST_LOG", "info")
+            .spawn()
+            .expect("the vigil binary starts");
+        let (tx, lines) = channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                let mut sink = sink.lock().unwrap();
+                sink.push_str(&line);
+                sink.push('\n');
+            }
+        });
+        Vigil {
+            child,
+            lines,
+            stderr,
+            seen: Vec::new(),
+            _dir: dir,
+        }
+    }
+
+    /// What vigil logged so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Reads lines until one matches, or panics after `timeout` with what
+    /// was seen.
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        matches: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let value: Value = serde_json::from_str(&line).unwrap_or_else(|error| {
+                        panic!("stdout line is not JSON ({error}): {line}")
+                    });
+                    self.seen.push(value.clone());
+                    if matches(&value) {
+                        return value;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    self.fail(&format!("no {what} within {timeout:?}"))
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.fail(&format!("vigil exited before {what}"))
+                }
+            }
+        }
+    }
+
+    /// Reads lines for `duration`.
+    pub fn collect_for(&mut self, duration: Duration) {
+        let deadline = Instant::now() + duration;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(serde_json::from_str(&line).unwrap()),
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => self.fail("vigil exited"),
+            }
+        }
+    }
+
+    /// Lines seen so far that match.
+    pub fn count(&self, matches: impl Fn(&Value) -> bool) -> usize {
+        self.seen.iter().filter(|value| matches(value)).count()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    fn fail(&self, message: &str) -> ! {
+        let tail: Vec<String> = self
+            .seen
+            .iter()
+            .rev()
+            .take(20)
+            .map(Value::to_string)
+            .collect();
+        panic!(
+            "{message}\n--- last stdout lines (newest first) ---\n{}\n--- stderr ---\n{}",
+            tail.join("\n"),
+            self.stderr()
+        );
+    }
+}
+
+impl Drop for Vigil {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An evaluation line for `target` (and `rule`, when given).
+pub fn is_evaluation(value: &Value, target: &str) -> bool {
+    value["type"] == "evaluation" && value["target"] == target
+}
+
+/// An alert event with this status and name.
+pub fn is_alert(value: &Value, status: &str, name: &str) -> bool {
+    value["type"] == "alert" && value["status"] == status && value["name"] == name
+}
