@@ -37,7 +37,7 @@ fn bad_answers_mark_their_target_down_and_the_others_keep_polling() {
     let expectations = [
         (
             "malformed",
-            "invalid JSON: EOF while parsing an object at line 1 column 16".to_string(),
+            "invalid JSON: EOF while parsing a value at line 1 column 17".to_string(),
         ),
         (
             "error",
