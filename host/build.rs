@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const WASM_TARGET: &str = "wasm32-wasip2";
-const GUEST_PACKAGES: [&str; 5] = [
+const GUEST_PACKAGES: [&str; 6] = [
     "vigil-threshold",
+    "fixture-counter",
     "fixture-spin",
     "fixture-hog",
     "fixture-wrong-version",

@@ -126,9 +126,16 @@ pub struct Vigil {
 }
 
 impl Vigil {
-    /// Starts vigil with this config text.
+    /// Starts vigil with this config text and a fresh data directory.
     pub fn start(config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        Self::start_with_data_dir(config, &data_dir, dir)
+    }
+
+    /// Starts vigil with this config text and data directory; `dir` holds
+    /// the config file and lives as long as the process.
+    pub fn start_with_data_dir(config: &str, data_dir: &Path, dir: tempfile::TempDir) -> Self {
         let config_path = dir.path().join("vigil.toml");
         std::fs::write(&config_path, config).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_vigil"));
@@ -138,7 +145,7 @@ impl Vigil {
             .arg(&config_path)
             .args(["--format", "json"])
             .arg("--data-dir")
-            .arg(dir.path().join("data"));
+            .arg(data_dir);
         Self::spawn(command, dir)
     }
 

@@ -197,7 +197,7 @@ impl LogPipe {
                 self.emit(&line);
                 // Rust's hint about backtraces follows the panic message;
                 // the message is the line worth reporting.
-                if !line.starts_with("note: run with `RUST_BACKTRACE") {
+                if !line.trim().is_empty() && !line.starts_with("note: run with `RUST_BACKTRACE") {
                     state.last_line = Some(line);
                 }
                 if byte == b'\n' {
@@ -209,6 +209,9 @@ impl LogPipe {
     }
 
     fn emit(&self, line: &str) {
+        if line.trim().is_empty() {
+            return;
+        }
         match self.stream {
             Stream::Stdout => tracing::info!(rule = %self.rule, stream = "stdout", "{line}"),
             Stream::Stderr => tracing::warn!(rule = %self.rule, stream = "stderr", "{line}"),
