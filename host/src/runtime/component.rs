@@ -137,21 +137,22 @@ fn compatible(version: &str) -> bool {
     key(version).is_some() && key(version) == key(WIT_VERSION)
 }
 
-/// WASI interfaces a rule may import. Every language toolchain links some of
-/// these (stdio, clocks, random, and filesystem/sockets stubs that the sandbox
-/// then gives nothing to). `wasi:http` is not among them: rules do not talk to
-/// the network.
+/// WASI interfaces a rule may import. Language toolchains link stdio,
+/// clocks and random, and import filesystem and socket interfaces even when
+/// the rule never uses them; those are linked but the sandbox grants them
+/// nothing (no preopened directory, sockets switched off; see
+/// `sandbox::StoreData::new`). `wasi:http` is not among them: rules do not
+/// talk to the network.
 fn is_granted_wasi(name: &str) -> bool {
-    const GRANTED: [&str; 5] = [
+    const GRANTED: [&str; 6] = [
         "wasi:cli/",
         "wasi:io/",
         "wasi:clocks/",
         "wasi:random/",
         "wasi:filesystem/",
+        "wasi:sockets/",
     ];
-    // Sockets are linked (toolchains import them) but switched off in the
-    // sandbox; see `sandbox::StoreData::new`.
-    GRANTED.iter().any(|prefix| name.starts_with(prefix)) || name.starts_with("wasi:sockets/")
+    GRANTED.iter().any(|prefix| name.starts_with(prefix))
 }
 
 #[cfg(test)]

@@ -79,8 +79,10 @@ impl Runtime {
         let error = |e: wasmtime::Error| RuntimeError(format!("{e:#}"));
         let mut config = Config::new();
         config.epoch_interruption(true);
-        // Rules are called synchronously; the concurrency machinery of the
-        // component-model-async proposal only adds per-call overhead.
+        // Rules are called synchronously. The component-model-async feature
+        // is not compiled in, so this only states the intent: if it ever is,
+        // its per-store machinery stays off (BENCHMARKS.md measured no
+        // difference in this build).
         config.concurrency_support(false);
         let engine = Engine::new(&config).map_err(error)?;
         spawn_epoch_ticker(&engine);
