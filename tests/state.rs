@@ -59,9 +59,14 @@ fn state_survives_a_restart_and_a_failed_call_writes_nothing() {
     // The call that panicked at 3 stored nothing, so 3 comes once more, from
     // the next sample, on a fresh instance.
     assert_eq!(counts, [1, 2, 3, 4, 5]);
+    let log = vigil.stderr();
     assert!(
-        vigil.stderr().contains("counter starting"),
-        "host log carries the rule's log"
+        log.contains("counter starting, instance 1 rule=fixture_counter"),
+        "the host log carries the rule's log lines, tagged:\n{log}"
+    );
+    assert!(
+        log.contains(r#"counter says hello on stdout rule=fixture_counter stream="stdout""#),
+        "the host log carries the rule's stdout, tagged:\n{log}"
     );
     drop(vigil);
 

@@ -10,14 +10,14 @@ impl types::Host for StoreData {}
 
 impl host::Host for StoreData {
     fn log(&mut self, level: host::Level, message: String) {
-        let rule = &*self.host.rule;
+        let rule = &self.host.rule;
         let message = truncate(&message, MAX_LOG_MESSAGE);
         match level {
-            host::Level::Trace => tracing::trace!(rule, "{message}"),
-            host::Level::Debug => tracing::debug!(rule, "{message}"),
-            host::Level::Info => tracing::info!(rule, "{message}"),
-            host::Level::Warn => tracing::warn!(rule, "{message}"),
-            host::Level::Error => tracing::error!(rule, "{message}"),
+            host::Level::Trace => tracing::trace!(rule = %rule, "{message}"),
+            host::Level::Debug => tracing::debug!(rule = %rule, "{message}"),
+            host::Level::Info => tracing::info!(rule = %rule, "{message}"),
+            host::Level::Warn => tracing::warn!(rule = %rule, "{message}"),
+            host::Level::Error => tracing::error!(rule = %rule, "{message}"),
         }
     }
 
