@@ -233,6 +233,28 @@ fn wasm_vs_native(c: &mut Criterion) {
     });
     group.finish();
 
+    // In the running host a rule's thread sleeps between samples, so each
+    // call starts with cold caches. Time single calls after an idle sleep;
+    // only the calls are measured, so keep the measured budget small.
+    let mut group = c.benchmark_group("threshold_20_metrics_after_idle");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_millis(300));
+    group.bench_function("wasm", |b| {
+        b.iter_custom(|iterations| {
+            after_idle(iterations, || rule.instance.evaluate(&calm_host).map(drop))
+        })
+    });
+    group.bench_function("native", |b| {
+        b.iter_custom(|iterations| {
+            after_idle(iterations, || {
+                black_box(native.evaluate(&calm_sdk));
+                Ok::<(), ()>(())
+            })
+        })
+    });
+    group.finish();
+
     let mut group = c.benchmark_group("threshold_wasm_by_metric_count");
     for count in [2, 20, 200] {
         let readings = scaled(count);
@@ -247,6 +269,26 @@ fn wasm_vs_native(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+/// Runs `call` `iterations` times, each after a sleep (1 ms, or
+/// `VIGIL_BENCH_IDLE_MS`), and returns the time spent in the calls alone.
+fn after_idle<E: std::fmt::Debug>(
+    iterations: u64,
+    mut call: impl FnMut() -> Result<(), E>,
+) -> Duration {
+    let idle = std::env::var("VIGIL_BENCH_IDLE_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map_or(Duration::from_millis(1), Duration::from_millis);
+    let mut total = Duration::ZERO;
+    for _ in 0..iterations {
+        std::thread::sleep(idle);
+        let started = std::time::Instant::now();
+        call().expect("evaluate");
+        total += started.elapsed();
+    }
+    total
 }
 
 fn config() -> Criterion {
