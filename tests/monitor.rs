@@ -6,25 +6,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Behavior, StatusServer, Vigil, is_alert, is_evaluation};
+use common::{Behavior, StatusServer, Vigil, is_alert, is_evaluation, web_target};
 use serde_json::json;
 
 fn setup(server: &StatusServer, rule_config: &str) -> Vigil {
     Vigil::start(&format!(
-        r#"
-[[targets]]
-name = "web-01"
-kind = "http-json"
-url = "{}"
-interval = "100ms"
-timeout = "1s"
-labels = {{ team = "payments" }}
-
-[[rules]]
-builtin = "threshold"
-{rule_config}
-"#,
-        server.url("status")
+        "{}timeout = \"1s\"\nlabels = {{ team = \"payments\" }}\n\n[[rules]]\nbuiltin = \"threshold\"\n{rule_config}\n",
+        web_target(&server.url("status"))
     ))
 }
 

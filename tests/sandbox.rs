@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Behavior, StatusServer, Vigil, fixture, is_evaluation, toml_path};
+use common::{Behavior, StatusServer, Vigil, fixture, is_evaluation, toml_path, web_target};
 use serde_json::json;
 
 #[test]
@@ -18,12 +18,7 @@ fn runaway_rules_are_stopped_and_the_others_carry_on() {
     );
     let mut vigil = Vigil::start(&format!(
         r#"
-[[targets]]
-name = "web-01"
-kind = "http-json"
-url = "{}"
-interval = "100ms"
-
+{}
 [[rules]]
 builtin = "threshold"
 
@@ -35,7 +30,7 @@ timeout = "50ms"
 path = "{}"
 max_memory_mib = 16
 "#,
-        server.url("status"),
+        web_target(&server.url("status")),
         toml_path(&fixture("fixture_spin")),
         toml_path(&fixture("fixture_hog")),
     ));

@@ -5,23 +5,18 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Behavior, StatusServer, Vigil, fixture, toml_path};
+use common::{Behavior, StatusServer, Vigil, fixture, toml_path, web_target};
 use serde_json::{Value, json};
 
 fn config(server: &StatusServer, rule_config: &str) -> String {
     format!(
         r#"
-[[targets]]
-name = "web-01"
-kind = "http-json"
-url = "{}"
-interval = "100ms"
-
+{}
 [[rules]]
 path = "{}"
 {rule_config}
 "#,
-        server.url("status"),
+        web_target(&server.url("status")),
         toml_path(&fixture("fixture_counter")),
     )
 }

@@ -105,6 +105,13 @@ async fn answer(State(routes): State<Routes>, UrlPath(name): UrlPath<String>) ->
     }
 }
 
+/// A `[[targets]]` table: target `web-01` polling `url` every 100 ms.
+pub fn web_target(url: &str) -> String {
+    format!(
+        "[[targets]]\nname = \"web-01\"\nkind = \"http-json\"\nurl = \"{url}\"\ninterval = \"100ms\"\n"
+    )
+}
+
 /// The compiled test fixture rule `name` (e.g. `fixture_spin`).
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("VIGIL_RULES_DIR")).join(format!("{name}.wasm"))
