@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const WASM_TARGET: &str = "wasm32-wasip2";
-const GUEST_PACKAGES: [&str; 6] = [
+const GUEST_PACKAGES: [&str; 7] = [
     "vigil-threshold",
     "fixture-counter",
+    "fixture-hostile",
     "fixture-spin",
     "fixture-hog",
     "fixture-wrong-version",

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Behavior, StatusServer, Vigil, fixture, is_evaluation, toml_path, web_target};
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[test]
 fn runaway_rules_are_stopped_and_the_others_carry_on() {
@@ -68,4 +68,254 @@ max_memory_mib = 16
     assert!(vigil.count(rule_is("fixture_hog")) >= 5);
     assert!(vigil.is_running());
     assert!(vigil.stderr().contains("Rule evaluation failed"));
+}
+
+/// Runs the `hostile` fixture with `attack` next to the bundled rule, against
+/// a healthy target polled every 100 ms, for two seconds after the hostile
+/// rule's first evaluation. Checks that the bundled rule evaluated every
+/// sample without a failure, and returns what was seen.
+fn attack(attack: &str, extra: &str) -> (Vigil, StatusServer) {
+    attack_with(&format!("{{ attack = \"{attack}\" }}"), extra)
+}
+
+/// [`attack`] with the hostile rule's whole config table.
+fn attack_with(config: &str, extra: &str) -> (Vigil, StatusServer) {
+    let server = StatusServer::start();
+    server.set(
+        "status",
+        Behavior::json(json!({"cpu_usage": 95, "memory_usage": 20})),
+    );
+    let mut vigil = Vigil::start(&format!(
+        "{}\n[[rules]]\nbuiltin = \"threshold\"\n\n[[rules]]\nname = \"hostile\"\npath = \"{}\"\nconfig = {config}\n{extra}\n",
+        web_target(&server.url("status")),
+        toml_path(&fixture("fixture_hostile")),
+    ));
+    vigil.wait_for("a hostile evaluation", Duration::from_secs(10), |v| {
+        is_evaluation(v, "web-01") && v["rule"] == "hostile"
+    });
+    vigil.collect_for(Duration::from_secs(2));
+    let good = |v: &Value| is_evaluation(v, "web-01") && v["rule"] == "threshold";
+    let evaluated = vigil.count(good);
+    assert!(
+        evaluated >= 15,
+        "`threshold` evaluated only {evaluated} samples in ~2s"
+    );
+    assert_eq!(vigil.count(|v| good(v) && v.get("error").is_some()), 0);
+    assert_eq!(
+        vigil.count(|v| common::is_alert(v, "firing", "CpuUsageHigh")),
+        1
+    );
+    assert!(vigil.is_running());
+    (vigil, server)
+}
+
+/// The hostile rule's evaluations.
+fn hostile(vigil: &Vigil) -> Vec<&Value> {
+    vigil
+        .seen
+        .iter()
+        .filter(|v| is_evaluation(v, "web-01") && v["rule"] == "hostile")
+        .collect()
+}
+
+/// The first hostile evaluation: (error kind, error).
+fn first_error(vigil: &Vigil) -> (String, String) {
+    let first = hostile(vigil)[0];
+    (
+        first["error_kind"].as_str().unwrap_or("none").to_string(),
+        first["error"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+#[test]
+fn deep_recursion_traps() {
+    let (vigil, _server) = attack("recursion", "");
+    // Rust keeps its stack in linear memory: running off its end is an
+    // out-of-bounds access.
+    assert_eq!(
+        first_error(&vigil),
+        (
+            "trap".into(),
+            "trap: wasm trap: out of bounds memory access".into()
+        )
+    );
+}
+
+#[test]
+fn a_panic_is_reported_with_its_message() {
+    let (vigil, _server) = attack("panic", "");
+    assert_eq!(
+        first_error(&vigil),
+        (
+            "trap".into(),
+            "trap: wasm trap: wasm `unreachable` instruction executed (stderr: rule exploded on purpose)".into()
+        )
+    );
+}
+
+#[test]
+fn a_million_alerts_hit_the_memory_cap() {
+    let (vigil, _server) = attack("alert-flood", "");
+    assert_eq!(
+        first_error(&vigil),
+        (
+            "memory_limit".into(),
+            "memory limit: tried to use more than 128 MiB".into()
+        )
+    );
+}
+
+#[test]
+fn too_many_alerts_are_refused_as_too_large() {
+    let (vigil, _server) = attack_with(r#"{ attack = "alert-flood", count = 5000 }"#, "");
+    assert_eq!(
+        first_error(&vigil),
+        (
+            "verdict_too_large".into(),
+            "verdict too large: 5000 alerts (limit 1000)".into()
+        )
+    );
+    assert_eq!(vigil.count(|v| common::is_alert(v, "firing", "Flood")), 0);
+}
+
+#[test]
+fn a_100_mb_summary_is_never_copied_out() {
+    let (vigil, _server) = attack("huge-summary", "max_memory_mib = 512");
+    assert_eq!(
+        first_error(&vigil),
+        (
+            "verdict_too_large".into(),
+            "verdict too large: the rule returned more data than the host copies out of one call (about 1330176 bytes)".into()
+        )
+    );
+    assert_eq!(vigil.count(|v| common::is_alert(v, "firing", "Huge")), 0);
+}
+
+#[test]
+fn a_log_flood_is_cut_to_the_rate_limit() {
+    let (vigil, _server) = attack("log-flood", "log_lines_per_second = 50");
+    let log = vigil.stderr();
+    let flooded = log
+        .lines()
+        .filter(|line| line.contains("flood line"))
+        .count();
+    // A burst of 100, then 50 per second for the few seconds it ran.
+    assert!(
+        flooded <= 100 + 50 * 5,
+        "{flooded} flood lines reached the log"
+    );
+    assert!(flooded >= 100, "only {flooded} flood lines reached the log");
+    assert!(log.contains("Rule log lines dropped"), "{log}");
+}
+
+#[test]
+fn sleeping_is_denied() {
+    let (vigil, _server) = attack("sleep", "");
+    assert_eq!(
+        first_error(&vigil),
+        (
+            "trap".into(),
+            "trap: rules may not sleep or wait (`wasi:clocks/monotonic-clock@0.2.12#subscribe-duration` is denied)".into()
+        )
+    );
+}
+
+#[test]
+fn files_env_network_and_names_are_out_of_reach() {
+    let server = StatusServer::start();
+    // A port that really listens, so a refusal is the sandbox's doing.
+    let open_port = server
+        .url("x")
+        .trim_start_matches("http://")
+        .trim_end_matches("/x")
+        .to_string();
+    let (vigil, _other) = attack_with(
+        &format!(r#"{{ attack = "escape", connect_to = "{open_port}" }}"#),
+        "",
+    );
+    drop(server);
+    let summaries: Vec<(String, String)> = vigil
+        .seen
+        .iter()
+        .filter(|v| v["type"] == "alert" && v["rule"] == "hostile")
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap().into(),
+                v["summary"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let expect = |name: &str, summary: &str| (name.to_string(), summary.to_string());
+    assert_eq!(
+        summaries,
+        [
+            expect("File", "denied: No such file or directory (os error 44)"),
+            expect("Env", "0 variables"),
+            expect("Tcp", "denied: Permission denied (os error 2)"),
+            expect(
+                "Dns",
+                "denied: failed to lookup address information: Non-recoverable error"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_failing_rule_is_quarantined_with_backoff_and_alerts_once() {
+    // Three failures, 300 ms, one failure, 600 ms, then it works: all within
+    // the two seconds `attack` watches.
+    let (vigil, _server) = attack(
+        "flaky",
+        "quarantine_after = 3\nquarantine_backoff = \"300ms\"",
+    );
+    assert_eq!(
+        vigil.count(|v| common::is_alert(v, "firing", "Recovered")),
+        1
+    );
+    let resolved = vigil
+        .seen
+        .iter()
+        .find(|v| common::is_alert(v, "resolved", "RuleFailing"))
+        .expect("RuleFailing resolved");
+    assert_eq!(resolved["rule"], "vigil");
+    assert_eq!(resolved["labels"], json!({"rule": "hostile"}));
+    assert_eq!(
+        vigil.count(|v| common::is_alert(v, "firing", "RuleFailing")),
+        1
+    );
+    let fired = vigil
+        .seen
+        .iter()
+        .find(|v| common::is_alert(v, "firing", "RuleFailing"))
+        .unwrap();
+    assert_eq!(fired["severity"], "critical");
+    let summary = fired["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with(
+            "rule `hostile` failed 3 times in a row and is quarantined; last error: trap: "
+        ),
+        "{summary}"
+    );
+    assert!(summary.ends_with("(stderr: flaky instance 3)"), "{summary}");
+
+    // Failures 1-3, a quarantine, failure 4 on probation, a longer
+    // quarantine, then the fifth instance works.
+    let kinds: Vec<&str> = hostile(&vigil)
+        .iter()
+        .map(|v| v["error_kind"].as_str().unwrap_or("ok"))
+        .collect();
+    let mut runs: Vec<(&str, usize)> = Vec::new();
+    for kind in &kinds {
+        match runs.last_mut() {
+            Some((last, count)) if last == kind => *count += 1,
+            _ => runs.push((kind, 1)),
+        }
+    }
+    assert_eq!(runs[0], ("trap", 3), "{runs:?}");
+    assert_eq!(runs[1].0, "quarantined", "{runs:?}");
+    assert_eq!(runs[2], ("trap", 1), "{runs:?}");
+    assert_eq!(runs[3].0, "quarantined", "{runs:?}");
+    assert_eq!(runs[4].0, "ok", "{runs:?}");
+    // The second quarantine is twice as long: about 6 samples, not 3.
+    assert!(runs[3].1 > runs[1].1, "backoff did not grow: {runs:?}");
 }

@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 
 use crate::alerts::Tracker;
 use crate::config::Settings;
-use crate::plugins::{self, Evaluation, LoadedRule, RuleWorker};
-use crate::runtime::{Runtime, Sample};
+use crate::plugins::{self, Evaluation, LoadedRule, RuleCounters, RuleHealth, RuleWorker};
+use crate::runtime::{Alert, CallError, Label, Runtime, Sample, Severity};
 use crate::sinks::StdoutSink;
 use crate::sources;
 use crate::state::StateDb;
@@ -31,8 +31,12 @@ const SAMPLE_QUEUE: usize = 1024;
 pub struct App {
     settings: Settings,
     rules: Vec<LoadedRule>,
+    counters: Vec<(Arc<str>, Arc<RuleCounters>)>,
     sink: StdoutSink,
 }
+
+/// The rule name the host's own alerts (such as `RuleFailing`) carry.
+pub const HOST_RULE: &str = "vigil";
 
 impl App {
     /// Opens the state database in `data_dir` and loads every rule. Any
@@ -80,11 +84,22 @@ impl App {
                 errors.join("\n")
             );
         }
+        let counters = rules
+            .iter()
+            .map(|rule| (rule.name.clone(), Arc::default()))
+            .collect();
         Ok(App {
             settings,
             rules,
+            counters,
             sink,
         })
+    }
+
+    /// Each rule's counters (evaluations, failures by kind, quarantines),
+    /// live while the host runs.
+    pub fn counters(&self) -> &[(Arc<str>, Arc<RuleCounters>)] {
+        &self.counters
     }
 
     /// Polls, evaluates and reports until `shutdown` completes, then stops
@@ -93,13 +108,19 @@ impl App {
         let App {
             settings,
             rules,
+            counters,
             mut sink,
         } = self;
         let (sample_tx, mut samples) = mpsc::channel::<Arc<Sample>>(SAMPLE_QUEUE);
         let (result_tx, mut results) = mpsc::unbounded_channel::<Evaluation>();
+        // `build` loaded the rules in config order.
         let workers: Vec<RuleWorker> = rules
             .into_iter()
-            .map(|rule| RuleWorker::spawn(rule, result_tx.clone()))
+            .zip(&settings.rules)
+            .zip(counters)
+            .map(|((rule, spec), (_, counters))| {
+                RuleWorker::spawn(rule, spec.failure_policy, counters, result_tx.clone())
+            })
             .collect();
         drop(result_tx);
         let pollers: Vec<_> = settings
@@ -169,6 +190,7 @@ fn report(sink: &mut StdoutSink, tracker: &mut Tracker, evaluation: &Evaluation)
             }
         }
         // A failed call says nothing about the alerts: they stay as they were.
+        Err(CallError::Quarantined(_)) => {}
         Err(error) => tracing::warn!(
             rule = %evaluation.rule,
             target = %sample.target,
@@ -177,6 +199,46 @@ fn report(sink: &mut StdoutSink, tracker: &mut Tracker, evaluation: &Evaluation)
             "Rule evaluation failed; its instance will be rebuilt."
         ),
     }
+    // The host's own alert about the rule goes through the same lifecycle:
+    // announced once when the rule is quarantined, resolved once it
+    // evaluates again.
+    let failing: Vec<Alert> = rule_failing(&evaluation.rule, &evaluation.health)
+        .into_iter()
+        .collect();
+    for event in tracker.observe(HOST_RULE, &evaluation.rule, &failing, sample.timestamp_ms) {
+        sink.alert(&event);
+    }
+}
+
+/// `RuleFailing` while a rule is quarantined.
+fn rule_failing(rule: &str, health: &RuleHealth) -> Option<Alert> {
+    let RuleHealth::Quarantined {
+        consecutive,
+        last_error,
+        retry_in,
+    } = health
+    else {
+        return None;
+    };
+    let label = |name: &str, value: String| Label {
+        name: name.into(),
+        value,
+    };
+    Some(Alert {
+        name: "RuleFailing".into(),
+        severity: Severity::Critical,
+        summary: format!(
+            "rule `{rule}` failed {consecutive} times in a row and is quarantined; last error: {last_error}"
+        ),
+        labels: vec![label("rule", rule.into())],
+        annotations: vec![label(
+            "next_try_in",
+            humantime::format_duration(std::time::Duration::from_secs(retry_in.as_secs()))
+                .to_string(),
+        )],
+        for_ms: 0,
+        keep_firing_for_ms: 0,
+    })
 }
 
 /// Where durable state goes when neither `--data-dir` nor the config says:

@@ -29,7 +29,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::plugins::builtin;
+use crate::plugins::{FailurePolicy, builtin};
 use crate::runtime::Limits;
 
 /// Poll interval when a target does not set one.
@@ -90,6 +90,8 @@ pub struct RuleSpec {
     pub config_json: String,
     /// Its resource limits.
     pub limits: Limits,
+    /// When it is quarantined after failing.
+    pub failure_policy: FailurePolicy,
     /// Where it was declared (`vigil.toml:12`), for error messages.
     pub origin: String,
 }
@@ -222,6 +224,7 @@ fn default_rule(origin: &str) -> RuleSpec {
         source: RuleSource::Builtin(&builtin::THRESHOLD),
         config_json: "{}".into(),
         limits: Limits::default(),
+        failure_policy: FailurePolicy::default(),
         origin: origin.into(),
     }
 }
@@ -338,6 +341,13 @@ struct RuleConfig {
     timeout: Option<ConfigDuration>,
     init_timeout: Option<ConfigDuration>,
     max_memory_mib: Option<usize>,
+    max_alerts: Option<usize>,
+    max_actions: Option<usize>,
+    max_verdict_bytes: Option<usize>,
+    log_lines_per_second: Option<u32>,
+    quarantine_after: Option<u32>,
+    quarantine_backoff: Option<ConfigDuration>,
+    quarantine_max_backoff: Option<ConfigDuration>,
 }
 
 impl RuleConfig {
@@ -383,6 +393,34 @@ impl RuleConfig {
             }
             limits.max_memory_bytes = mib.saturating_mul(1024 * 1024);
         }
+        if let Some(max) = self.max_alerts {
+            limits.max_alerts = max;
+        }
+        if let Some(max) = self.max_actions {
+            limits.max_actions = max;
+        }
+        if let Some(max) = self.max_verdict_bytes {
+            limits.max_verdict_bytes = max;
+        }
+        if let Some(rate) = self.log_lines_per_second {
+            limits.log_lines_per_second = rate;
+        }
+        let mut failure_policy = FailurePolicy::default();
+        if let Some(after) = self.quarantine_after {
+            if after == 0 {
+                return Err("quarantine_after must be at least 1 failure".into());
+            }
+            failure_policy.quarantine_after = after;
+        }
+        if let Some(backoff) = self.quarantine_backoff {
+            failure_policy.initial_backoff = backoff.0;
+        }
+        if let Some(backoff) = self.quarantine_max_backoff {
+            failure_policy.max_backoff = backoff.0;
+        }
+        if failure_policy.max_backoff < failure_policy.initial_backoff {
+            return Err("quarantine_max_backoff is shorter than quarantine_backoff".into());
+        }
         let config_json = serde_json::to_string(&self.config).map_err(|error| {
             format!("rule `{name}`: its config cannot be passed as JSON: {error}")
         })?;
@@ -391,6 +429,7 @@ impl RuleConfig {
             source,
             config_json,
             limits,
+            failure_policy,
             origin: origin.to_string(),
         })
     }

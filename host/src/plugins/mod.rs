@@ -12,7 +12,7 @@ mod worker;
 use std::sync::Arc;
 
 pub use subscription::Subscription;
-pub use worker::{Evaluation, RuleWorker};
+pub use worker::{Evaluation, FailurePolicy, RuleCounters, RuleHealth, RuleWorker};
 
 use crate::config::{RuleSource, RuleSpec};
 use crate::runtime::{LoadError, RuleInfo, RuleInstance, Runtime};

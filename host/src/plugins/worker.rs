@@ -1,21 +1,70 @@
-//! One thread per rule, evaluating the samples sent to it in order.
+//! One thread per rule, evaluating the samples sent to it in order, and the
+//! failure policy that sets a failing rule aside.
 //!
 //! Rules are called synchronously (a wasm call is a few microseconds), so each
 //! rule gets a plain thread rather than a slot on the async runtime: a rule
 //! that burns its whole deadline delays only its own queue, never the poll
 //! loop or another rule.
+//!
+//! After `quarantine_after` failures in a row the rule is quarantined: the
+//! samples that arrive meanwhile are not evaluated (each is reported as
+//! skipped), and after a backoff that doubles on every new quarantine (up to
+//! a maximum) the next sample tries the rule again. One success ends it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
 use super::{LoadedRule, Subscription};
-use crate::runtime::{CallError, Sample, Verdict};
+use crate::runtime::{CallError, RuleInstance, Sample, Verdict};
 
 /// Samples waiting for one rule before senders wait.
 const QUEUE: usize = 1024;
+
+/// When a failing rule is set aside, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailurePolicy {
+    /// Failures in a row that quarantine the rule.
+    pub quarantine_after: u32,
+    /// The first quarantine's length; each next one doubles it.
+    pub initial_backoff: Duration,
+    /// The longest quarantine.
+    pub max_backoff: Duration,
+}
+
+impl Default for FailurePolicy {
+    fn default() -> Self {
+        FailurePolicy {
+            quarantine_after: 5,
+            initial_backoff: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Where a rule stands after an evaluation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleHealth {
+    /// The last call succeeded.
+    Healthy,
+    /// Failing, not (yet) quarantined.
+    Failing {
+        /// Failures in a row.
+        consecutive: u32,
+    },
+    /// Set aside after too many failures in a row.
+    Quarantined {
+        /// Failures in a row.
+        consecutive: u32,
+        /// The failure that led here.
+        last_error: CallError,
+        /// Until the next try.
+        retry_in: Duration,
+    },
+}
 
 /// The outcome of one rule on one sample.
 #[derive(Debug)]
@@ -24,10 +73,50 @@ pub struct Evaluation {
     pub rule: Arc<str>,
     /// The sample as the rule saw it (only its subscribed metrics).
     pub sample: Arc<Sample>,
-    /// Its verdict, or why the call failed.
+    /// Its verdict, or why there is none.
     pub result: Result<Verdict, CallError>,
-    /// How long the call took.
+    /// How long the call took (zero when skipped).
     pub duration: Duration,
+    /// The rule's health after this evaluation.
+    pub health: RuleHealth,
+}
+
+/// Per-rule counters, readable while the rule runs.
+#[derive(Debug, Default)]
+pub struct RuleCounters {
+    /// Calls made (successful or not).
+    pub evaluations: AtomicU64,
+    /// Calls that hit their deadline.
+    pub timeouts: AtomicU64,
+    /// Calls that hit the memory cap.
+    pub memory_limits: AtomicU64,
+    /// Calls that trapped otherwise.
+    pub traps: AtomicU64,
+    /// Verdicts refused as too large.
+    pub verdicts_too_large: AtomicU64,
+    /// Times the rule was quarantined.
+    pub quarantines: AtomicU64,
+    /// Samples not evaluated because the rule was quarantined.
+    pub skipped: AtomicU64,
+}
+
+impl RuleCounters {
+    fn count(&self, result: &Result<Verdict, CallError>) {
+        let counter = match result {
+            Ok(_) => None,
+            Err(CallError::Timeout(_)) => Some(&self.timeouts),
+            Err(CallError::MemoryLimit(_)) => Some(&self.memory_limits),
+            Err(CallError::Trap(_)) => Some(&self.traps),
+            Err(CallError::VerdictTooLarge(_)) => Some(&self.verdicts_too_large),
+            Err(CallError::Quarantined(_)) => Some(&self.skipped),
+        };
+        if !matches!(result, Err(CallError::Quarantined(_))) {
+            self.evaluations.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(counter) = counter {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A rule's worker thread and the queue that feeds it.
@@ -40,21 +129,30 @@ pub struct RuleWorker {
 impl RuleWorker {
     /// Starts a thread that evaluates every sample it is sent and reports
     /// each outcome on `results`.
-    pub fn spawn(rule: LoadedRule, results: mpsc::UnboundedSender<Evaluation>) -> Self {
+    pub fn spawn(
+        rule: LoadedRule,
+        policy: FailurePolicy,
+        counters: Arc<RuleCounters>,
+        results: mpsc::UnboundedSender<Evaluation>,
+    ) -> Self {
         let (queue, mut samples) = mpsc::channel::<Arc<Sample>>(QUEUE);
         let name = rule.name.clone();
-        let LoadedRule {
-            name: rule_name,
-            subscription,
-            mut instance,
-            ..
-        } = rule;
+        let mut worker = Worker {
+            name: rule.name,
+            subscription: rule.subscription,
+            instance: rule.instance,
+            policy,
+            counters,
+            consecutive: 0,
+            backoff: policy.initial_backoff,
+            quarantined_until: None,
+            last_error: None,
+        };
         let thread = std::thread::Builder::new()
             .name(format!("rule-{name}"))
             .spawn(move || {
                 while let Some(sample) = samples.blocking_recv() {
-                    let evaluation = evaluate(&rule_name, &subscription, &mut instance, &sample);
-                    if results.send(evaluation).is_err() {
+                    if results.send(worker.evaluate(&sample)).is_err() {
                         break;
                     }
                 }
@@ -88,19 +186,84 @@ impl RuleWorker {
     }
 }
 
-fn evaluate(
-    rule: &Arc<str>,
-    subscription: &Subscription,
-    instance: &mut crate::runtime::RuleInstance,
-    sample: &Arc<Sample>,
-) -> Evaluation {
-    let view = subscription.view(sample);
-    let started = Instant::now();
-    let result = instance.evaluate(&view);
-    Evaluation {
-        rule: rule.clone(),
-        sample: view,
-        result,
-        duration: started.elapsed(),
+/// What the worker thread owns.
+struct Worker {
+    name: Arc<str>,
+    subscription: Subscription,
+    instance: RuleInstance,
+    policy: FailurePolicy,
+    counters: Arc<RuleCounters>,
+    consecutive: u32,
+    /// The length of the next quarantine.
+    backoff: Duration,
+    quarantined_until: Option<Instant>,
+    last_error: Option<CallError>,
+}
+
+impl Worker {
+    fn evaluate(&mut self, sample: &Arc<Sample>) -> Evaluation {
+        let view = self.subscription.view(sample);
+        let (result, duration) = match self.quarantined_until {
+            Some(until) if Instant::now() < until => {
+                let retry_in = until - Instant::now();
+                (Err(CallError::Quarantined(retry_in)), Duration::ZERO)
+            }
+            _ => {
+                let started = Instant::now();
+                let result = self.instance.evaluate(&view);
+                (result, started.elapsed())
+            }
+        };
+        self.counters.count(&result);
+        let health = self.update_health(&result);
+        Evaluation {
+            rule: self.name.clone(),
+            sample: view,
+            result,
+            duration,
+            health,
+        }
+    }
+
+    fn update_health(&mut self, result: &Result<Verdict, CallError>) -> RuleHealth {
+        match result {
+            Ok(_) => {
+                if self.quarantined_until.take().is_some() || self.consecutive > 0 {
+                    tracing::info!(rule = %self.name, "Rule evaluates again.");
+                }
+                self.consecutive = 0;
+                self.backoff = self.policy.initial_backoff;
+                self.last_error = None;
+                return RuleHealth::Healthy;
+            }
+            Err(CallError::Quarantined(_)) => {}
+            Err(error) => {
+                self.consecutive += 1;
+                self.last_error = Some(error.clone());
+                if self.consecutive >= self.policy.quarantine_after {
+                    let backoff = self.backoff;
+                    self.quarantined_until = Some(Instant::now() + backoff);
+                    self.backoff = (backoff * 2).min(self.policy.max_backoff);
+                    self.counters.quarantines.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        rule = %self.name,
+                        failures = self.consecutive,
+                        retry_in = %humantime::format_duration(backoff),
+                        %error,
+                        "Rule quarantined."
+                    );
+                }
+            }
+        }
+        match (&self.quarantined_until, &self.last_error) {
+            (Some(until), Some(last_error)) => RuleHealth::Quarantined {
+                consecutive: self.consecutive,
+                last_error: last_error.clone(),
+                retry_in: until.saturating_duration_since(Instant::now()),
+            },
+            _ => RuleHealth::Failing {
+                consecutive: self.consecutive,
+            },
+        }
     }
 }

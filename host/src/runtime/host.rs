@@ -10,6 +10,15 @@ impl types::Host for StoreData {}
 
 impl host::Host for StoreData {
     fn log(&mut self, level: host::Level, message: String) {
+        if !self
+            .host
+            .log_budget
+            .lock()
+            .expect("log budget lock")
+            .allow()
+        {
+            return;
+        }
         let rule = &self.host.rule;
         let message = truncate(&message, MAX_LOG_MESSAGE);
         match level {

@@ -23,9 +23,15 @@ pub enum CallError {
     #[error("memory limit: tried to use more than {} MiB", .0 / (1024 * 1024))]
     MemoryLimit(usize),
     /// Any other trap: a panic, `unreachable`, an out-of-bounds access, a
-    /// stack overflow.
+    /// stack overflow, a denied host call.
     #[error("trap: {0}")]
     Trap(String),
+    /// Returned a verdict past the limits on alerts, actions or text.
+    #[error("verdict too large: {0}")]
+    VerdictTooLarge(String),
+    /// Not called: the rule is quarantined after failing too often.
+    #[error("quarantined: not evaluated, next try in {}", humantime::format_duration(Duration::from_secs(.0.as_secs())))]
+    Quarantined(Duration),
 }
 
 impl CallError {
@@ -35,6 +41,8 @@ impl CallError {
             CallError::Timeout(_) => "timeout",
             CallError::MemoryLimit(_) => "memory_limit",
             CallError::Trap(_) => "trap",
+            CallError::VerdictTooLarge(_) => "verdict_too_large",
+            CallError::Quarantined(_) => "quarantined",
         }
     }
 }
@@ -69,7 +77,7 @@ impl RuleInstance {
     ) -> Result<(Self, RuleInfo), LoadError> {
         let name: Arc<str> = name.into();
         let mut instance = RuleInstance {
-            output: Output::new(&name),
+            output: Output::new(&name, limits.log_lines_per_second),
             name,
             runtime: runtime.clone(),
             prepared,
@@ -107,6 +115,12 @@ impl RuleInstance {
         prepare_call(&mut live.store, &self.output, timeout);
         match live.rule.call_evaluate(&mut live.store, sample) {
             Ok(verdict) => {
+                if let Err(error) = check_verdict(&verdict, &self.limits) {
+                    // The instance is sound; only this answer is refused,
+                    // together with the state it wrote.
+                    live.store.data_mut().host.pending.clear();
+                    return Err(error);
+                }
                 commit_state(&mut live.store);
                 Ok(verdict)
             }
@@ -123,11 +137,15 @@ impl RuleInstance {
         let data = StoreData::new(
             self.name.clone(),
             self.limits.max_memory_bytes,
+            hostcall_fuel(&self.limits),
             self.state.clone(),
             &self.output,
         );
         let mut store = Store::new(self.runtime.engine(), data);
         store.limiter(|data| &mut data.limiter);
+        // Caps what wasmtime copies out of the rule in one call (a verdict,
+        // a log line, a state value) before it allocates it on the host.
+        store.set_hostcall_fuel(hostcall_fuel(&self.limits));
         let timeout = self.limits.init_timeout;
         prepare_call(&mut store, &self.output, timeout);
         let rule = match self.prepared.pre.instantiate(&mut store) {
@@ -162,6 +180,62 @@ impl RuleInstance {
     }
 }
 
+/// Bytes wasmtime may copy out of the rule per call: the verdict's text
+/// limit plus room for the records around it, and never less than a state
+/// value.
+fn hostcall_fuel(limits: &Limits) -> usize {
+    let records = (limits.max_alerts + limits.max_actions).saturating_mul(256);
+    limits
+        .max_verdict_bytes
+        .saturating_add(records)
+        .max(2 * crate::state::MAX_VALUE_BYTES)
+}
+
+/// What wasmtime says when a call copies more than the hostcall fuel allows
+/// (its error type is private, so the message is what there is to match).
+const FUEL_EXHAUSTED: &str = "too much data is being copied between the host and the guest";
+
+/// Refuses verdicts past the limits: a rule cannot flood the alert pipeline
+/// or the sinks behind it.
+fn check_verdict(verdict: &Verdict, limits: &Limits) -> Result<(), CallError> {
+    let too_large = |what: String| Err(CallError::VerdictTooLarge(what));
+    if verdict.alerts.len() > limits.max_alerts {
+        return too_large(format!(
+            "{} alerts (limit {})",
+            verdict.alerts.len(),
+            limits.max_alerts
+        ));
+    }
+    if verdict.actions.len() > limits.max_actions {
+        return too_large(format!(
+            "{} actions (limit {})",
+            verdict.actions.len(),
+            limits.max_actions
+        ));
+    }
+    let labels = |labels: &[super::Label]| -> usize {
+        labels.iter().map(|l| l.name.len() + l.value.len()).sum()
+    };
+    let bytes: usize = verdict
+        .alerts
+        .iter()
+        .map(|a| a.name.len() + a.summary.len() + labels(&a.labels) + labels(&a.annotations))
+        .chain(
+            verdict
+                .actions
+                .iter()
+                .map(|a| a.action.len() + a.reason.len() + labels(&a.params)),
+        )
+        .sum();
+    if bytes > limits.max_verdict_bytes {
+        return too_large(format!(
+            "{bytes} bytes of text (limit {})",
+            limits.max_verdict_bytes
+        ));
+    }
+    Ok(())
+}
+
 /// Arms the deadline and resets per-call bookkeeping.
 fn prepare_call(store: &mut Store<StoreData>, output: &Output, timeout: Duration) {
     store.set_epoch_deadline(deadline_ticks(timeout));
@@ -192,9 +266,16 @@ fn classify(
     if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
         return CallError::Timeout(timeout);
     }
+    if error.root_cause().to_string().starts_with(FUEL_EXHAUSTED) {
+        return CallError::VerdictTooLarge(format!(
+            "the rule returned more data than the host copies out of one call (about {} bytes)",
+            data.limiter.max_copy
+        ));
+    }
+    // The root cause, without the wasm backtrace wasmtime wraps it in.
     let trap = match error.downcast_ref::<Trap>() {
         Some(trap) => trap.to_string(),
-        None => format!("{error:#}"),
+        None => error.root_cause().to_string(),
     };
     match output.stderr.last_line() {
         Some(line) if !line.trim().is_empty() => {

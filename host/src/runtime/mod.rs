@@ -48,6 +48,16 @@ pub struct Limits {
     pub evaluate_timeout: Duration,
     /// Wall-clock deadline for instantiation plus `init`.
     pub init_timeout: Duration,
+    /// Most alerts in one verdict.
+    pub max_alerts: usize,
+    /// Most action requests in one verdict.
+    pub max_actions: usize,
+    /// Most bytes of text (names, summaries, labels, ...) in one verdict.
+    pub max_verdict_bytes: usize,
+    /// Log lines per second a rule may write (host log, stdout and stderr
+    /// together); twice as many may come in a burst. The rest are dropped
+    /// and counted.
+    pub log_lines_per_second: u32,
 }
 
 impl Default for Limits {
@@ -56,6 +66,10 @@ impl Default for Limits {
             max_memory_bytes: 128 * 1024 * 1024,
             evaluate_timeout: Duration::from_millis(100),
             init_timeout: Duration::from_secs(5),
+            max_alerts: 1_000,
+            max_actions: 100,
+            max_verdict_bytes: 1024 * 1024,
+            log_lines_per_second: 100,
         }
     }
 }
@@ -89,6 +103,7 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(error)?;
+        deny_waiting(&mut linker).map_err(error)?;
         bindings::Rule::add_to_linker::<_, HasSelf<_>>(&mut linker, |data| data).map_err(error)?;
         Ok(Runtime {
             engine,
@@ -100,6 +115,37 @@ impl Runtime {
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
+}
+
+/// The WASI version whose clock functions [`deny_waiting`] replaces; it must
+/// be the one `wasmtime-wasi` links (components importing any 0.2.x resolve
+/// to it).
+const WASI_CLOCKS: &str = "wasi:clocks/monotonic-clock@0.2.12";
+
+/// Replaces the clock functions that let a rule wait (`subscribe-duration`,
+/// `subscribe-instant`: how `sleep` is built) with ones that trap.
+///
+/// A wait blocks inside the host, where epoch interruption cannot reach, so
+/// a sleeping rule would hold its thread past any deadline. Rules have no
+/// reason to wait: they answer one sample and return.
+fn deny_waiting(linker: &mut Linker<StoreData>) -> wasmtime::Result<()> {
+    use wasmtime::component::Resource;
+    use wasmtime_wasi::p2::DynPollable;
+
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance(WASI_CLOCKS)?;
+    for function in ["subscribe-duration", "subscribe-instant"] {
+        clock.func_wrap(
+            function,
+            move |_, _: (u64,)| -> wasmtime::Result<(Resource<DynPollable>,)> {
+                Err(wasmtime::format_err!(
+                    "rules may not sleep or wait (`{WASI_CLOCKS}#{function}` is denied)"
+                ))
+            },
+        )?;
+    }
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is

@@ -11,6 +11,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use wasmtime::component::ResourceTable;
@@ -36,6 +37,8 @@ pub struct HostData {
     pub(crate) state: RuleState,
     /// Writes made during the current call, committed when it returns.
     pub(crate) pending: crate::state::PendingWrites,
+    /// Shared with stdout and stderr: one budget for all the rule's logging.
+    pub(crate) log_budget: Arc<Mutex<LogBudget>>,
 }
 
 impl WasiView for StoreData {
@@ -51,6 +54,7 @@ impl StoreData {
     pub(crate) fn new(
         rule: Arc<str>,
         max_memory: usize,
+        max_copy: usize,
         state: RuleState,
         output: &Output,
     ) -> Self {
@@ -67,11 +71,13 @@ impl StoreData {
             limiter: MemoryLimiter {
                 max_memory,
                 hit: false,
+                max_copy,
             },
             host: HostData {
                 rule,
                 state,
                 pending: Default::default(),
+                log_budget: output.budget.clone(),
             },
         }
     }
@@ -82,6 +88,8 @@ impl StoreData {
 pub struct MemoryLimiter {
     pub(crate) max_memory: usize,
     pub(crate) hit: bool,
+    /// The hostcall fuel the store was given, for error messages.
+    pub(crate) max_copy: usize,
 }
 
 /// Table elements a rule may have: plenty for any language runtime.
@@ -128,14 +136,64 @@ impl ResourceLimiter for MemoryLimiter {
 pub(crate) struct Output {
     pub(crate) stdout: LogPipe,
     pub(crate) stderr: LogPipe,
+    budget: Arc<Mutex<LogBudget>>,
 }
 
 impl Output {
-    pub(crate) fn new(rule: &Arc<str>) -> Self {
+    pub(crate) fn new(rule: &Arc<str>, lines_per_second: u32) -> Self {
+        let budget = Arc::new(Mutex::new(LogBudget::new(rule.clone(), lines_per_second)));
         Output {
-            stdout: LogPipe::new(rule.clone(), Stream::Stdout),
-            stderr: LogPipe::new(rule.clone(), Stream::Stderr),
+            stdout: LogPipe::new(rule.clone(), Stream::Stdout, budget.clone()),
+            stderr: LogPipe::new(rule.clone(), Stream::Stderr, budget.clone()),
+            budget,
         }
+    }
+}
+
+/// A token bucket of log lines: `rate` per second, bursts of twice that.
+/// Lines over budget are dropped and counted, and the count is logged once
+/// the rule may log again, so a flood shows up as one line, not a million.
+pub(crate) struct LogBudget {
+    rule: Arc<str>,
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+    dropped: u64,
+}
+
+impl LogBudget {
+    fn new(rule: Arc<str>, lines_per_second: u32) -> Self {
+        let rate = f64::from(lines_per_second);
+        LogBudget {
+            rule,
+            rate,
+            tokens: 2.0 * rate,
+            last: Instant::now(),
+            dropped: 0,
+        }
+    }
+
+    /// Takes one line from the budget; `false` means drop the line.
+    pub(crate) fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(2.0 * self.rate);
+        self.last = now;
+        if self.tokens < 1.0 {
+            self.dropped += 1;
+            return false;
+        }
+        self.tokens -= 1.0;
+        if self.dropped > 0 {
+            tracing::warn!(
+                rule = %self.rule,
+                dropped = self.dropped,
+                limit = self.rate,
+                "Rule log lines dropped: the rule logs faster than its limit of lines per second."
+            );
+            self.dropped = 0;
+        }
+        true
     }
 }
 
@@ -154,6 +212,7 @@ pub(crate) struct LogPipe {
     rule: Arc<str>,
     stream: Stream,
     inner: Arc<Mutex<PipeState>>,
+    budget: Arc<Mutex<LogBudget>>,
 }
 
 #[derive(Default)]
@@ -163,11 +222,12 @@ struct PipeState {
 }
 
 impl LogPipe {
-    fn new(rule: Arc<str>, stream: Stream) -> Self {
+    fn new(rule: Arc<str>, stream: Stream, budget: Arc<Mutex<LogBudget>>) -> Self {
         LogPipe {
             rule,
             stream,
             inner: Default::default(),
+            budget,
         }
     }
 
@@ -209,7 +269,7 @@ impl LogPipe {
     }
 
     fn emit(&self, line: &str) {
-        if line.trim().is_empty() {
+        if line.trim().is_empty() || !self.budget.lock().expect("log budget lock").allow() {
             return;
         }
         match self.stream {

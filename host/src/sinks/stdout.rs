@@ -128,6 +128,7 @@ fn evaluation_text(evaluation: &Evaluation) -> String {
                 .collect();
             format!("alerts: {}", names.join(", "))
         }
+        Err(error @ crate::runtime::CallError::Quarantined(_)) => format!("skipped, {error}"),
         Err(error) => format!("FAILED: {error}"),
     };
     format!("{head} {seen} -> {said} ({:?})", evaluation.duration)
