@@ -214,3 +214,16 @@ fn a_rule_that_refuses_its_config_is_refused() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_rule_that_loops_in_init_is_refused_at_its_deadline() {
+    let stderr = refused(&format!(
+        "{TARGET}\n[[rules]]\nname = \"stuck\"\npath = \"{}\"\nconfig = {{ attack = \"init-loop\" }}\ninit_timeout = \"300ms\"\n",
+        toml_path(&fixture("fixture_hostile"))
+    ));
+    assert!(
+        stderr.contains("rule `stuck` (")
+            && stderr.contains("`init` failed: timeout: exceeded its 300ms deadline"),
+        "{stderr}"
+    );
+}

@@ -1,6 +1,5 @@
-//! The sandbox floor: a rule that never returns and a rule that allocates
-//! without bound are stopped by the deadline and the memory cap, and cost
-//! nothing but their own evaluations.
+//! The sandbox: every hostile rule is stopped, its failure reported as what
+//! it is, and a well-behaved rule evaluated alongside keeps every sample.
 
 mod common;
 
