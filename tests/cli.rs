@@ -174,6 +174,18 @@ fn invalid_rule_files_are_refused_with_the_reason() {
             "not a WebAssembly file",
         ),
         (
+            write("random.wasm", &random_bytes(4096)),
+            "not a WebAssembly file",
+        ),
+        (
+            // Random bytes behind a valid component header.
+            write(
+                "noise.wasm",
+                &[&b"\0asm\x0d\0\x01\0"[..], &random_bytes(4096)].concat(),
+            ),
+            "not a valid component: ",
+        ),
+        (
             // The smallest valid core module: magic and version 1.
             write("core.wasm", b"\0asm\x01\0\0\0"),
             "a core WebAssembly module, not a component\nhint: build for `wasm32-wasip2`",
@@ -226,4 +238,17 @@ fn a_rule_that_loops_in_init_is_refused_at_its_deadline() {
             && stderr.contains("`init` failed: timeout: exceeded its 300ms deadline"),
         "{stderr}"
     );
+}
+
+/// Deterministic noise (xorshift), so a failure reproduces.
+fn random_bytes(len: usize) -> Vec<u8> {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
 }

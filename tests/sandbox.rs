@@ -100,6 +100,24 @@ fn attack_with(config: &str, extra: &str) -> (Vigil, StatusServer) {
         "`threshold` evaluated only {evaluated} samples in ~2s"
     );
     assert_eq!(vigil.count(|v| good(v) && v.get("error").is_some()), 0);
+    // Every sample the hostile rule was handed, `threshold` evaluated too.
+    let good_samples: std::collections::HashSet<u64> = vigil
+        .seen
+        .iter()
+        .filter(|v| good(v))
+        .map(|v| v["timestamp_ms"].as_u64().unwrap())
+        .collect();
+    for v in vigil
+        .seen
+        .iter()
+        .filter(|v| is_evaluation(v, "web-01") && v["rule"] == "hostile")
+    {
+        let at = v["timestamp_ms"].as_u64().unwrap();
+        assert!(
+            good_samples.contains(&at),
+            "`threshold` missed the sample of {at}"
+        );
+    }
     assert_eq!(
         vigil.count(|v| common::is_alert(v, "firing", "CpuUsageHigh")),
         1
