@@ -267,3 +267,66 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{RuleSource, RuleSpec};
+    use crate::runtime::{Health, Limits, Runtime};
+    use crate::state::StateDb;
+
+    #[test]
+    fn counters_and_quarantine_follow_the_failures() {
+        let runtime = Runtime::new().unwrap();
+        let state = StateDb::in_memory().unwrap();
+        let path = std::path::Path::new(env!("VIGIL_RULES_DIR")).join("fixture_hostile.wasm");
+        let spec = RuleSpec {
+            name: "hostile".into(),
+            source: RuleSource::File(path),
+            config_json: r#"{"attack": "panic"}"#.into(),
+            limits: Limits::default(),
+            failure_policy: FailurePolicy::default(),
+            origin: "test".into(),
+        };
+        let rule = super::super::load(&runtime, &state, &spec).unwrap();
+        let policy = FailurePolicy {
+            quarantine_after: 2,
+            initial_backoff: Duration::from_secs(60),
+            max_backoff: Duration::from_secs(60),
+        };
+        let counters = Arc::new(RuleCounters::default());
+        let (results, mut evaluations) = mpsc::unbounded_channel();
+        let worker = RuleWorker::spawn(rule, policy, counters.clone(), results);
+        let runtime_tokio = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let sample = Arc::new(crate::sources::make_sample("t", &[], Ok(vec![]), 1));
+        runtime_tokio.block_on(async {
+            for _ in 0..4 {
+                worker.send(sample.clone()).await;
+            }
+        });
+        worker.stop();
+        let mut healths = Vec::new();
+        while let Ok(evaluation) = evaluations.try_recv() {
+            assert!(matches!(evaluation.sample.health, Health::Up));
+            healths.push(evaluation.health);
+        }
+        assert_eq!(healths.len(), 4);
+        assert_eq!(healths[0], RuleHealth::Failing { consecutive: 1 });
+        assert!(matches!(
+            healths[1],
+            RuleHealth::Quarantined { consecutive: 2, .. }
+        ));
+        assert!(matches!(
+            healths[3],
+            RuleHealth::Quarantined { consecutive: 2, .. }
+        ));
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        assert_eq!(read(&counters.evaluations), 2);
+        assert_eq!(read(&counters.traps), 2);
+        assert_eq!(read(&counters.quarantines), 1);
+        assert_eq!(read(&counters.skipped), 2);
+        assert_eq!(read(&counters.timeouts), 0);
+    }
+}
