@@ -9,6 +9,7 @@
 //! database, compile and `init` every rule) before anything runs, so a host
 //! either starts fully configured or not at all.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,8 +19,11 @@ use tokio::sync::mpsc;
 
 use crate::alerts::Tracker;
 use crate::config::Settings;
-use crate::plugins::{self, Evaluation, LoadedRule, RuleCounters, RuleHealth, RuleWorker};
-use crate::runtime::{Alert, CallError, Label, Runtime, Sample, Severity};
+use crate::plugins::reload::{self, Change, StatusBoard};
+use crate::plugins::{
+    self, Evaluation, FailurePolicy, LoadedRule, RuleCounters, RuleHealth, RuleWorker, WorkerEvent,
+};
+use crate::runtime::{Alert, CallError, CompileCache, Label, Runtime, Sample, Severity};
 use crate::sinks::StdoutSink;
 use crate::sources;
 use crate::state::StateDb;
@@ -33,6 +37,9 @@ pub struct App {
     rules: Vec<LoadedRule>,
     counters: Vec<(Arc<str>, Arc<RuleCounters>)>,
     sink: StdoutSink,
+    runtime: Runtime,
+    state: StateDb,
+    status: StatusBoard,
 }
 
 /// The rule name the host's own alerts (such as `RuleFailing`) carry.
@@ -57,8 +64,11 @@ impl App {
                 db_path.display()
             )
         })?;
-        let runtime = Runtime::new()?;
+        // Compiled rules are kept in `<data_dir>/cache`, so a restart loads
+        // them in milliseconds instead of compiling them again.
+        let runtime = Runtime::new()?.with_compile_cache(CompileCache::new(data_dir.join("cache")));
         let specs = settings.rules.clone();
+        let (runtime_for_reloads, state_for_reloads) = (runtime.clone(), state.clone());
         // Compiling is CPU-heavy (seconds for big components): keep it off
         // the async workers.
         let loaded = tokio::task::spawn_blocking(move || {
@@ -93,7 +103,16 @@ impl App {
             rules,
             counters,
             sink,
+            runtime: runtime_for_reloads,
+            state: state_for_reloads,
+            status: StatusBoard::default(),
         })
+    }
+
+    /// Each rule's version, hash and last refused reload, live while the
+    /// host runs.
+    pub fn status(&self) -> StatusBoard {
+        self.status.clone()
     }
 
     /// Each rule's counters (evaluations, failures by kind, quarantines),
@@ -110,19 +129,41 @@ impl App {
             rules,
             counters,
             mut sink,
+            runtime,
+            state,
+            status,
         } = self;
         let (sample_tx, mut samples) = mpsc::channel::<Arc<Sample>>(SAMPLE_QUEUE);
-        let (result_tx, mut results) = mpsc::unbounded_channel::<Evaluation>();
-        // `build` loaded the rules in config order.
-        let workers: Vec<RuleWorker> = rules
-            .into_iter()
-            .zip(&settings.rules)
-            .zip(counters)
-            .map(|((rule, spec), (_, counters))| {
-                RuleWorker::spawn(rule, spec.failure_policy, counters, result_tx.clone())
-            })
+        let (result_tx, mut results) = mpsc::unbounded_channel::<WorkerEvent>();
+        let (change_tx, mut changes) = mpsc::unbounded_channel::<Change>();
+        let reloader = reload::spawn(
+            &rules,
+            &settings.rules,
+            runtime,
+            state,
+            settings.reload_debounce,
+            status,
+            change_tx,
+        )?;
+        let policies: HashMap<Arc<str>, FailurePolicy> = settings
+            .rules
+            .iter()
+            .map(|spec| (Arc::from(spec.name.as_str()), spec.failure_policy))
             .collect();
-        drop(result_tx);
+        let counters: HashMap<Arc<str>, Arc<RuleCounters>> = counters.into_iter().collect();
+        let spawn_worker = |rule: LoadedRule| {
+            let name = rule.name.clone();
+            RuleWorker::spawn(
+                rule,
+                policies[&name],
+                counters[&name].clone(),
+                result_tx.clone(),
+            )
+        };
+        let mut workers: BTreeMap<Arc<str>, RuleWorker> = rules
+            .into_iter()
+            .map(|rule| (rule.name.clone(), spawn_worker(rule)))
+            .collect();
         let pollers: Vec<_> = settings
             .targets
             .iter()
@@ -136,32 +177,66 @@ impl App {
         );
 
         let mut tracker = Tracker::default();
+        // Rules whose file was removed: their alerts resolve once their
+        // worker has reported its last evaluation.
+        let mut removed: HashSet<Arc<str>> = HashSet::new();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
                 Some(sample) = samples.recv() => {
-                    for worker in &workers {
+                    for worker in workers.values() {
                         worker.send(sample.clone()).await;
                     }
                 }
-                Some(evaluation) = results.recv() => report(&mut sink, &mut tracker, &evaluation),
+                Some(event) = results.recv() => match event {
+                    WorkerEvent::Evaluated(evaluation) => report(&mut sink, &mut tracker, &evaluation),
+                    WorkerEvent::Stopped(rule) => {
+                        if removed.remove(&rule) {
+                            let now = sources::now_ms();
+                            let gone = |r: &str, t: &str| r == &*rule || (r == HOST_RULE && t == &*rule);
+                            for event in tracker.forget(gone, now) {
+                                sink.alert(&event);
+                            }
+                        }
+                    }
+                },
+                Some(change) = changes.recv() => match change {
+                    Change::Install(rule) => match workers.get(&rule.name) {
+                        Some(worker) => worker.swap(*rule).await,
+                        None => {
+                            removed.remove(&rule.name);
+                            workers.insert(rule.name.clone(), spawn_worker(*rule));
+                        }
+                    },
+                    Change::Remove(rule) => {
+                        if let Some(worker) = workers.remove(&rule) {
+                            removed.insert(rule);
+                            worker.close();
+                        }
+                    }
+                },
             }
         }
 
         tracing::info!("Shutting down.");
+        reloader.abort();
         for poller in &pollers {
             poller.abort();
         }
         // Samples already taken are still evaluated and reported.
         while let Ok(sample) = samples.try_recv() {
-            for worker in &workers {
+            for worker in workers.values() {
                 worker.send(sample.clone()).await;
             }
         }
-        tokio::task::spawn_blocking(move || workers.into_iter().for_each(RuleWorker::stop)).await?;
-        while let Some(evaluation) = results.recv().await {
-            report(&mut sink, &mut tracker, &evaluation);
+        drop(result_tx);
+        tokio::task::spawn_blocking(move || workers.into_values().for_each(RuleWorker::stop))
+            .await?;
+        while let Some(event) = results.recv().await {
+            if let WorkerEvent::Evaluated(evaluation) = event {
+                report(&mut sink, &mut tracker, &evaluation);
+            }
         }
         Ok(())
     }

@@ -36,6 +36,8 @@ use crate::runtime::Limits;
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 /// HTTP timeout when a target does not set one.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Quiet time after a rule file changes before it is reloaded.
+pub const DEFAULT_RELOAD_DEBOUNCE: Duration = Duration::from_millis(50);
 /// Largest status body accepted when a target does not set a limit.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
@@ -48,6 +50,8 @@ pub struct Settings {
     pub targets: Vec<TargetSpec>,
     /// What to run on each sample.
     pub rules: Vec<RuleSpec>,
+    /// Quiet time after the last change to a rule file before it is reloaded.
+    pub reload_debounce: Duration,
 }
 
 /// One target to poll.
@@ -137,6 +141,7 @@ impl Settings {
                 kind: TargetKind::Local,
             }],
             rules: vec![default_rule("embedded default")],
+            reload_debounce: DEFAULT_RELOAD_DEBOUNCE,
         }
     }
 
@@ -214,6 +219,9 @@ impl Settings {
             data_dir: file.data_dir.map(|dir| base.join(dir)),
             targets,
             rules,
+            reload_debounce: file
+                .reload_debounce
+                .map_or(DEFAULT_RELOAD_DEBOUNCE, |d| d.0),
         })
     }
 }
@@ -237,6 +245,7 @@ fn line_of(text: &str, offset: usize) -> usize {
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     data_dir: Option<PathBuf>,
+    reload_debounce: Option<ConfigDuration>,
     #[serde(default)]
     targets: Vec<Spanned<TargetConfig>>,
     #[serde(default)]
@@ -269,9 +278,9 @@ impl TargetConfig {
             return Err("the name is empty".into());
         }
         let interval = self.interval.map_or(DEFAULT_INTERVAL, |d| d.0);
-        if interval < Duration::from_millis(10) {
+        if interval < Duration::from_millis(1) {
             return Err(format!(
-                "interval `{interval:?}` is too short; use 10ms or more"
+                "interval `{interval:?}` is too short; use 1ms or more"
             ));
         }
         for label in self.labels.keys() {

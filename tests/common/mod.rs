@@ -28,6 +28,9 @@ pub enum Behavior {
     Status(u16),
     /// Wait this long, then 200 with the body.
     Slow(Duration, String),
+    /// 200 with this JSON object plus `"request_id"`: the number of the
+    /// request, which makes every sample unique.
+    Numbered(Value),
 }
 
 impl Behavior {
@@ -37,7 +40,13 @@ impl Behavior {
     }
 }
 
-type Routes = Arc<Mutex<HashMap<String, Behavior>>>;
+#[derive(Default)]
+struct Shared {
+    routes: Mutex<HashMap<String, Behavior>>,
+    requests: std::sync::atomic::AtomicUsize,
+}
+
+type Routes = Arc<Shared>;
 
 /// An HTTP server on 127.0.0.1 serving `/NAME` as the test says.
 pub struct StatusServer {
@@ -75,7 +84,18 @@ impl StatusServer {
     }
 
     pub fn set(&self, name: &str, behavior: Behavior) {
-        self.routes.lock().unwrap().insert(name.into(), behavior);
+        self.routes
+            .routes
+            .lock()
+            .unwrap()
+            .insert(name.into(), behavior);
+    }
+
+    /// Requests received so far, on any route.
+    pub fn requests(&self) -> usize {
+        self.routes
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Stops serving: the port refuses connections from now on.
@@ -93,7 +113,10 @@ impl Drop for StatusServer {
 }
 
 async fn answer(State(routes): State<Routes>, UrlPath(name): UrlPath<String>) -> Response {
-    let behavior = routes.lock().unwrap().get(&name).cloned();
+    let number = 1 + routes
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let behavior = routes.routes.lock().unwrap().get(&name).cloned();
     match behavior {
         None => StatusCode::NOT_FOUND.into_response(),
         Some(Behavior::Body(body)) => body.into_response(),
@@ -101,6 +124,10 @@ async fn answer(State(routes): State<Routes>, UrlPath(name): UrlPath<String>) ->
         Some(Behavior::Slow(delay, body)) => {
             tokio::time::sleep(delay).await;
             body.into_response()
+        }
+        Some(Behavior::Numbered(mut value)) => {
+            value["request_id"] = number.into();
+            value.to_string().into_response()
         }
     }
 }
@@ -246,6 +273,27 @@ impl Vigil {
     /// Lines seen so far that match.
     pub fn count(&self, matches: impl Fn(&Value) -> bool) -> usize {
         self.seen.iter().filter(|value| matches(value)).count()
+    }
+
+    /// Asks vigil to stop (SIGTERM), as an operator would, and reads what it
+    /// prints until it exits.
+    pub fn terminate(&mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(serde_json::from_str(&line).unwrap()),
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => self.fail("vigil did not exit on SIGTERM"),
+            }
+        }
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "vigil exited with {status}");
     }
 
     /// Whether the process is still running.

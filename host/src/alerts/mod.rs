@@ -37,6 +37,28 @@ impl Tracker {
         events
     }
 
+    /// Drops every group whose (rule, target) matches, announcing each of
+    /// its firing alerts as resolved at `now_ms`: for a rule that is gone.
+    pub fn forget(&mut self, matches: impl Fn(&str, &str) -> bool, now_ms: u64) -> Vec<AlertEvent> {
+        let mut events = Vec::new();
+        self.groups.retain(|(rule, target), group| {
+            if !matches(rule, target) {
+                return true;
+            }
+            for alert in group.alerts().filter(|alert| alert.state == State::Firing) {
+                events.push(AlertEvent {
+                    status: Status::Resolved,
+                    rule: rule.clone(),
+                    target: target.clone(),
+                    alert: alert.clone(),
+                    at_ms: now_ms,
+                });
+            }
+            false
+        });
+        events
+    }
+
     /// Alerts currently firing, in no particular order.
     pub fn firing(&self) -> impl Iterator<Item = &TrackedAlert> {
         self.groups

@@ -71,6 +71,8 @@ pub enum RuleHealth {
 pub struct Evaluation {
     /// The rule's name.
     pub rule: Arc<str>,
+    /// The version of the rule that evaluated it: 1 at start, +1 per reload.
+    pub version: u64,
     /// The sample as the rule saw it (only its subscribed metrics).
     pub sample: Arc<Sample>,
     /// Its verdict, or why there is none.
@@ -79,6 +81,16 @@ pub struct Evaluation {
     pub duration: Duration,
     /// The rule's health after this evaluation.
     pub health: RuleHealth,
+}
+
+/// What a worker reports.
+#[derive(Debug)]
+pub enum WorkerEvent {
+    /// One sample evaluated (or skipped).
+    Evaluated(Evaluation),
+    /// The worker finished its queue and stopped; nothing more will come
+    /// from it.
+    Stopped(Arc<str>),
 }
 
 /// Per-rule counters, readable while the rule runs.
@@ -122,8 +134,16 @@ impl RuleCounters {
 /// A rule's worker thread and the queue that feeds it.
 pub struct RuleWorker {
     name: Arc<str>,
-    queue: mpsc::Sender<Arc<Sample>>,
+    queue: mpsc::Sender<Job>,
     thread: JoinHandle<()>,
+}
+
+/// What a worker is sent. Samples and swaps share one queue, so a swap
+/// lands between two samples: each sample is evaluated exactly once, by the
+/// version before the swap or the one after.
+enum Job {
+    Sample(Arc<Sample>),
+    Swap(Box<LoadedRule>),
 }
 
 impl RuleWorker {
@@ -133,12 +153,13 @@ impl RuleWorker {
         rule: LoadedRule,
         policy: FailurePolicy,
         counters: Arc<RuleCounters>,
-        results: mpsc::UnboundedSender<Evaluation>,
+        results: mpsc::UnboundedSender<WorkerEvent>,
     ) -> Self {
-        let (queue, mut samples) = mpsc::channel::<Arc<Sample>>(QUEUE);
+        let (queue, mut jobs) = mpsc::channel::<Job>(QUEUE);
         let name = rule.name.clone();
         let mut worker = Worker {
             name: rule.name,
+            version: rule.version,
             subscription: rule.subscription,
             instance: rule.instance,
             policy,
@@ -151,11 +172,18 @@ impl RuleWorker {
         let thread = std::thread::Builder::new()
             .name(format!("rule-{name}"))
             .spawn(move || {
-                while let Some(sample) = samples.blocking_recv() {
-                    if results.send(worker.evaluate(&sample)).is_err() {
-                        break;
+                while let Some(job) = jobs.blocking_recv() {
+                    match job {
+                        Job::Sample(sample) => {
+                            let evaluation = worker.evaluate(&sample);
+                            if results.send(WorkerEvent::Evaluated(evaluation)).is_err() {
+                                return;
+                            }
+                        }
+                        Job::Swap(rule) => worker.swap(*rule),
                     }
                 }
+                let _ = results.send(WorkerEvent::Stopped(worker.name.clone()));
             })
             .expect("spawning a rule thread");
         RuleWorker {
@@ -172,9 +200,23 @@ impl RuleWorker {
 
     /// Queues a sample, waiting while the rule's queue is full.
     pub async fn send(&self, sample: Arc<Sample>) {
-        if self.queue.send(sample).await.is_err() {
+        if self.queue.send(Job::Sample(sample)).await.is_err() {
             tracing::error!(rule = %self.name, "Rule worker stopped; sample not evaluated.");
         }
+    }
+
+    /// Queues a new version of the rule; it takes over after the samples
+    /// already queued. A version not newer than the running one is ignored.
+    pub async fn swap(&self, rule: LoadedRule) {
+        if self.queue.send(Job::Swap(Box::new(rule))).await.is_err() {
+            tracing::error!(rule = %self.name, "Rule worker stopped; new version not installed.");
+        }
+    }
+
+    /// Closes the queue; the thread finishes the samples already queued,
+    /// reports [`WorkerEvent::Stopped`] and ends, without anyone waiting.
+    pub fn close(self) {
+        drop(self.queue);
     }
 
     /// Closes the queue and waits for the samples already queued.
@@ -189,6 +231,7 @@ impl RuleWorker {
 /// What the worker thread owns.
 struct Worker {
     name: Arc<str>,
+    version: u64,
     subscription: Subscription,
     instance: RuleInstance,
     policy: FailurePolicy,
@@ -201,6 +244,22 @@ struct Worker {
 }
 
 impl Worker {
+    /// Installs a newer version. It starts with a clean failure record: the
+    /// fix an operator just deployed deserves a try right away.
+    fn swap(&mut self, rule: LoadedRule) {
+        if rule.version <= self.version {
+            tracing::warn!(rule = %self.name, running = self.version, offered = rule.version, "Ignored an older rule version.");
+            return;
+        }
+        self.version = rule.version;
+        self.subscription = rule.subscription;
+        self.instance = rule.instance;
+        self.consecutive = 0;
+        self.backoff = self.policy.initial_backoff;
+        self.quarantined_until = None;
+        self.last_error = None;
+    }
+
     fn evaluate(&mut self, sample: &Arc<Sample>) -> Evaluation {
         let view = self.subscription.view(sample);
         let (result, duration) = match self.quarantined_until {
@@ -218,6 +277,7 @@ impl Worker {
         let health = self.update_health(&result);
         Evaluation {
             rule: self.name.clone(),
+            version: self.version,
             sample: view,
             result,
             duration,
@@ -308,9 +368,11 @@ mod tests {
         });
         worker.stop();
         let mut healths = Vec::new();
-        while let Ok(evaluation) = evaluations.try_recv() {
-            assert!(matches!(evaluation.sample.health, Health::Up));
-            healths.push(evaluation.health);
+        while let Ok(event) = evaluations.try_recv() {
+            if let WorkerEvent::Evaluated(evaluation) = event {
+                assert!(matches!(evaluation.sample.health, Health::Up));
+                healths.push(evaluation.health);
+            }
         }
         assert_eq!(healths.len(), 4);
         assert_eq!(healths[0], RuleHealth::Failing { consecutive: 1 });

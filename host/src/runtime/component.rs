@@ -7,6 +7,7 @@ use wasmtime::component::Component;
 
 use super::Runtime;
 use super::bindings::RulePre;
+use super::cache::CompileCache;
 use super::sandbox::StoreData;
 
 /// The WIT package version this host serves.
@@ -62,8 +63,11 @@ pub enum LoadError {
 #[derive(Clone)]
 pub struct Prepared {
     pub(crate) pre: RulePre<StoreData>,
-    /// How long compiling took.
+    /// How long getting the compiled component took: compiling it (and
+    /// writing it to the cache, if any), or loading it from the cache.
     pub compile_time: Duration,
+    /// Whether the compiled component came from the [`CompileCache`].
+    pub cached: bool,
     /// Size of the component in bytes.
     pub size: usize,
 }
@@ -75,7 +79,21 @@ const CORE_MODULE_VERSION: [u8; 4] = [1, 0, 0, 0];
 impl Runtime {
     /// Compiles and links a component. Slow (milliseconds for Rust, seconds
     /// for interpreters compiled to wasm): keep it off the evaluation path.
+    /// With a [compile cache](Self::with_compile_cache), a component
+    /// compiled before is loaded from there instead, in milliseconds.
     pub fn prepare(&self, bytes: &[u8]) -> Result<Prepared, LoadError> {
+        self.prepare_cached(bytes, self.cache.as_ref())
+    }
+
+    /// [`prepare`](Self::prepare) with this `cache`, or none, whatever the
+    /// runtime was built with: the compiled component comes from `cache`
+    /// when it holds one for these bytes and this engine, and is added to
+    /// it otherwise. The checks on the component are the same either way.
+    pub fn prepare_cached(
+        &self,
+        bytes: &[u8],
+        cache: Option<&CompileCache>,
+    ) -> Result<Prepared, LoadError> {
         if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
             return Err(LoadError::NotWasm);
         }
@@ -83,8 +101,11 @@ impl Runtime {
             return Err(LoadError::CoreModule);
         }
         let started = Instant::now();
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|error| LoadError::Invalid(format!("{error:#}")))?;
+        let invalid = |error: wasmtime::Error| LoadError::Invalid(format!("{error:#}"));
+        let (component, cached) = match cache {
+            Some(cache) => cache.component(&self.engine, bytes).map_err(invalid)?,
+            None => (Component::new(&self.engine, bytes).map_err(invalid)?, false),
+        };
         let compile_time = started.elapsed();
         self.check_world(&component)?;
         let instance_pre = self
@@ -96,6 +117,7 @@ impl Runtime {
         Ok(Prepared {
             pre,
             compile_time,
+            cached,
             size: bytes.len(),
         })
     }

@@ -15,6 +15,7 @@
 //!   random numbers (see [`sandbox`]).
 
 mod bindings;
+mod cache;
 mod component;
 mod host;
 mod instance;
@@ -31,6 +32,7 @@ pub use bindings::vigil::rules::types::{
     ActionOutcome, ActionRequest, ActionStatus, Alert, Health, Label, Metric, RuleInfo, Sample,
     Severity, Verdict,
 };
+pub use cache::CompileCache;
 pub use component::{LoadError, Prepared, WIT_PACKAGE, WIT_VERSION};
 pub use instance::{CallError, RuleInstance};
 
@@ -75,11 +77,13 @@ impl Default for Limits {
 }
 
 /// The process-wide wasm runtime: an engine whose epoch ticks in a
-/// background thread, and a linker with WASI and the host imports.
+/// background thread, a linker with WASI and the host imports, and
+/// optionally a cache of compiled components on disk.
 #[derive(Clone)]
 pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<StoreData>>,
+    cache: Option<CompileCache>,
 }
 
 /// The runtime could not be set up (a wasmtime configuration problem).
@@ -108,7 +112,21 @@ impl Runtime {
         Ok(Runtime {
             engine,
             linker: Arc::new(linker),
+            cache: None,
         })
+    }
+
+    /// Keeps compiled components in `cache`: [`prepare`](Self::prepare),
+    /// and so every load and reload of a rule, takes them from there when
+    /// it can (a restart, a version seen before) and adds them otherwise.
+    pub fn with_compile_cache(mut self, cache: CompileCache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The cache [`prepare`](Self::prepare) uses, if any.
+    pub fn compile_cache(&self) -> Option<&CompileCache> {
+        self.cache.as_ref()
     }
 
     /// The engine, shared by every rule.

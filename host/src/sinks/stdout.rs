@@ -154,6 +154,7 @@ fn evaluation_json(evaluation: &Evaluation) -> Value {
         "timestamp_ms": sample.timestamp_ms,
         "target": sample.target,
         "rule": &*evaluation.rule,
+        "rule_version": evaluation.version,
         "health": match &sample.health { Health::Up => "up", Health::Down(_) => "down" },
         "metrics": metrics,
         "duration_us": evaluation.duration.as_micros() as u64,

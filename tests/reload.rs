@@ -1,0 +1,385 @@
+//! Hot reload: rules swap while samples keep flowing, whatever way the file
+//! is replaced, and a broken version never serves.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{
+    Behavior, StatusServer, Vigil, fixture, is_alert, is_evaluation, toml_path, web_target,
+};
+use serde_json::{Value, json};
+
+/// The bundled threshold rule with a custom section appended: the same
+/// behaviour under a different hash, i.e. a new version.
+fn variant(tag: u32) -> Vec<u8> {
+    let mut wasm = std::fs::read(fixture("vigil_threshold")).unwrap();
+    let name = b"vigil-test-version";
+    let payload = tag.to_le_bytes();
+    let mut section = vec![name.len() as u8];
+    section.extend_from_slice(name);
+    section.extend_from_slice(&payload);
+    wasm.push(0); // custom section id
+    wasm.push(section.len() as u8); // fits one LEB128 byte
+    wasm.extend_from_slice(&section);
+    wasm
+}
+
+struct Setup {
+    server: StatusServer,
+    vigil: Vigil,
+    rule: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// A rules directory holding `threshold.wasm` (variant 0), vigil watching it
+/// and polling a status server every `interval`. `rule_extra` goes into the
+/// rule's table.
+fn setup(interval: &str, rule_extra: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    let rule = rules.join("threshold.wasm");
+    std::fs::write(&rule, variant(0)).unwrap();
+    setup_with(dir, rule, interval, rule_extra)
+}
+
+fn setup_with(dir: tempfile::TempDir, rule: PathBuf, interval: &str, rule_extra: &str) -> Setup {
+    let server = StatusServer::start();
+    server.set(
+        "status",
+        Behavior::json(json!({"cpu_usage": 95, "memory_usage": 20})),
+    );
+    let target = web_target(&server.url("status")).replace("\"100ms\"", &format!("\"{interval}\""));
+    let vigil = Vigil::start(&format!(
+        "{target}\n[[rules]]\nname = \"threshold\"\npath = \"{}\"\n{rule_extra}\n",
+        toml_path(&rule)
+    ));
+    Setup {
+        server,
+        vigil,
+        rule,
+        _dir: dir,
+    }
+}
+
+fn evaluations(vigil: &Vigil) -> Vec<&Value> {
+    vigil
+        .seen
+        .iter()
+        .filter(|v| is_evaluation(v, "web-01") && v["rule"] == "threshold")
+        .collect()
+}
+
+fn version(value: &Value) -> u64 {
+    value["rule_version"].as_u64().unwrap()
+}
+
+/// Waits until the rule serves `expected`, then checks it stays there.
+fn wait_version(vigil: &mut Vigil, expected: u64) {
+    vigil.wait_for(
+        &format!("rule version {expected}"),
+        Duration::from_secs(10),
+        |v| is_evaluation(v, "web-01") && v["rule_version"] == expected,
+    );
+    vigil.collect_for(Duration::from_millis(200));
+    let newest = evaluations(vigil).iter().map(|v| version(v)).max().unwrap();
+    assert_eq!(newest, expected, "one change, one new version");
+}
+
+/// Reads output until vigil's log has said `what` `times` times.
+fn wait_log(vigil: &mut Vigil, what: &str, times: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while vigil.stderr().matches(what).count() < times {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log did not say {what:?} {times} times:\n{}",
+            vigil.stderr()
+        );
+        vigil.collect_for(Duration::from_millis(20));
+    }
+}
+
+/// Writes through a temporary file renamed over the target, as most
+/// deploy tools and many editors do.
+fn write_renaming(path: &Path, bytes: &[u8]) {
+    let temp = path.with_extension("tmp");
+    std::fs::write(&temp, bytes).unwrap();
+    std::fs::rename(&temp, path).unwrap();
+}
+
+#[test]
+fn swaps_under_load_evaluate_every_sample_once_and_never_serve_a_broken_version() {
+    let Setup {
+        server,
+        mut vigil,
+        rule,
+        _dir,
+    } = setup(
+        "5ms",
+        // `request_id` never passes; subscribing to it puts it in the output.
+        "config = { thresholds = { cpu_usage = 80, request_id = 1e18 } }",
+    );
+    server.set("status", Behavior::Numbered(json!({"cpu_usage": 95})));
+    vigil.wait_for("CpuUsageHigh", Duration::from_secs(10), |v| {
+        is_alert(v, "firing", "CpuUsageHigh")
+    });
+
+    let broken: [&[u8]; 3] = [
+        b"not wasm at all",
+        b"\0asm\x01\0\0\0",
+        b"\0asm\x0d\0\x01\0\x07garbage",
+    ];
+    let mut refusals = 0;
+    for i in 1..=30u32 {
+        if i % 5 == 0 {
+            std::fs::write(&rule, broken[(i as usize / 5) % broken.len()]).unwrap();
+            refusals += 1;
+            wait_log(&mut vigil, "Rule reload refused", refusals);
+        }
+        if i % 2 == 0 {
+            write_renaming(&rule, &variant(i));
+        } else {
+            std::fs::write(&rule, variant(i)).unwrap();
+        }
+        let expected = u64::from(i) + 1;
+        vigil.wait_for(
+            &format!("version {expected}"),
+            Duration::from_secs(10),
+            |v| is_evaluation(v, "web-01") && v["rule_version"] == expected,
+        );
+    }
+    vigil.terminate();
+
+    let evaluated = evaluations(&vigil);
+    // Every poll became a sample, and every sample was evaluated once.
+    let polls = server.requests();
+    assert!(
+        evaluated.len() + 1 >= polls && evaluated.len() <= polls,
+        "{} evaluations for {polls} polls",
+        evaluated.len()
+    );
+    let request_id = |v: &Value| {
+        v["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "request_id")
+            .map(|m| m["value"].as_f64().unwrap() as u64)
+    };
+    // Samples taken before the server started numbering have no id.
+    let mut ids: Vec<u64> = evaluated.iter().filter_map(|v| request_id(v)).collect();
+    let count = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), count, "a sample was evaluated twice");
+    let (first, last) = (ids[0], ids[count - 1]);
+    assert_eq!(
+        count as u64,
+        last - first + 1,
+        "a sample between {first} and {last} was not evaluated"
+    );
+    assert!(count > 1000, "only {count} samples at 200/s");
+    // Versions only go up, every valid write made exactly one, and no
+    // broken one ever evaluated anything.
+    let versions: Vec<u64> = evaluated.iter().map(|v| version(v)).collect();
+    assert!(
+        versions.windows(2).all(|w| w[0] <= w[1]),
+        "a version went backwards"
+    );
+    let mut distinct = versions.clone();
+    distinct.dedup();
+    assert_eq!(distinct, (1..=31).collect::<Vec<_>>());
+    assert!(evaluated.iter().all(|v| v.get("error").is_none()));
+    // The alert held throughout: announced once, never resolved.
+    assert_eq!(vigil.count(|v| is_alert(v, "firing", "CpuUsageHigh")), 1);
+    assert_eq!(vigil.count(|v| is_alert(v, "resolved", "CpuUsageHigh")), 0);
+    assert_eq!(
+        vigil.stderr().matches("Rule reload refused").count(),
+        refusals
+    );
+}
+
+#[test]
+fn each_way_of_replacing_a_file_reloads_once() {
+    let Setup {
+        server: _server,
+        mut vigil,
+        rule,
+        _dir,
+    } = setup("20ms", "");
+    wait_version(&mut vigil, 1);
+
+    std::fs::write(&rule, variant(1)).unwrap(); // in place
+    wait_version(&mut vigil, 2);
+
+    write_renaming(&rule, &variant(2));
+    wait_version(&mut vigil, 3);
+
+    // Delete, then create within the debounce: one change, no unload.
+    std::fs::remove_file(&rule).unwrap();
+    std::thread::sleep(Duration::from_millis(10));
+    std::fs::write(&rule, variant(3)).unwrap();
+    wait_version(&mut vigil, 4);
+
+    // A slow copy: chunks with pauses shorter than the debounce.
+    let bytes = variant(4);
+    let mut file = std::fs::File::create(&rule).unwrap();
+    for chunk in bytes.chunks(bytes.len() / 4 + 1) {
+        std::io::Write::write_all(&mut file, chunk).unwrap();
+        file.sync_data().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(file);
+    wait_version(&mut vigil, 5);
+
+    // Same bytes again: nothing to do.
+    std::fs::write(&rule, variant(4)).unwrap();
+    vigil.collect_for(Duration::from_millis(300));
+    assert_eq!(
+        evaluations(&vigil).iter().map(|v| version(v)).max(),
+        Some(5)
+    );
+
+    let log = vigil.stderr();
+    assert!(!log.contains("Rule file removed"), "{log}");
+    assert!(!log.contains("Rule reload refused"), "{log}");
+    assert_eq!(log.matches("Rule reloaded.").count(), 4);
+}
+
+#[test]
+fn a_flipped_symlink_reloads_like_a_configmap() {
+    // rules/threshold.wasm -> ..data/threshold.wasm, ..data -> ..v0
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(rules.join("..v0")).unwrap();
+    std::fs::write(rules.join("..v0/threshold.wasm"), variant(0)).unwrap();
+    std::os::unix::fs::symlink("..v0", rules.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/threshold.wasm", rules.join("threshold.wasm")).unwrap();
+    let rule = rules.join("threshold.wasm");
+    let Setup {
+        mut vigil, _dir, ..
+    } = setup_with(dir, rule, "20ms", "");
+    wait_version(&mut vigil, 1);
+
+    for version in 1..=2u32 {
+        let next = rules.join(format!("..v{version}"));
+        std::fs::create_dir(&next).unwrap();
+        std::fs::write(next.join("threshold.wasm"), variant(version)).unwrap();
+        std::os::unix::fs::symlink(format!("..v{version}"), rules.join("..data_tmp")).unwrap();
+        std::fs::rename(rules.join("..data_tmp"), rules.join("..data")).unwrap();
+        wait_version(&mut vigil, u64::from(version) + 1);
+    }
+}
+
+#[test]
+fn a_broken_version_is_refused_with_the_reason_and_the_old_one_serves() {
+    let Setup {
+        server: _server,
+        mut vigil,
+        rule,
+        _dir,
+    } = setup("20ms", "");
+    wait_version(&mut vigil, 1);
+    let cases = [
+        (
+            std::fs::read(fixture("fixture_wrong_version")).unwrap(),
+            "built for `vigil:rules/host@0.2.0`",
+        ),
+        (
+            std::fs::read(fixture("fixture_no_evaluate")).unwrap(),
+            "does not export `evaluate`",
+        ),
+        (
+            b"\0asm\x01\0\0\0".to_vec(),
+            "a core WebAssembly module, not a component",
+        ),
+        (variant(1)[..1000].to_vec(), "not a valid component"),
+    ];
+    for (bytes, reason) in &cases {
+        std::fs::write(&rule, bytes).unwrap();
+        wait_log(&mut vigil, reason, 1);
+    }
+    vigil.collect_for(Duration::from_millis(200));
+    let evaluated = evaluations(&vigil);
+    assert!(
+        evaluated
+            .iter()
+            .all(|v| version(v) == 1 && v.get("error").is_none())
+    );
+    // A config refusing `init` is refused too, and a good version after all
+    // that loads as version 2.
+    std::fs::write(&rule, variant(7)).unwrap();
+    wait_version(&mut vigil, 2);
+}
+
+#[test]
+fn deleting_a_rule_unloads_it_and_resolves_its_alerts() {
+    let Setup {
+        server: _server,
+        mut vigil,
+        rule,
+        _dir,
+    } = setup("20ms", "");
+    vigil.wait_for("CpuUsageHigh", Duration::from_secs(10), |v| {
+        is_alert(v, "firing", "CpuUsageHigh")
+    });
+    std::fs::remove_file(&rule).unwrap();
+    vigil.wait_for("CpuUsageHigh resolved", Duration::from_secs(10), |v| {
+        is_alert(v, "resolved", "CpuUsageHigh")
+    });
+    let before = evaluations(&vigil).len();
+    vigil.collect_for(Duration::from_millis(300));
+    assert_eq!(
+        evaluations(&vigil).len(),
+        before,
+        "an unloaded rule evaluated samples"
+    );
+    assert!(vigil.is_running());
+
+    // Putting it back loads it again, as a new version, and the alert is a
+    // new episode.
+    std::fs::write(&rule, variant(0)).unwrap();
+    vigil.wait_for("the rule back", Duration::from_secs(10), |v| {
+        is_evaluation(v, "web-01") && v["rule_version"] == 2
+    });
+    vigil.wait_for("CpuUsageHigh again", Duration::from_secs(10), |v| {
+        is_alert(v, "firing", "CpuUsageHigh")
+    });
+    assert_eq!(vigil.count(|v| is_alert(v, "firing", "CpuUsageHigh")), 2);
+}
+
+#[test]
+fn a_pending_for_and_the_rule_state_survive_a_swap() {
+    let Setup {
+        server: _server,
+        mut vigil,
+        rule,
+        _dir,
+    } = setup(
+        "20ms",
+        "config = { thresholds = { cpu_usage = { above = 80, for = \"1s\" } } }",
+    );
+    let first = vigil.wait_for("an evaluation", Duration::from_secs(10), |v| {
+        is_evaluation(v, "web-01")
+    });
+    let started = first["timestamp_ms"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    write_renaming(&rule, &variant(1));
+    let fired = vigil.wait_for("CpuUsageHigh", Duration::from_secs(10), |v| {
+        is_alert(v, "firing", "CpuUsageHigh")
+    });
+    // Version 2 reported it too, and the alert kept the start of version 1.
+    assert_eq!(fired["active_since_ms"].as_u64().unwrap(), started);
+    let at = fired["at_ms"].as_u64().unwrap();
+    assert!(
+        (started + 1000..started + 1500).contains(&at),
+        "fired {}ms after the start",
+        at - started
+    );
+    assert!(
+        evaluations(&vigil).iter().any(|v| version(v) == 2),
+        "fired before the swap"
+    );
+}
