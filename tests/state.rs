@@ -79,3 +79,69 @@ fn state_survives_a_restart_and_a_failed_call_writes_nothing() {
         "the count restarted from {first}; state was lost"
     );
 }
+
+#[test]
+fn a_firing_alert_is_neither_announced_again_nor_forgotten_after_a_restart() {
+    let server = StatusServer::start();
+    server.set("status", Behavior::json(json!({"cpu_usage": 95})));
+    let data = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}\n[[rules]]\nbuiltin = \"threshold\"\n",
+        web_target(&server.url("status"))
+    );
+    let start = || Vigil::start_with_data_dir(&config, data.path(), tempfile::tempdir().unwrap());
+    let is_cpu =
+        |status: &'static str| move |v: &Value| common::is_alert(v, status, "CpuUsageHigh");
+
+    let mut vigil = start();
+    let fired = vigil.wait_for("CpuUsageHigh", Duration::from_secs(10), is_cpu("firing"));
+    vigil.terminate();
+
+    let mut vigil = start();
+    vigil.wait_for(
+        "an evaluation still reporting it",
+        Duration::from_secs(10),
+        |v| common::is_evaluation(v, "web-01") && v["alerts"] == json!(["CpuUsageHigh"]),
+    );
+    vigil.collect_for(Duration::from_millis(500));
+    assert_eq!(
+        vigil.count(is_cpu("firing")),
+        0,
+        "announced again after the restart"
+    );
+
+    server.set("status", Behavior::json(json!({"cpu_usage": 10})));
+    let resolved = vigil.wait_for(
+        "CpuUsageHigh resolved",
+        Duration::from_secs(10),
+        is_cpu("resolved"),
+    );
+    assert_eq!(resolved["fingerprint"], fired["fingerprint"]);
+    assert_eq!(resolved["active_since_ms"], fired["active_since_ms"]);
+}
+
+#[test]
+fn alerts_of_a_rule_dropped_from_the_config_resolve_at_start() {
+    let server = StatusServer::start();
+    server.set("status", Behavior::json(json!({"cpu_usage": 95})));
+    let data = tempfile::tempdir().unwrap();
+    let target = web_target(&server.url("status"));
+    let with_rule = format!("{target}\n[[rules]]\nbuiltin = \"threshold\"\nname = \"cpu\"\n");
+    let mut vigil =
+        Vigil::start_with_data_dir(&with_rule, data.path(), tempfile::tempdir().unwrap());
+    vigil.wait_for("CpuUsageHigh", Duration::from_secs(10), |v| {
+        common::is_alert(v, "firing", "CpuUsageHigh")
+    });
+    vigil.terminate();
+
+    let other = format!(
+        "{target}\n[[rules]]\nbuiltin = \"threshold\"\nname = \"other\"\nconfig = {{ thresholds = {{ memory_usage = 80 }} }}\n"
+    );
+    let mut vigil = Vigil::start_with_data_dir(&other, data.path(), tempfile::tempdir().unwrap());
+    let resolved = vigil.wait_for(
+        "the old rule's alert resolved",
+        Duration::from_secs(10),
+        |v| common::is_alert(v, "resolved", "CpuUsageHigh"),
+    );
+    assert_eq!(resolved["rule"], "cpu");
+}

@@ -136,6 +136,20 @@ impl App {
         let (sample_tx, mut samples) = mpsc::channel::<Arc<Sample>>(SAMPLE_QUEUE);
         let (result_tx, mut results) = mpsc::unbounded_channel::<WorkerEvent>();
         let (change_tx, mut changes) = mpsc::unbounded_channel::<Change>();
+        let mut tracker = Tracker::persistent(state.clone())?;
+        // Alerts saved by rules that are no longer configured end now.
+        let configured: HashSet<&str> = settings
+            .rules
+            .iter()
+            .map(|spec| spec.name.as_str())
+            .collect();
+        let unconfigured = |rule: &str, target: &str| {
+            let about = if rule == HOST_RULE { target } else { rule };
+            !configured.contains(about)
+        };
+        for event in tracker.forget(unconfigured, sources::now_ms()) {
+            sink.alert(&event);
+        }
         let reloader = reload::spawn(
             &rules,
             &settings.rules,
@@ -176,7 +190,6 @@ impl App {
             "Vigil is running."
         );
 
-        let mut tracker = Tracker::default();
         // Rules whose file was removed: their alerts resolve once their
         // worker has reported its last evaluation.
         let mut removed: HashSet<Arc<str>> = HashSet::new();

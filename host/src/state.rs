@@ -9,10 +9,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 /// (rule namespace, key) -> value.
 const TABLE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("rule_state");
+
+/// (rule, target) -> the alert group, as JSON. Written when an alert starts,
+/// fires or ends, so a restart neither re-fires nor forgets an alert.
+const ALERT_GROUPS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("alert_groups");
 
 /// Longest key a rule may use, in bytes.
 pub const MAX_KEY_BYTES: usize = 256;
@@ -60,8 +64,41 @@ impl StateDb {
     fn init(db: Database) -> Result<Self, StateError> {
         let txn = db.begin_write()?;
         txn.open_table(TABLE)?;
+        txn.open_table(ALERT_GROUPS)?;
         txn.commit()?;
         Ok(StateDb { db: Arc::new(db) })
+    }
+
+    /// Stores one (rule, target) alert group; `None` removes it.
+    pub fn save_alert_group(
+        &self,
+        rule: &str,
+        target: &str,
+        group: Option<&[u8]>,
+    ) -> Result<(), StateError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(ALERT_GROUPS)?;
+            match group {
+                Some(bytes) => table.insert((rule, target), bytes)?,
+                None => table.remove((rule, target))?,
+            };
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Every stored alert group: (rule, target, JSON).
+    pub fn alert_groups(&self) -> Result<Vec<(String, String, Vec<u8>)>, StateError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ALERT_GROUPS)?;
+        let mut groups = Vec::new();
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            let (rule, target) = key.value();
+            groups.push((rule.to_string(), target.to_string(), value.value().to_vec()));
+        }
+        Ok(groups)
     }
 
     /// The state of one rule.

@@ -155,6 +155,16 @@ impl Group {
     pub fn alerts(&self) -> impl Iterator<Item = &TrackedAlert> {
         self.alerts.values()
     }
+
+    /// What must survive a restart: which alerts, in which state, since
+    /// when. (Summaries and last-seen times change every sample and are
+    /// refreshed by the next one.)
+    pub fn shape(&self) -> Vec<(Fingerprint, State, u64)> {
+        self.alerts
+            .values()
+            .map(|alert| (alert.fingerprint, alert.state, alert.active_since_ms))
+            .collect()
+    }
 }
 
 /// Folds one verdict's alerts into `group` at time `now_ms` and returns the

@@ -11,14 +11,40 @@ use std::collections::HashMap;
 pub use lifecycle::{AlertEvent, Fingerprint, Severity, State, Status, TrackedAlert};
 
 use crate::runtime::Alert;
+use crate::state::{StateDb, StateError};
 
 /// Every alert the host is tracking, grouped by (rule, target).
-#[derive(Debug, Default)]
+///
+/// With a database ([`Tracker::persistent`]) each group is saved whenever one
+/// of its alerts appears, fires or ends, so that a restart neither announces
+/// a firing alert again nor forgets a pending one's start.
+#[derive(Default)]
 pub struct Tracker {
     groups: HashMap<(String, String), lifecycle::Group>,
+    store: Option<StateDb>,
 }
 
 impl Tracker {
+    /// A tracker that saves its groups in `store`, starting from what was
+    /// saved there. Groups that no longer parse are dropped with a warning.
+    pub fn persistent(store: StateDb) -> Result<Self, StateError> {
+        let mut groups = HashMap::new();
+        for (rule, target, bytes) in store.alert_groups()? {
+            match serde_json::from_slice::<lifecycle::Group>(&bytes) {
+                Ok(group) => {
+                    groups.insert((rule, target), group);
+                }
+                Err(error) => {
+                    tracing::warn!(rule, target, %error, "Dropped an unreadable saved alert group.")
+                }
+            }
+        }
+        Ok(Tracker {
+            groups,
+            store: Some(store),
+        })
+    }
+
     /// Folds the alerts `rule` reported for `target` at `now_ms` into the
     /// tracked state and returns the transitions to announce.
     pub fn observe(
@@ -29,22 +55,42 @@ impl Tracker {
         now_ms: u64,
     ) -> Vec<AlertEvent> {
         let key = (rule.to_string(), target.to_string());
-        let group = self.groups.entry(key).or_default();
+        let group = self.groups.entry(key.clone()).or_default();
+        let before = group.shape();
         let events = lifecycle::step(group, rule, target, alerts, now_ms);
-        if group.alerts().next().is_none() {
-            self.groups.remove(&(rule.to_string(), target.to_string()));
+        let changed = group.shape() != before;
+        let empty = group.alerts().next().is_none();
+        if changed {
+            self.save(&key);
+        }
+        if empty {
+            self.groups.remove(&key);
         }
         events
+    }
+
+    fn save(&self, key: &(String, String)) {
+        let Some(store) = &self.store else { return };
+        let group = self
+            .groups
+            .get(key)
+            .filter(|group| group.alerts().next().is_some());
+        let bytes = group.map(|group| serde_json::to_vec(group).expect("alert groups serialise"));
+        if let Err(error) = store.save_alert_group(&key.0, &key.1, bytes.as_deref()) {
+            tracing::error!(rule = %key.0, target = %key.1, %error, "Saving alert state failed; a restart may announce these alerts again.");
+        }
     }
 
     /// Drops every group whose (rule, target) matches, announcing each of
     /// its firing alerts as resolved at `now_ms`: for a rule that is gone.
     pub fn forget(&mut self, matches: impl Fn(&str, &str) -> bool, now_ms: u64) -> Vec<AlertEvent> {
         let mut events = Vec::new();
+        let mut gone = Vec::new();
         self.groups.retain(|(rule, target), group| {
             if !matches(rule, target) {
                 return true;
             }
+            gone.push((rule.clone(), target.clone()));
             for alert in group.alerts().filter(|alert| alert.state == State::Firing) {
                 events.push(AlertEvent {
                     status: Status::Resolved,
@@ -56,6 +102,9 @@ impl Tracker {
             }
             false
         });
+        for key in &gone {
+            self.save(key);
+        }
         events
     }
 
