@@ -18,7 +18,7 @@ use anyhow::{Context, bail};
 use tokio::sync::mpsc;
 
 use crate::alerts::Tracker;
-use crate::config::Settings;
+use crate::config::{Settings, TargetSpec};
 use crate::plugins::reload::{self, Change, StatusBoard};
 use crate::plugins::{
     self, Evaluation, FailurePolicy, LoadedRule, RuleCounters, RuleHealth, RuleWorker, WorkerEvent,
@@ -40,6 +40,7 @@ pub struct App {
     runtime: Runtime,
     state: StateDb,
     status: StatusBoard,
+    config_path: Option<PathBuf>,
 }
 
 /// The rule name the host's own alerts (such as `RuleFailing`) carry.
@@ -106,7 +107,16 @@ impl App {
             runtime: runtime_for_reloads,
             state: state_for_reloads,
             status: StatusBoard::default(),
+            config_path: None,
         })
+    }
+
+    /// Watches `path` (the file `settings` came from) and reloads it on
+    /// change or SIGHUP: validated first, then applied target by target and
+    /// rule by rule.
+    pub fn watch_config(mut self, path: PathBuf) -> Self {
+        self.config_path = Some(path);
+        self
     }
 
     /// Each rule's version, hash and last refused reload, live while the
@@ -132,6 +142,7 @@ impl App {
             runtime,
             state,
             status,
+            config_path,
         } = self;
         let (sample_tx, mut samples) = mpsc::channel::<Arc<Sample>>(SAMPLE_QUEUE);
         let (result_tx, mut results) = mpsc::unbounded_channel::<WorkerEvent>();
@@ -159,31 +170,23 @@ impl App {
             status,
             change_tx,
         )?;
-        let policies: HashMap<Arc<str>, FailurePolicy> = settings
-            .rules
-            .iter()
-            .map(|spec| (Arc::from(spec.name.as_str()), spec.failure_policy))
-            .collect();
-        let counters: HashMap<Arc<str>, Arc<RuleCounters>> = counters.into_iter().collect();
-        let spawn_worker = |rule: LoadedRule| {
-            let name = rule.name.clone();
-            RuleWorker::spawn(
-                rule,
-                policies[&name],
-                counters[&name].clone(),
-                result_tx.clone(),
-            )
+        let mut counters: HashMap<Arc<str>, Arc<RuleCounters>> = counters.into_iter().collect();
+        let mut spawn_worker = |rule: LoadedRule, policy: FailurePolicy| {
+            let counters = counters.entry(rule.name.clone()).or_default().clone();
+            RuleWorker::spawn(rule, policy, counters, result_tx.clone())
         };
         let mut workers: BTreeMap<Arc<str>, RuleWorker> = rules
             .into_iter()
-            .map(|rule| (rule.name.clone(), spawn_worker(rule)))
+            .zip(&settings.rules)
+            .map(|(rule, spec)| (rule.name.clone(), spawn_worker(rule, spec.failure_policy)))
             .collect();
-        let pollers: Vec<_> = settings
-            .targets
-            .iter()
-            .map(|target| sources::spawn(target, sample_tx.clone()))
-            .collect();
-        drop(sample_tx);
+        let mut pollers = Pollers::default();
+        pollers.apply(&settings.targets, &sample_tx);
+        let mut config_changes = match &config_path {
+            Some(path) => Some(ConfigWatch::start(path, settings.reload_debounce)?),
+            None => None,
+        };
+        let mut hangups = hangups()?;
         tracing::info!(
             targets = settings.targets.len(),
             rules = workers.len(),
@@ -215,11 +218,11 @@ impl App {
                     }
                 },
                 Some(change) = changes.recv() => match change {
-                    Change::Install(rule) => match workers.get(&rule.name) {
+                    Change::Install(rule, policy) => match workers.get(&rule.name) {
                         Some(worker) => worker.swap(*rule).await,
                         None => {
                             removed.remove(&rule.name);
-                            workers.insert(rule.name.clone(), spawn_worker(*rule));
+                            workers.insert(rule.name.clone(), spawn_worker(*rule, policy));
                         }
                     },
                     Change::Remove(rule) => {
@@ -229,14 +232,22 @@ impl App {
                         }
                     }
                 },
+                Some(forced) = next_config_change(&mut config_changes, &mut hangups) => {
+                    let Some(path) = &config_path else {
+                        tracing::info!("SIGHUP ignored: vigil runs without a config file.");
+                        continue;
+                    };
+                    if let Some(new) = reload_config(path, forced, config_changes.as_mut()) {
+                        pollers.apply(&new.targets, &sample_tx);
+                        reloader.reconcile(new.rules);
+                    }
+                }
             }
         }
 
         tracing::info!("Shutting down.");
         reloader.abort();
-        for poller in &pollers {
-            poller.abort();
-        }
+        pollers.stop();
         // Samples already taken are still evaluated and reported.
         while let Ok(sample) = samples.try_recv() {
             for worker in workers.values() {
@@ -252,6 +263,152 @@ impl App {
             }
         }
         Ok(())
+    }
+}
+
+/// The polling tasks, one per target, by name.
+#[derive(Default)]
+struct Pollers {
+    running: HashMap<String, (TargetSpec, tokio::task::JoinHandle<()>)>,
+}
+
+impl Pollers {
+    /// Makes the running pollers match `targets`: new targets start, gone
+    /// ones stop, changed ones restart; the others are not touched.
+    fn apply(&mut self, targets: &[TargetSpec], samples: &mpsc::Sender<Arc<Sample>>) {
+        let names: HashSet<&str> = targets.iter().map(|target| target.name.as_str()).collect();
+        self.running.retain(|name, (_, task)| {
+            let keep = names.contains(name.as_str());
+            if !keep {
+                tracing::info!(target = %name, "Target removed; polling stops.");
+                task.abort();
+            }
+            keep
+        });
+        for target in targets {
+            match self.running.get(&target.name) {
+                Some((running, _)) if running == target => continue,
+                Some((_, task)) => {
+                    tracing::info!(target = %target.name, "Target changed; polling restarts.");
+                    task.abort();
+                }
+                None if !self.running.is_empty() => {
+                    tracing::info!(target = %target.name, "Target added; polling starts.")
+                }
+                None => {}
+            }
+            let task = sources::spawn(target, samples.clone());
+            self.running
+                .insert(target.name.clone(), (target.clone(), task));
+        }
+    }
+
+    fn stop(&self) {
+        for (_, task) in self.running.values() {
+            task.abort();
+        }
+    }
+}
+
+/// Debounced changes to the config file's directory.
+struct ConfigWatch {
+    // Dropping the watcher ends the watch.
+    _watcher: notify::RecommendedWatcher,
+    changes: mpsc::UnboundedReceiver<()>,
+    /// Hash of the config text in force, to ignore events that change nothing.
+    loaded: String,
+}
+
+impl ConfigWatch {
+    fn start(path: &Path, debounce: std::time::Duration) -> anyhow::Result<Self> {
+        use notify::Watcher;
+        let (events_tx, mut events) = mpsc::unbounded_channel::<()>();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok() {
+                    let _ = events_tx.send(());
+                }
+            })?;
+        let directory = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        watcher
+            .watch(&directory, notify::RecursiveMode::NonRecursive)
+            .with_context(|| {
+                format!("cannot watch `{}` for config changes", directory.display())
+            })?;
+        let (changes_tx, changes) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while events.recv().await.is_some() {
+                // Wait for a quiet spell, then report one change.
+                while let Ok(Some(())) = tokio::time::timeout(debounce, events.recv()).await {}
+                if changes_tx.send(()).is_err() {
+                    return;
+                }
+            }
+        });
+        let loaded = std::fs::read(path)
+            .map(|text| plugins::content_hash(&text))
+            .unwrap_or_default();
+        Ok(ConfigWatch {
+            _watcher: watcher,
+            changes,
+            loaded,
+        })
+    }
+}
+
+#[cfg(unix)]
+fn hangups() -> anyhow::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot listen for SIGHUP")
+}
+
+/// The next reason to reload the config: `Some(false)` when its file
+/// changed, `Some(true)` on SIGHUP (reload even if the text is the same).
+async fn next_config_change(
+    watch: &mut Option<ConfigWatch>,
+    hangups: &mut tokio::signal::unix::Signal,
+) -> Option<bool> {
+    let file_changed = async {
+        match watch {
+            Some(watch) => watch.changes.recv().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        Some(()) = file_changed => Some(false),
+        Some(()) = hangups.recv() => Some(true),
+    }
+}
+
+/// Reads and validates the config again. A broken one is refused with file,
+/// line and reason, and the running config stays.
+fn reload_config(path: &Path, forced: bool, watch: Option<&mut ConfigWatch>) -> Option<Settings> {
+    let text = match std::fs::read(path) {
+        Ok(text) => text,
+        Err(error) => {
+            tracing::error!(path = %path.display(), %error, "Config reload refused: cannot read the file; the running config stays.");
+            return None;
+        }
+    };
+    let hash = plugins::content_hash(&text);
+    if let Some(watch) = watch {
+        if !forced && watch.loaded == hash {
+            return None;
+        }
+        watch.loaded = hash;
+    }
+    match Settings::load(path) {
+        Ok(settings) => {
+            tracing::info!(path = %path.display(), forced, "Config reloaded.");
+            Some(settings)
+        }
+        Err(error) => {
+            tracing::error!(%error, "Config reload refused; the running config stays.");
+            None
+        }
     }
 }
 

@@ -81,7 +81,10 @@ fn run_monitor(args: RunArgs) -> anyhow::Result<()> {
         .unwrap_or_else(app::default_data_dir);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let app = App::build(settings, &data_dir, StdoutSink::new(args.format)).await?;
+        let mut app = App::build(settings, &data_dir, StdoutSink::new(args.format)).await?;
+        if let Some(path) = args.config {
+            app = app.watch_config(path);
+        }
         app.run(shutdown_signal()).await
     })
 }

@@ -55,7 +55,7 @@ pub struct Settings {
 }
 
 /// One target to poll.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TargetSpec {
     /// Unique name, sent to rules as `sample.target`.
     pub name: String,
@@ -68,7 +68,7 @@ pub struct TargetSpec {
 }
 
 /// How a target is polled.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum TargetKind {
     /// `GET url`, expecting a JSON object of numbers.
     HttpJson {

@@ -22,7 +22,7 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use super::{LoadedRule, content_hash};
+use super::{FailurePolicy, LoadedRule, content_hash};
 use crate::config::{RuleSource, RuleSpec};
 use crate::runtime::Runtime;
 use crate::sources::now_ms;
@@ -30,11 +30,19 @@ use crate::state::StateDb;
 
 /// What the reloader asks the app to do.
 pub enum Change {
-    /// Install this version (a newer one of a running rule, or a rule whose
-    /// file came back).
-    Install(Box<LoadedRule>),
-    /// The rule's file is gone: stop it and resolve its alerts.
+    /// Install this version: a newer one of a running rule, or a rule that
+    /// is new or whose file came back (then with its failure policy).
+    Install(Box<LoadedRule>, FailurePolicy),
+    /// The rule's file is gone, or the config dropped it: stop it and
+    /// resolve its alerts.
     Remove(Arc<str>),
+}
+
+/// What the app asks the reloader to do.
+pub enum Command {
+    /// The config was reloaded: these are the rules now. New ones load,
+    /// changed ones (config, limits, file) reload, missing ones go.
+    Reconcile(Vec<RuleSpec>),
 }
 
 /// Where each rule stands, for operators and the API.
@@ -75,6 +83,10 @@ impl StatusBoard {
         );
     }
 
+    fn remove(&self, rule: &str) {
+        self.0.lock().expect("status lock").remove(rule);
+    }
+
     fn update(&self, rule: &str, change: impl FnOnce(&mut RuleStatus)) {
         let mut board = self.0.lock().expect("status lock");
         let status = board.entry(rule.to_string()).or_default();
@@ -86,14 +98,41 @@ impl StatusBoard {
 /// A rule the reloader looks after.
 struct Watched {
     spec: RuleSpec,
-    path: PathBuf,
-    /// Hash of the version serving; `None` while the file is gone.
+    /// Hash of the version serving; `None` while nothing serves (the file is
+    /// gone, or the rule never loaded).
     hash: Option<String>,
     version: u64,
 }
 
-/// Watches the file-based rules and sends [`Change`]s until `changes`
-/// closes. Returns the watcher's task; builtin rules are not watched.
+impl Watched {
+    fn path(&self) -> Option<&Path> {
+        match &self.spec.source {
+            RuleSource::File(path) => Some(path),
+            RuleSource::Builtin(_) => None,
+        }
+    }
+}
+
+/// The reloader's task and the way to send it commands.
+pub struct ReloaderHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ReloaderHandle {
+    /// Hands the reloader the rules of a reloaded config.
+    pub fn reconcile(&self, specs: Vec<RuleSpec>) {
+        let _ = self.commands.send(Command::Reconcile(specs));
+    }
+
+    /// Stops watching.
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+}
+
+/// Starts watching the rules that were loaded at start (`rules`, in the
+/// order of `specs`), sending [`Change`]s until `changes` closes.
 pub fn spawn(
     rules: &[LoadedRule],
     specs: &[RuleSpec],
@@ -102,21 +141,21 @@ pub fn spawn(
     debounce: Duration,
     status: StatusBoard,
     changes: mpsc::UnboundedSender<Change>,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let mut watched = Vec::new();
-    for (rule, spec) in rules.iter().zip(specs) {
-        status.installed(&rule.name, rule.version, &rule.hash);
-        if let RuleSource::File(path) = &spec.source {
-            watched.push(Watched {
+) -> anyhow::Result<ReloaderHandle> {
+    let watched = rules
+        .iter()
+        .zip(specs)
+        .map(|(rule, spec)| {
+            status.installed(&rule.name, rule.version, &rule.hash);
+            Watched {
                 spec: spec.clone(),
-                path: path.clone(),
                 hash: Some(rule.hash.clone()),
                 version: rule.version,
-            });
-        }
-    }
+            }
+        })
+        .collect();
     let (events_tx, events) = mpsc::unbounded_channel::<PathBuf>();
-    let mut watcher =
+    let watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
             Ok(event) => {
                 for path in event.paths {
@@ -125,29 +164,20 @@ pub fn spawn(
             }
             Err(error) => tracing::warn!(%error, "File watch error."),
         })?;
-    let directories: HashSet<PathBuf> = watched
-        .iter()
-        .map(|rule| directory_of(&rule.path))
-        .collect();
-    for directory in &directories {
-        watcher
-            .watch(directory, RecursiveMode::NonRecursive)
-            .map_err(|error| {
-                anyhow::anyhow!(
-                    "cannot watch `{}` for rule changes: {error}",
-                    directory.display()
-                )
-            })?;
-    }
-    let reloader = Reloader {
+    let mut reloader = Reloader {
         watched,
+        watcher,
+        watching: HashSet::new(),
         debounce,
         runtime,
         state,
         status,
         changes,
     };
-    Ok(tokio::spawn(reloader.run(watcher, events, debounce)))
+    reloader.watch_directories()?;
+    let (commands, command_rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(reloader.run(events, command_rx));
+    Ok(ReloaderHandle { commands, task })
 }
 
 /// Waits while the file is still being written: until its modification time
@@ -174,8 +204,45 @@ fn directory_of(path: &Path) -> PathBuf {
     }
 }
 
+/// Whether two specs describe the same running rule (where the config
+/// declares it does not matter).
+fn same_rule(a: &RuleSpec, b: &RuleSpec) -> bool {
+    let source = match (&a.source, &b.source) {
+        (RuleSource::File(a), RuleSource::File(b)) => a == b,
+        (RuleSource::Builtin(a), RuleSource::Builtin(b)) => a.name == b.name,
+        _ => false,
+    };
+    source
+        && a.config_json == b.config_json
+        && a.limits == b.limits
+        && a.failure_policy == b.failure_policy
+}
+
+/// Collects events until `debounce` passes without one.
+async fn debounced(
+    first: PathBuf,
+    events: &mut mpsc::UnboundedReceiver<PathBuf>,
+    debounce: Duration,
+) -> HashSet<PathBuf> {
+    let mut touched = HashSet::from([first]);
+    let quiet = tokio::time::sleep(debounce);
+    tokio::pin!(quiet);
+    loop {
+        tokio::select! {
+            Some(path) = events.recv() => {
+                touched.insert(path);
+                quiet.as_mut().reset(tokio::time::Instant::now() + debounce);
+            }
+            () = &mut quiet => return touched,
+        }
+    }
+}
+
 struct Reloader {
     watched: Vec<Watched>,
+    // Dropping the watcher ends the watch: it lives as long as the task.
+    watcher: notify::RecommendedWatcher,
+    watching: HashSet<PathBuf>,
     debounce: Duration,
     runtime: Runtime,
     state: StateDb,
@@ -183,65 +250,98 @@ struct Reloader {
     changes: mpsc::UnboundedSender<Change>,
 }
 
+/// The app stopped listening; the reloader stops too.
+struct Closed;
+
 impl Reloader {
     async fn run(
         mut self,
-        // Dropping the watcher ends the watch: it lives as long as the task.
-        _watcher: notify::RecommendedWatcher,
         mut events: mpsc::UnboundedReceiver<PathBuf>,
-        debounce: Duration,
+        mut commands: mpsc::UnboundedReceiver<Command>,
     ) {
-        while let Some(first) = events.recv().await {
-            let mut touched = HashSet::from([first]);
-            let quiet = tokio::time::sleep(debounce);
-            tokio::pin!(quiet);
-            loop {
-                tokio::select! {
-                    Some(path) = events.recv() => {
-                        touched.insert(path);
-                        quiet.as_mut().reset(tokio::time::Instant::now() + debounce);
-                    }
-                    () = &mut quiet => break,
+        loop {
+            let result = tokio::select! {
+                Some(first) = events.recv() => {
+                    let touched = debounced(first, &mut events, self.debounce).await;
+                    self.files_changed(&touched).await
                 }
-            }
-            let affected: Vec<usize> = (0..self.watched.len())
-                .filter(|&i| {
-                    let directory = directory_of(&self.watched[i].path);
-                    touched.iter().any(|path| {
-                        path == &directory || path.parent() == Some(directory.as_path())
-                    })
-                })
-                .collect();
-            for index in affected {
-                if self.check(index).await.is_err() {
-                    return; // the app stopped listening
-                }
+                Some(Command::Reconcile(specs)) = commands.recv() => self.reconcile(specs).await,
+                else => return,
+            };
+            if result.is_err() {
+                return;
             }
         }
     }
 
+    /// Watches the directory of every file rule (once each).
+    fn watch_directories(&mut self) -> anyhow::Result<()> {
+        let directories: Vec<PathBuf> = self
+            .watched
+            .iter()
+            .filter_map(|rule| rule.path())
+            .map(directory_of)
+            .collect();
+        for directory in directories {
+            if self.watching.contains(&directory) {
+                continue;
+            }
+            self.watcher
+                .watch(&directory, RecursiveMode::NonRecursive)
+                .map_err(|error| {
+                    anyhow::anyhow!(
+                        "cannot watch `{}` for rule changes: {error}",
+                        directory.display()
+                    )
+                })?;
+            self.watching.insert(directory);
+        }
+        Ok(())
+    }
+
+    async fn files_changed(&mut self, touched: &HashSet<PathBuf>) -> Result<(), Closed> {
+        let affected: Vec<usize> = (0..self.watched.len())
+            .filter(|&i| {
+                let Some(path) = self.watched[i].path() else {
+                    return false;
+                };
+                let directory = directory_of(path);
+                touched
+                    .iter()
+                    .any(|path| path == &directory || path.parent() == Some(directory.as_path()))
+            })
+            .collect();
+        for index in affected {
+            self.check_file(index).await?;
+        }
+        Ok(())
+    }
+
     /// Re-reads one rule's file and acts on what changed.
-    async fn check(&mut self, index: usize) -> Result<(), ()> {
+    async fn check_file(&mut self, index: usize) -> Result<(), Closed> {
         let rule = &mut self.watched[index];
         let name = rule.spec.name.clone();
-        settle(&rule.path, self.debounce).await;
-        let bytes = match std::fs::read(&rule.path) {
+        let Some(path) = rule.path().map(Path::to_path_buf) else {
+            return Ok(());
+        };
+        settle(&path, self.debounce).await;
+        let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                 if rule.hash.take().is_some() {
-                    tracing::info!(rule = %name, path = %rule.path.display(), "Rule file removed; unloading the rule.");
+                    tracing::info!(rule = %name, path = %path.display(), "Rule file removed; unloading the rule.");
                     self.status.update(&name, |status| {
                         status.version = 0;
                         status.hash.clear();
                     });
                     self.changes
                         .send(Change::Remove(name.as_str().into()))
-                        .map_err(drop)?;
+                        .map_err(|_| Closed)?;
                 }
                 return Ok(());
             }
             Err(error) => {
-                tracing::warn!(rule = %name, path = %rule.path.display(), %error, "Cannot read the rule file; the running version stays.");
+                tracing::warn!(rule = %name, path = %path.display(), %error, "Cannot read the rule file; the running version stays.");
                 return Ok(());
             }
         };
@@ -250,20 +350,92 @@ impl Reloader {
             tracing::debug!(rule = %name, "Rule file is empty; waiting for its content.");
             return Ok(());
         }
-        let hash = content_hash(&bytes);
-        if rule.hash.as_deref() == Some(hash.as_str()) {
+        if rule.hash.as_deref() == Some(content_hash(&bytes).as_str()) {
             return Ok(());
         }
-        let runtime = self.runtime.clone();
-        let state = self.state.clone();
-        let spec = rule.spec.clone();
+        self.install(index, bytes).await
+    }
+
+    /// Applies the rules of a reloaded config.
+    async fn reconcile(&mut self, specs: Vec<RuleSpec>) -> Result<(), Closed> {
+        let names: HashSet<&str> = specs.iter().map(|spec| spec.name.as_str()).collect();
+        for rule in self
+            .watched
+            .iter()
+            .filter(|rule| !names.contains(rule.spec.name.as_str()))
+        {
+            tracing::info!(rule = %rule.spec.name, "Rule dropped from the config; unloading it.");
+            self.status.remove(&rule.spec.name);
+            if rule.hash.is_some() {
+                self.changes
+                    .send(Change::Remove(rule.spec.name.as_str().into()))
+                    .map_err(|_| Closed)?;
+            }
+        }
+        self.watched
+            .retain(|rule| names.contains(rule.spec.name.as_str()));
+        for spec in specs {
+            let index = match self
+                .watched
+                .iter()
+                .position(|rule| rule.spec.name == spec.name)
+            {
+                Some(index) if same_rule(&self.watched[index].spec, &spec) => {
+                    self.watched[index].spec = spec;
+                    continue;
+                }
+                Some(index) => {
+                    tracing::info!(rule = %spec.name, "Rule changed in the config; reloading it.");
+                    self.watched[index].spec = spec;
+                    index
+                }
+                None => {
+                    tracing::info!(rule = %spec.name, "Rule added to the config; loading it.");
+                    self.watched.push(Watched {
+                        spec,
+                        hash: None,
+                        version: 0,
+                    });
+                    self.watched.len() - 1
+                }
+            };
+            let bytes = match &self.watched[index].spec.source {
+                RuleSource::Builtin(builtin) => builtin.wasm.to_vec(),
+                RuleSource::File(path) => match std::fs::read(path) {
+                    Ok(bytes) => bytes,
+                    Err(error) => {
+                        let name = self.watched[index].spec.name.clone();
+                        tracing::error!(rule = %name, path = %path.display(), %error, "Rule reload refused; cannot read the file.");
+                        self.status.update(&name, |status| {
+                            status.last_error = Some(format!("cannot read the file: {error}"))
+                        });
+                        continue;
+                    }
+                },
+            };
+            self.install(index, bytes).await?;
+        }
+        if let Err(error) = self.watch_directories() {
+            tracing::error!(%error, "Rule files added by the config are not watched.");
+        }
+        Ok(())
+    }
+
+    /// Loads `bytes` as the next version of rule `index` and offers it to
+    /// the app; a failure is logged and recorded, and the running version
+    /// stays.
+    async fn install(&mut self, index: usize, bytes: Vec<u8>) -> Result<(), Closed> {
+        let rule = &mut self.watched[index];
+        let name = rule.spec.name.clone();
+        let hash = content_hash(&bytes);
+        let (runtime, state, spec) = (self.runtime.clone(), self.state.clone(), rule.spec.clone());
         // Compiling can take seconds: off the async workers. The bytes read
-        // above are the ones loaded, so the hash matches what runs.
+        // are the ones loaded, so the hash matches what runs.
         let loaded = tokio::task::spawn_blocking(move || {
             super::load_bytes(&runtime, &state, &spec, bytes.into())
         })
         .await
-        .map_err(drop)?;
+        .map_err(|_| Closed)?;
         match loaded {
             Ok(mut loaded) => {
                 rule.version += 1;
@@ -271,9 +443,8 @@ impl Reloader {
                 loaded.version = rule.version;
                 tracing::info!(rule = %name, version = rule.version, hash = %&hash[..12], "Rule reloaded.");
                 self.status.installed(&name, rule.version, &hash);
-                self.changes
-                    .send(Change::Install(Box::new(loaded)))
-                    .map_err(drop)?;
+                let change = Change::Install(Box::new(loaded), rule.spec.failure_policy);
+                self.changes.send(change).map_err(|_| Closed)?;
             }
             Err(error) => {
                 let reason = error.reason.clone();
