@@ -383,3 +383,110 @@ fn a_pending_for_and_the_rule_state_survive_a_swap() {
         "fired before the swap"
     );
 }
+
+/// A config with the given targets (route names of `server`) and the
+/// bundled rule alerting above `cpu`.
+fn config(server: &StatusServer, targets: &[&str], cpu: u32) -> String {
+    let mut text = String::new();
+    for name in targets {
+        text += &format!(
+            "[[targets]]\nname = \"{name}\"\nkind = \"http-json\"\nurl = \"{}\"\ninterval = \"20ms\"\n\n",
+            server.url(name)
+        );
+    }
+    text + &format!(
+        "[[rules]]\nbuiltin = \"threshold\"\nconfig = {{ thresholds = {{ cpu_usage = {cpu} }} }}\n"
+    )
+}
+
+#[test]
+fn a_config_edit_changes_only_what_it_changes() {
+    let server = StatusServer::start();
+    server.set("a", Behavior::json(json!({"cpu_usage": 60})));
+    server.set("b", Behavior::json(json!({"cpu_usage": 10})));
+    let mut vigil = Vigil::start(&config(&server, &["a"], 80));
+    vigil.wait_for("an evaluation of a", Duration::from_secs(10), |v| {
+        is_evaluation(v, "a")
+    });
+
+    // Add target b, lower the threshold: the rule reloads (version 2) and
+    // fires for a; a's poller is left alone.
+    write_renaming(
+        &vigil.config_path(),
+        config(&server, &["a", "b"], 50).as_bytes(),
+    );
+    let fired = vigil.wait_for("CpuUsageHigh on a", Duration::from_secs(10), |v| {
+        is_alert(v, "firing", "CpuUsageHigh")
+    });
+    assert_eq!(fired["target"], "a");
+    vigil.wait_for("an evaluation of b", Duration::from_secs(10), |v| {
+        is_evaluation(v, "b")
+    });
+    assert!(
+        vigil
+            .seen
+            .iter()
+            .any(|v| is_evaluation(v, "a") && v["rule_version"] == 2)
+    );
+
+    // Remove b: its polling stops.
+    write_renaming(&vigil.config_path(), config(&server, &["a"], 50).as_bytes());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !vigil.stderr().contains("Target removed; polling stops.") {
+        assert!(std::time::Instant::now() < deadline, "{}", vigil.stderr());
+        vigil.collect_for(Duration::from_millis(50));
+    }
+    vigil.collect_for(Duration::from_millis(100));
+    let b_before = vigil.count(|v| is_evaluation(v, "b"));
+    vigil.collect_for(Duration::from_millis(300));
+    assert_eq!(
+        vigil.count(|v| is_evaluation(v, "b")),
+        b_before,
+        "b is still polled"
+    );
+
+    let log = vigil.stderr();
+    assert_eq!(log.matches("Config reloaded.").count(), 2, "{log}");
+    assert!(
+        log.contains("Target added; polling starts. target=b"),
+        "{log}"
+    );
+    assert!(!log.contains("Target changed"), "a was restarted:\n{log}");
+    assert_eq!(vigil.count(|v| is_alert(v, "firing", "CpuUsageHigh")), 1);
+}
+
+#[test]
+fn a_broken_config_edit_is_refused_and_sighup_reloads() {
+    let server = StatusServer::start();
+    server.set("a", Behavior::json(json!({"cpu_usage": 60})));
+    let good = config(&server, &["a"], 80);
+    let mut vigil = Vigil::start(&good);
+    vigil.wait_for("an evaluation of a", Duration::from_secs(10), |v| {
+        is_evaluation(v, "a")
+    });
+
+    let broken = good.replace("interval = \"20ms\"", "interval = \"soon\"");
+    std::fs::write(vigil.config_path(), &broken).unwrap();
+    wait_log(&mut vigil, "Config reload refused", 1);
+    let log = vigil.stderr();
+    assert!(
+        log.contains("vigil.toml: TOML parse error at line 5"),
+        "{log}"
+    );
+    assert!(log.contains("invalid duration `soon`"), "{log}");
+    // Still polling, with the old config.
+    let before = vigil.count(|v| is_evaluation(v, "a"));
+    vigil.collect_for(Duration::from_millis(300));
+    assert!(vigil.count(|v| is_evaluation(v, "a")) > before);
+
+    // Put a good config back without a file event reaching vigil first:
+    // SIGHUP makes it read the file.
+    std::fs::write(vigil.config_path(), config(&server, &["a"], 50)).unwrap();
+    vigil.signal("HUP");
+    vigil.wait_for(
+        "CpuUsageHigh after the reload",
+        Duration::from_secs(10),
+        |v| is_alert(v, "firing", "CpuUsageHigh"),
+    );
+    assert!(vigil.stderr().contains("Config reloaded."));
+}

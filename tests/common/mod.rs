@@ -222,6 +222,21 @@ impl Vigil {
         }
     }
 
+    /// The config file vigil was started with (rewrite it to reload).
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("vigil.toml")
+    }
+
+    /// Sends a signal (`"HUP"`, ...) to vigil.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
     /// What vigil logged so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
