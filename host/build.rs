@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const WASM_TARGET: &str = "wasm32-wasip2";
-const GUEST_PACKAGES: [&str; 7] = [
+const GUEST_PACKAGES: [&str; 8] = [
     "vigil-threshold",
     "fixture-counter",
+    "fixture-cpu-hot",
     "fixture-hostile",
     "fixture-spin",
     "fixture-hog",

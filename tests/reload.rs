@@ -180,7 +180,10 @@ fn swaps_under_load_evaluate_every_sample_once_and_never_serve_a_broken_version(
         last - first + 1,
         "a sample between {first} and {last} was not evaluated"
     );
-    assert!(count > 1000, "only {count} samples at 200/s");
+    let span_ms = evaluated.last().unwrap()["timestamp_ms"].as_u64().unwrap()
+        - evaluated[0]["timestamp_ms"].as_u64().unwrap();
+    let per_second = evaluated.len() as f64 * 1000.0 / span_ms as f64;
+    assert!(per_second >= 100.0, "only {per_second:.0} samples/s");
     // Versions only go up, every valid write made exactly one, and no
     // broken one ever evaluated anything.
     let versions: Vec<u64> = evaluated.iter().map(|v| version(v)).collect();
@@ -219,17 +222,16 @@ fn each_way_of_replacing_a_file_reloads_once() {
 
     // Delete, then create within the debounce: one change, no unload.
     std::fs::remove_file(&rule).unwrap();
-    std::thread::sleep(Duration::from_millis(10));
+    std::thread::sleep(Duration::from_millis(2));
     std::fs::write(&rule, variant(3)).unwrap();
     wait_version(&mut vigil, 4);
 
-    // A slow copy: chunks with pauses shorter than the debounce.
+    // A slow copy: chunks with pauses shorter than the debounce (20 ms).
     let bytes = variant(4);
     let mut file = std::fs::File::create(&rule).unwrap();
     for chunk in bytes.chunks(bytes.len() / 4 + 1) {
         std::io::Write::write_all(&mut file, chunk).unwrap();
-        file.sync_data().unwrap();
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     }
     drop(file);
     wait_version(&mut vigil, 5);

@@ -37,7 +37,10 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 /// HTTP timeout when a target does not set one.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Quiet time after a rule file changes before it is reloaded.
-pub const DEFAULT_RELOAD_DEBOUNCE: Duration = Duration::from_millis(50);
+/// 20 ms: long enough for an editor's write or rename to finish, short
+/// enough for a swap within 100 ms (BENCHMARKS.md); slow copies are caught
+/// by waiting for the file's modification time to settle as well.
+pub const DEFAULT_RELOAD_DEBOUNCE: Duration = Duration::from_millis(20);
 /// Largest status body accepted when a target does not set a limit.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 

@@ -105,10 +105,10 @@ impl CompileCache {
             let path = entry.path();
             match open(engine, &path, checksum) {
                 Ok(component) => return Some(component),
-                Err(problem) => {
+                Err(error) => {
                     tracing::warn!(
                         path = %path.display(),
-                        %problem,
+                        %error,
                         "Compile cache entry is unusable; deleting it and compiling the rule again."
                     );
                     if let Err(error) = fs::remove_file(&path) {
@@ -144,12 +144,13 @@ impl CompileCache {
         let written = (|| {
             let mut file = File::options().write(true).create_new(true).open(&temp)?;
             file.write_all(&artifact)?;
-            file.sync_all()?;
+            // No fsync: this runs on the reload path, and a cache needs no
+            // durability. An entry a crash left half-written fails its
+            // checksum on the next lookup and is rebuilt.
             // Replacing an entry of the same name is harmless: the name
             // holds the checksum, so both have the same contents, and a
             // component mapping the old file keeps its own copy of it.
-            fs::rename(&temp, &path)?;
-            sync_dir(&self.dir)
+            fs::rename(&temp, &path)
         })();
         if written.is_err() {
             let _ = fs::remove_file(&temp);
@@ -173,8 +174,9 @@ fn open(engine: &Engine, path: &Path, checksum: &str) -> Result<Component, Strin
     // SAFETY: `deserialize_file` executes the file's code, so the file must
     // be a precompiled component made by this wasmtime with this engine's
     // settings, and must not change while the component maps it. It is:
-    // - written only by `CompileCache::store` above, from a component this
-    //   process compiled, into the host's own data directory (created
+    // - written only by `CompileCache::store` above (in this run of the
+    //   host or an earlier one), from a component wasmtime compiled, into
+    //   the host's own data directory (the cache directory is created
     //   owner-only), keyed by the component's sha256 and the engine's
     //   compatibility hash;
     // - checked just above: its contents hash to the checksum in its name,
@@ -247,15 +249,6 @@ fn create_private_dir(dir: &Path) -> io::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder.create(dir)
-}
-
-/// Makes a rename in `dir` durable.
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    #[cfg(unix)]
-    File::open(dir)?.sync_all()?;
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
 }
 
 #[cfg(test)]
