@@ -14,7 +14,12 @@ use serde_json::{Value, json};
 /// The bundled threshold rule with a custom section appended: the same
 /// behaviour under a different hash, i.e. a new version.
 fn variant(tag: u32) -> Vec<u8> {
-    let mut wasm = std::fs::read(fixture("vigil_threshold")).unwrap();
+    variant_of("vigil_threshold", tag)
+}
+
+/// Fixture `name` with a custom section appended (see [`variant`]).
+fn variant_of(name: &str, tag: u32) -> Vec<u8> {
+    let mut wasm = std::fs::read(fixture(name)).unwrap();
     let name = b"vigil-test-version";
     let payload = tag.to_le_bytes();
     let mut section = vec![name.len() as u8];
@@ -491,4 +496,34 @@ fn a_broken_config_edit_is_refused_and_sighup_reloads() {
         |v| is_alert(v, "firing", "CpuUsageHigh"),
     );
     assert!(vigil.stderr().contains("Config reloaded."));
+}
+
+#[test]
+fn the_rule_state_carries_over_to_the_new_version() {
+    // The counter fixture counts samples in its key-value state and reports
+    // the count as a label of its alert.
+    let dir = tempfile::tempdir().unwrap();
+    let rule = dir.path().join("threshold.wasm");
+    std::fs::write(&rule, variant_of("fixture_counter", 0)).unwrap();
+    let Setup {
+        mut vigil, _dir, ..
+    } = setup_with(dir, rule.clone(), "20ms", "");
+    let count = |v: &Value| -> Option<u64> {
+        (v["type"] == "alert" && v["status"] == "firing" && v["name"] == "Counted")
+            .then(|| v["labels"]["count"].as_str().unwrap().parse().unwrap())
+    };
+    vigil.wait_for("count 5", Duration::from_secs(10), |v| count(v) == Some(5));
+    write_renaming(&rule, &variant_of("fixture_counter", 1));
+    vigil.wait_for("version 2", Duration::from_secs(10), |v| {
+        is_evaluation(v, "web-01") && v["rule_version"] == 2
+    });
+    vigil.collect_for(Duration::from_millis(200));
+    let counts: Vec<u64> = vigil.seen.iter().filter_map(count).collect();
+    let expected: Vec<u64> = (1..=counts.len() as u64).collect();
+    assert_eq!(
+        counts, expected,
+        "the count restarted or skipped across the swap"
+    );
+    let log = vigil.stderr();
+    assert!(log.contains("counter starting, instance 2"), "{log}");
 }
