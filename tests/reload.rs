@@ -527,3 +527,44 @@ fn the_rule_state_carries_over_to_the_new_version() {
     let log = vigil.stderr();
     assert!(log.contains("counter starting, instance 2"), "{log}");
 }
+
+#[test]
+fn a_rules_directory_loads_new_files_and_unloads_removed_ones() {
+    let server = StatusServer::start();
+    server.set("status", Behavior::json(json!({"cpu_usage": 95})));
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.d");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(rules.join("first.wasm"), variant_of("fixture_cpu_hot", 0)).unwrap();
+    std::fs::write(rules.join("README.md"), "not a rule").unwrap();
+    let target = web_target(&server.url("status")).replace("\"100ms\"", "\"20ms\"");
+    let mut vigil = Vigil::start(&format!(
+        "{target}\n[[rules]]\ndir = \"{}\"\ntimeout = \"50ms\"\n",
+        toml_path(&rules)
+    ));
+    let by = |rule: &'static str| move |v: &Value| is_evaluation(v, "web-01") && v["rule"] == rule;
+    vigil.wait_for("the first rule", Duration::from_secs(10), by("first"));
+
+    // A file dropped in becomes a rule; the others are not touched.
+    std::fs::write(rules.join("second.wasm"), variant_of("fixture_cpu_hot", 1)).unwrap();
+    vigil.wait_for("the second rule", Duration::from_secs(10), by("second"));
+    let fired = vigil.wait_for("CpuHot from second", Duration::from_secs(10), |v| {
+        is_alert(v, "firing", "CpuHot") && v["rule"] == "second"
+    });
+    assert_eq!(fired["target"], "web-01");
+
+    // A file taken out unloads its rule and resolves its alert.
+    std::fs::remove_file(rules.join("first.wasm")).unwrap();
+    vigil.wait_for("first's alert resolved", Duration::from_secs(10), |v| {
+        is_alert(v, "resolved", "CpuHot") && v["rule"] == "first"
+    });
+    let first_before = vigil.count(by("first"));
+    vigil.collect_for(Duration::from_millis(300));
+    assert_eq!(
+        vigil.count(by("first")),
+        first_before,
+        "an unloaded rule evaluated samples"
+    );
+    assert!(vigil.count(by("second")) > 0);
+    assert!(!vigil.stderr().contains("README"), "{}", vigil.stderr());
+}

@@ -164,6 +164,7 @@ impl App {
         let reloader = reload::spawn(
             &rules,
             &settings.rules,
+            settings.rule_dirs.clone(),
             runtime,
             state,
             settings.reload_debounce,
@@ -239,7 +240,7 @@ impl App {
                     };
                     if let Some(new) = reload_config(path, forced, config_changes.as_mut()) {
                         pollers.apply(&new.targets, &sample_tx);
-                        reloader.reconcile(new.rules);
+                        reloader.reconcile(new.rules, new.rule_dirs);
                     }
                 }
             }

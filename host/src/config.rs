@@ -55,6 +55,41 @@ pub struct Settings {
     pub rules: Vec<RuleSpec>,
     /// Quiet time after the last change to a rule file before it is reloaded.
     pub reload_debounce: Duration,
+    /// Folders whose `.wasm` files are rules (already expanded into `rules`).
+    pub rule_dirs: Vec<RuleDir>,
+}
+
+/// A folder of rules: every `*.wasm` file in it is a rule named after the
+/// file, with the same config and limits. Files added later are loaded,
+/// files removed are unloaded.
+#[derive(Debug, Clone)]
+pub struct RuleDir {
+    /// The folder.
+    pub dir: PathBuf,
+    /// What each rule in it gets; `name` and `source` are set per file.
+    pub template: RuleSpec,
+}
+
+impl RuleDir {
+    /// The rules in the folder now, by file name.
+    pub fn expand(&self) -> std::io::Result<Vec<RuleSpec>> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "wasm") && path.is_file())
+            .collect();
+        files.sort();
+        Ok(files
+            .into_iter()
+            .filter_map(|file| {
+                let name = file.file_stem()?.to_string_lossy().into_owned();
+                Some(RuleSpec {
+                    name,
+                    source: RuleSource::File(file),
+                    ..self.template.clone()
+                })
+            })
+            .collect())
+    }
 }
 
 /// One target to poll.
@@ -145,6 +180,7 @@ impl Settings {
             }],
             rules: vec![default_rule("embedded default")],
             reload_debounce: DEFAULT_RELOAD_DEBOUNCE,
+            rule_dirs: Vec::new(),
         }
     }
 
@@ -195,15 +231,33 @@ impl Settings {
 
         let mut rules = Vec::new();
         let mut names = HashSet::new();
+        let mut rule_dirs = Vec::new();
+        let declared = !file.rules.is_empty();
+        let mut specs = Vec::new();
         for spanned in file.rules {
             let location = at(spanned.span());
             let rule = spanned.into_inner();
-            let spec = rule
-                .validate(base, &location)
-                .map_err(|message| ConfigError {
-                    location: location.clone(),
-                    message,
-                })?;
+            let fail = |message: String| ConfigError {
+                location: location.clone(),
+                message,
+            };
+            match rule.dir.clone() {
+                None => specs.push(rule.validate(base, &location).map_err(fail)?),
+                Some(dir) => {
+                    let rule_dir = rule.into_dir(base, &dir, &location).map_err(fail)?;
+                    let expanded = rule_dir.expand().map_err(|error| {
+                        fail(format!(
+                            "cannot list the rules directory `{}`: {error}",
+                            rule_dir.dir.display()
+                        ))
+                    })?;
+                    specs.extend(expanded);
+                    rule_dirs.push(rule_dir);
+                }
+            }
+        }
+        for spec in specs {
+            let location = spec.origin.clone();
             if !names.insert(spec.name.clone()) {
                 return Err(ConfigError {
                     location,
@@ -215,7 +269,7 @@ impl Settings {
             }
             rules.push(spec);
         }
-        if rules.is_empty() {
+        if !declared {
             rules.push(default_rule(&path.display().to_string()));
         }
         Ok(Settings {
@@ -225,6 +279,7 @@ impl Settings {
             reload_debounce: file
                 .reload_debounce
                 .map_or(DEFAULT_RELOAD_DEBOUNCE, |d| d.0),
+            rule_dirs,
         })
     }
 }
@@ -342,10 +397,11 @@ fn check_label_name(name: &str) -> Result<(), String> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 struct RuleConfig {
     path: Option<PathBuf>,
+    dir: Option<PathBuf>,
     builtin: Option<String>,
     name: Option<String>,
     #[serde(default)]
@@ -363,6 +419,35 @@ struct RuleConfig {
 }
 
 impl RuleConfig {
+    /// A `[[rules]]` table with `dir`: the template for every rule in it.
+    fn into_dir(self, base: &Path, dir: &Path, origin: &str) -> Result<RuleDir, String> {
+        for (field, set) in [
+            ("path", self.path.is_some()),
+            ("builtin", self.builtin.is_some()),
+            ("name", self.name.is_some()),
+        ] {
+            if set {
+                return Err(format!(
+                    "a rules directory takes no `{field}`: each rule is named after its file"
+                ));
+            }
+        }
+        let dir = base.join(dir);
+        if !dir.is_dir() {
+            return Err(format!(
+                "the rules directory `{}` does not exist",
+                dir.display()
+            ));
+        }
+        let template = RuleConfig {
+            dir: None,
+            path: Some(dir.join("template.wasm")),
+            ..self
+        }
+        .validate(base, origin)?;
+        Ok(RuleDir { dir, template })
+    }
+
     fn validate(self, base: &Path, origin: &str) -> Result<RuleSpec, String> {
         let source = match (self.path, self.builtin) {
             (Some(path), None) => RuleSource::File(base.join(path)),
@@ -448,6 +533,7 @@ impl RuleConfig {
 }
 
 /// A duration written as text: `500ms`, `5s`, `1m 30s`.
+#[derive(Clone, Copy)]
 struct ConfigDuration(Duration);
 
 impl<'de> Deserialize<'de> for ConfigDuration {
@@ -524,6 +610,51 @@ path = "rules/disk.wasm"
         assert_eq!(disk.name, "disk");
         assert!(
             matches!(&disk.source, RuleSource::File(p) if p == Path::new("/etc/vigil/rules/disk.wasm"))
+        );
+    }
+
+    #[test]
+    fn a_rules_directory_expands_to_one_rule_per_wasm_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = dir.path().join("rules.d");
+        std::fs::create_dir(&rules).unwrap();
+        for file in ["b.wasm", "a.wasm", "notes.txt"] {
+            std::fs::write(rules.join(file), b"").unwrap();
+        }
+        let text = "[[targets]]\nname = \"me\"\nkind = \"local\"\n[[rules]]\ndir = \"rules.d\"\ntimeout = \"50ms\"\n";
+        let settings = Settings::parse(text, &dir.path().join("vigil.toml")).unwrap();
+        let names: Vec<&str> = settings
+            .rules
+            .iter()
+            .map(|rule| rule.name.as_str())
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        assert!(
+            settings
+                .rules
+                .iter()
+                .all(|rule| rule.limits.evaluate_timeout == Duration::from_millis(50))
+        );
+        assert_eq!(settings.rule_dirs.len(), 1);
+
+        let error = |text: &str| {
+            Settings::parse(text, &dir.path().join("vigil.toml"))
+                .unwrap_err()
+                .to_string()
+        };
+        let missing =
+            error("[[targets]]\nname = \"me\"\nkind = \"local\"\n[[rules]]\ndir = \"nope\"\n");
+        assert!(
+            missing.contains(":4: the rules directory `")
+                && missing.contains("nope` does not exist"),
+            "{missing}"
+        );
+        let named = error(
+            "[[targets]]\nname = \"me\"\nkind = \"local\"\n[[rules]]\ndir = \"rules.d\"\nname = \"x\"\n",
+        );
+        assert!(
+            named.contains("a rules directory takes no `name`"),
+            "{named}"
         );
     }
 

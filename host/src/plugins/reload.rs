@@ -23,7 +23,7 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use super::{FailurePolicy, LoadedRule, content_hash};
-use crate::config::{RuleSource, RuleSpec};
+use crate::config::{RuleDir, RuleSource, RuleSpec};
 use crate::runtime::Runtime;
 use crate::sources::now_ms;
 use crate::state::StateDb;
@@ -40,9 +40,10 @@ pub enum Change {
 
 /// What the app asks the reloader to do.
 pub enum Command {
-    /// The config was reloaded: these are the rules now. New ones load,
-    /// changed ones (config, limits, file) reload, missing ones go.
-    Reconcile(Vec<RuleSpec>),
+    /// The config was reloaded: these are the rules (and rule folders) now.
+    /// New ones load, changed ones (config, limits, file) reload, missing
+    /// ones go.
+    Reconcile(Vec<RuleSpec>, Vec<RuleDir>),
 }
 
 /// Where each rule stands, for operators and the API.
@@ -121,8 +122,8 @@ pub struct ReloaderHandle {
 
 impl ReloaderHandle {
     /// Hands the reloader the rules of a reloaded config.
-    pub fn reconcile(&self, specs: Vec<RuleSpec>) {
-        let _ = self.commands.send(Command::Reconcile(specs));
+    pub fn reconcile(&self, specs: Vec<RuleSpec>, dirs: Vec<RuleDir>) {
+        let _ = self.commands.send(Command::Reconcile(specs, dirs));
     }
 
     /// Stops watching.
@@ -133,9 +134,11 @@ impl ReloaderHandle {
 
 /// Starts watching the rules that were loaded at start (`rules`, in the
 /// order of `specs`), sending [`Change`]s until `changes` closes.
+#[allow(clippy::too_many_arguments)] // called once, by the app
 pub fn spawn(
     rules: &[LoadedRule],
     specs: &[RuleSpec],
+    dirs: Vec<RuleDir>,
     runtime: Runtime,
     state: StateDb,
     debounce: Duration,
@@ -166,6 +169,7 @@ pub fn spawn(
         })?;
     let mut reloader = Reloader {
         watched,
+        dirs,
         watcher,
         watching: HashSet::new(),
         debounce,
@@ -201,6 +205,13 @@ fn directory_of(path: &Path) -> PathBuf {
     match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
         _ => PathBuf::from("."),
+    }
+}
+
+fn spec_path(spec: &RuleSpec) -> Option<&Path> {
+    match &spec.source {
+        RuleSource::File(path) => Some(path),
+        RuleSource::Builtin(_) => None,
     }
 }
 
@@ -240,6 +251,8 @@ async fn debounced(
 
 struct Reloader {
     watched: Vec<Watched>,
+    /// Folders whose new `.wasm` files become rules.
+    dirs: Vec<RuleDir>,
     // Dropping the watcher ends the watch: it lives as long as the task.
     watcher: notify::RecommendedWatcher,
     watching: HashSet<PathBuf>,
@@ -265,7 +278,10 @@ impl Reloader {
                     let touched = debounced(first, &mut events, self.debounce).await;
                     self.files_changed(&touched).await
                 }
-                Some(Command::Reconcile(specs)) = commands.recv() => self.reconcile(specs).await,
+                Some(Command::Reconcile(specs, dirs)) = commands.recv() => {
+                    self.dirs = dirs;
+                    self.reconcile(specs).await
+                }
                 else => return,
             };
             if result.is_err() {
@@ -274,13 +290,16 @@ impl Reloader {
         }
     }
 
-    /// Watches the directory of every file rule (once each).
+    /// Watches the directory of every file rule and every rules folder
+    /// (once each).
     fn watch_directories(&mut self) -> anyhow::Result<()> {
-        let directories: Vec<PathBuf> = self
+        let files = self
             .watched
             .iter()
             .filter_map(|rule| rule.path())
-            .map(directory_of)
+            .map(directory_of);
+        let directories: Vec<PathBuf> = files
+            .chain(self.dirs.iter().map(|dir| dir.dir.clone()))
             .collect();
         for directory in directories {
             if self.watching.contains(&directory) {
@@ -313,6 +332,42 @@ impl Reloader {
             .collect();
         for index in affected {
             self.check_file(index).await?;
+        }
+        // New files in a rules folder are new rules.
+        let folders: Vec<RuleDir> = self
+            .dirs
+            .iter()
+            .filter(|dir| {
+                touched
+                    .iter()
+                    .any(|path| path == &dir.dir || path.parent() == Some(dir.dir.as_path()))
+            })
+            .cloned()
+            .collect();
+        for folder in folders {
+            let specs = match folder.expand() {
+                Ok(specs) => specs,
+                Err(error) => {
+                    tracing::warn!(dir = %folder.dir.display(), %error, "Cannot list the rules directory.");
+                    continue;
+                }
+            };
+            for spec in specs {
+                if let Some(known) = self.watched.iter().find(|rule| rule.spec.name == spec.name) {
+                    if known.path() != spec_path(&spec) {
+                        tracing::error!(rule = %spec.name, dir = %folder.dir.display(), "A rule of this name exists already; the new file is not loaded.");
+                    }
+                    continue;
+                }
+                tracing::info!(rule = %spec.name, dir = %folder.dir.display(), "New rule file; loading it.");
+                self.watched.push(Watched {
+                    spec,
+                    hash: None,
+                    version: 0,
+                });
+                let index = self.watched.len() - 1;
+                self.check_file(index).await?;
+            }
         }
         Ok(())
     }
