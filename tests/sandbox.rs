@@ -93,6 +93,11 @@ fn attack_with(config: &str, extra: &str) -> (Vigil, StatusServer) {
         is_evaluation(v, "web-01") && v["rule"] == "hostile"
     });
     vigil.collect_for(Duration::from_secs(2));
+    // Still up after two seconds of attack; then a clean stop, which
+    // evaluates and reports every sample already taken, so the comparison
+    // below sees complete data.
+    assert!(vigil.is_running());
+    vigil.terminate();
     let good = |v: &Value| is_evaluation(v, "web-01") && v["rule"] == "threshold";
     let evaluated = vigil.count(good);
     assert!(
@@ -122,7 +127,6 @@ fn attack_with(config: &str, extra: &str) -> (Vigil, StatusServer) {
         vigil.count(|v| common::is_alert(v, "firing", "CpuUsageHigh")),
         1
     );
-    assert!(vigil.is_running());
     (vigil, server)
 }
 

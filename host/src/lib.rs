@@ -33,6 +33,7 @@
 //! The modules follow the data flow: [`sources`] → [`plugins`] (on the
 //! [`runtime`]) → [`alerts`] → [`sinks`], wired together by [`app`].
 
+pub mod actions;
 pub mod alerts;
 pub mod app;
 pub mod cli;

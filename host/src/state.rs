@@ -69,6 +69,12 @@ impl StateDb {
         Ok(StateDb { db: Arc::new(db) })
     }
 
+    /// The database itself, for other tables in the same file (the
+    /// remediation audit log, `actions::audit`).
+    pub(crate) fn database(&self) -> Arc<Database> {
+        self.db.clone()
+    }
+
     /// Stores one (rule, target) alert group; `None` removes it.
     pub fn save_alert_group(
         &self,

@@ -107,10 +107,7 @@ struct Watched {
 
 impl Watched {
     fn path(&self) -> Option<&Path> {
-        match &self.spec.source {
-            RuleSource::File(path) => Some(path),
-            RuleSource::Builtin(_) => None,
-        }
+        spec_path(&self.spec)
     }
 }
 

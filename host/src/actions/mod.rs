@@ -1,0 +1,397 @@
+//! Remediation: rules ask for actions by name; the host decides whether they
+//! run, runs them safely, and keeps an audit trail.
+//!
+//! ```text
+//!  verdict.actions ──▶ Gate::check ──Decision──▶ AuditLog::record_decision ──▶ Executor::execute ──Outcome──▶ AuditLog::record_outcome
+//!  (ActionRequest)     (pure: spec,              (durable, before any          (dry-run, or real:            Gate::finished (breaker)
+//!                       history, now_ms)          execution)                    argv / HTTP, timeout)         feedback to the rule
+//! ```
+//!
+//! | module | guarantees | refuses to |
+//! |---|---|---|
+//! | [`config`] | actions are declared by the operator only and validated whole: placeholders name declared params, patterns are anchored, the program is fixed | accept a placeholder in `command[0]` or in a header, an unknown field, an unused param |
+//! | [`gate`] | the seven checks, in order, first refusal wins; no clock, no I/O | run an undeclared action, a rule not allowed, an invalid or oversized param, past a cooldown, limit, open breaker, or twice at once for a target |
+//! | [`exec`] | argv without a shell, one param one element; killed and reaped at its timeout with its process group; output capped | interpret a param |
+//! | [`audit`] | a record before and after every run; an unfinished run shows after a crash; newest-first queries | lose a run silently |
+//!
+//! [`Remediation`] ties them together; it is what the pipeline calls.
+//!
+//! # Wiring it in
+//!
+//! 1. **Config.** Embed `BTreeMap<String, Spanned<ActionConfig>>` as
+//!    `actions` in the config file struct and call
+//!    [`ActionConfig::validate`]`(name, global_mode)` for each (prefix errors
+//!    with `file:line: action `name`: `), or call [`parse_actions`] on the
+//!    `actions` table. The global [`Mode`] (default dry-run) needs a key of
+//!    its own outside `[actions]` (an action may be named `mode`), e.g. a
+//!    top-level `remediation_mode = "enforce"`.
+//! 2. **Start.** `AuditLog::open(&state_db)`, then
+//!    [`Remediation::start`]`(specs, audit, Arc::new(RealExecutor::new()?), now_ms)`:
+//!    it marks runs a previous process left `started` as `interrupted`
+//!    (returned, to log or alert on) and replays recent history into the
+//!    gate, so a restart does not reset cooldowns, limits or breakers.
+//! 3. **Each verdict.** For each `verdict.actions` entry, on the async
+//!    runtime (rule workers are plain threads):
+//!    `tokio::spawn(async move { remediation.handle(rule, target, &request, now_ms).await })`.
+//!    Spawn, do not await on the sample path: a run can take its whole
+//!    timeout. `now_ms` is wall-clock ms since the Unix epoch.
+//! 4. **Feedback.** [`Handled::outcome`]`.to_action_outcome(action, params)`
+//!    goes into the next sample of that (rule, target) as `recent_actions`.
+//! 5. **Alerts.** [`Handled::breaker_opened`] is `Some` once, when a breaker
+//!    opens; [`Remediation::open_breakers`] gives the level for a
+//!    `RemediationBreakerOpen` alert that resolves when it closes.
+//! 6. **Reload.** [`Remediation::reconfigure`] swaps the declared actions;
+//!    history and runs in flight are kept.
+//! 7. **CLI.** `vigil audit` opens the database, `AuditLog::open`, and
+//!    prints [`AuditLog::list`]`(&AuditQuery { .. })`. redb allows one
+//!    process per file, so it works while the host is stopped (or, later,
+//!    through the host's API).
+
+pub mod audit;
+pub mod config;
+pub mod exec;
+pub mod gate;
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+pub use audit::{
+    AuditDecision, AuditError, AuditLog, AuditOutcome, AuditQuery, AuditRecord, AuditStatus,
+};
+pub use config::{ActionConfig, ActionSpec, Mode, parse_actions};
+pub use exec::{DryRunExecutor, Executor, Outcome, RealExecutor, Status};
+pub use gate::{BreakerTrip, Decision, Gate, Invocation, Reason, Run};
+
+use crate::runtime::ActionRequest;
+
+/// The gate, the audit log and an executor, used together the only safe
+/// way: decide, record, execute, record, feed the breaker.
+pub struct Remediation {
+    gate: Mutex<Gate>,
+    audit: AuditLog,
+    executor: Arc<dyn Executor>,
+}
+
+/// What became of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handled {
+    /// Its audit record.
+    pub audit_id: u64,
+    /// How it ended (`refused` with the reason, `dry-run`, ...).
+    pub outcome: Outcome,
+    /// The breaker this run opened, if it did: raise an alert.
+    pub breaker_opened: Option<BreakerTrip>,
+}
+
+impl Remediation {
+    /// Starts remediation for `specs`. Runs in `enforce` mode go to
+    /// `executor`; runs in `dry-run` mode never reach it. Marks what a
+    /// previous process left unfinished as interrupted (returned) and
+    /// replays the history the gate needs from the audit log.
+    pub fn start(
+        specs: BTreeMap<String, ActionSpec>,
+        audit: AuditLog,
+        executor: Arc<dyn Executor>,
+        now_ms: u64,
+    ) -> Result<(Self, Vec<AuditRecord>), AuditError> {
+        let interrupted = audit.interrupt_unfinished(now_ms)?;
+        let mut gate = Gate::new(specs);
+        let since =
+            now_ms.saturating_sub(u64::try_from(gate.lookback().as_millis()).unwrap_or(u64::MAX));
+        let mut history = audit.list(&AuditQuery {
+            since_ms: Some(since),
+            ..AuditQuery::default()
+        })?;
+        history.reverse();
+        for record in history {
+            if !matches!(record.decision, AuditDecision::Run { .. }) {
+                continue;
+            }
+            // Timed on the gate's clock: the request time plus how long it ran.
+            let finished = record.outcome.as_ref().and_then(|outcome| {
+                let took = outcome.finished_ms.saturating_sub(outcome.started_ms);
+                Some((record.status.finished_as()?, record.requested_ms + took))
+            });
+            gate.replay(
+                &record.action,
+                &record.target,
+                record.requested_ms,
+                finished,
+            );
+        }
+        let remediation = Remediation {
+            gate: Mutex::new(gate),
+            audit,
+            executor,
+        };
+        Ok((remediation, interrupted))
+    }
+
+    /// Decides on one request, records it, runs it if approved, records the
+    /// outcome. An `Err` means the audit log failed; a run whose `started`
+    /// record could not be written is not executed.
+    ///
+    /// Dropping the future mid-run kills the process (`kill_on_drop`) and
+    /// clears it from in flight; its audit record stays `started` and shows
+    /// as interrupted at the next start.
+    pub async fn handle(
+        &self,
+        rule: &str,
+        target: &str,
+        request: &ActionRequest,
+        now_ms: u64,
+    ) -> Result<Handled, AuditError> {
+        let decision = self.gate().check(rule, target, request, now_ms);
+        let recorded = self
+            .audit
+            .record_decision(rule, target, request, &decision, now_ms);
+        let run = match decision {
+            Decision::Refuse(reason) => {
+                return Ok(Handled {
+                    audit_id: recorded?,
+                    outcome: Outcome::refused(&reason, now_ms),
+                    breaker_opened: None,
+                });
+            }
+            Decision::Run(run) => run,
+        };
+        let mut guard = InFlight {
+            remediation: self,
+            run: &run,
+            now_ms,
+            done: false,
+        };
+        let audit_id = recorded?; // On error the guard closes the run unexecuted.
+        let outcome = match run.mode {
+            Mode::DryRun => DryRunExecutor.execute(&run).await,
+            Mode::Enforce => self.executor.execute(&run).await,
+        };
+        guard.done = true;
+        // The gate's clock, advanced by how long the run took.
+        let took = outcome.finished_ms.saturating_sub(outcome.started_ms);
+        let breaker_opened =
+            self.gate()
+                .finished(&run.action, &run.target, outcome.status, now_ms + took);
+        self.audit.record_outcome(audit_id, &outcome)?;
+        Ok(Handled {
+            audit_id,
+            outcome,
+            breaker_opened,
+        })
+    }
+
+    /// Swaps the declared actions (config reload), keeping history.
+    pub fn reconfigure(&self, specs: BTreeMap<String, ActionSpec>) {
+        self.gate().reconfigure(specs);
+    }
+
+    /// Breakers open now.
+    pub fn open_breakers(&self, now_ms: u64) -> Vec<BreakerTrip> {
+        self.gate()
+            .open_breakers(now_ms)
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+
+    /// The audit log (for the API).
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    fn gate(&self) -> MutexGuard<'_, Gate> {
+        // The gate has no invariant a panic elsewhere could break halfway.
+        self.gate
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Closes a run in the gate if `handle` did not get to (its audit write
+/// failed, or the future was dropped), so it does not stay in flight for ever.
+struct InFlight<'a> {
+    remediation: &'a Remediation,
+    run: &'a Run,
+    now_ms: u64,
+    done: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.remediation.gate().finished(
+                &self.run.action,
+                &self.run.target,
+                Status::Refused,
+                self.now_ms,
+            );
+        }
+    }
+}
+
+/// `text`, cut to at most `max` bytes (on a character boundary) with its
+/// full length noted: `xxxx… (1048576 bytes)`.
+pub(crate) fn excerpt(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
+        return Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}… ({} bytes)", &text[..end], text.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::runtime::Label;
+    use crate::state::StateDb;
+
+    /// Counts executions; "runs" for 10 ms and fails.
+    #[derive(Default)]
+    struct Failing(AtomicUsize);
+
+    #[async_trait::async_trait]
+    impl Executor for Failing {
+        async fn execute(&self, _run: &Run) -> Outcome {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Outcome {
+                status: Status::Failed,
+                detail: "exited with status 1".into(),
+                exit_code: Some(1),
+                output_excerpt: String::new(),
+                started_ms: 5_000,
+                finished_ms: 5_010,
+            }
+        }
+    }
+
+    fn specs(mode: &str) -> BTreeMap<String, ActionSpec> {
+        let text = format!(
+            r#"
+            [restart]
+            command = ["/usr/bin/systemctl", "restart", "{{service}}"]
+            params = {{ service = {{ values = ["nginx"] }} }}
+            allowed_rules = ["threshold"]
+            breaker = {{ failures = 2, window = "1h" }}
+            mode = "{mode}"
+            "#
+        );
+        parse_actions(&text.parse().unwrap(), Mode::DryRun).unwrap()
+    }
+
+    fn restart() -> ActionRequest {
+        ActionRequest {
+            action: "restart".into(),
+            params: vec![Label {
+                name: "service".into(),
+                value: "nginx".into(),
+            }],
+            reason: "cpu high".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn enforce_runs_records_and_opens_the_breaker_which_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let executor = Arc::new(Failing::default());
+        {
+            let audit = AuditLog::open(&StateDb::open(&path).unwrap()).unwrap();
+            let (remediation, interrupted) =
+                Remediation::start(specs("enforce"), audit, executor.clone(), 0).unwrap();
+            assert!(interrupted.is_empty());
+            let first = remediation
+                .handle("threshold", "a", &restart(), 1_000)
+                .await
+                .unwrap();
+            assert_eq!(first.outcome.status, Status::Failed);
+            assert_eq!(first.breaker_opened, None);
+            let second = remediation
+                .handle("threshold", "b", &restart(), 2_000)
+                .await
+                .unwrap();
+            let trip = second.breaker_opened.expect("two failures open it");
+            assert_eq!(trip.opened_ms, 2_010);
+            let third = remediation
+                .handle("threshold", "c", &restart(), 3_000)
+                .await
+                .unwrap();
+            assert_eq!(third.outcome.status, Status::Refused);
+            assert!(third.outcome.detail.starts_with("breaker open: "));
+            assert_eq!(executor.0.load(Ordering::SeqCst), 2);
+            let record = remediation.audit().get(second.audit_id).unwrap().unwrap();
+            assert_eq!(record.status, AuditStatus::Failed);
+            let feedback = third.outcome.to_action_outcome("restart", restart().params);
+            assert_eq!(feedback.status, crate::runtime::ActionStatus::Refused);
+        }
+        // After a restart the breaker is still open: history came back from the log.
+        let audit = AuditLog::open(&StateDb::open(&path).unwrap()).unwrap();
+        let (remediation, _) =
+            Remediation::start(specs("enforce"), audit, executor.clone(), 4_000).unwrap();
+        assert_eq!(remediation.open_breakers(4_000).len(), 1);
+        let refused = remediation
+            .handle("threshold", "d", &restart(), 4_000)
+            .await
+            .unwrap();
+        assert_eq!(refused.outcome.status, Status::Refused);
+        assert_eq!(executor.0.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn dry_run_never_reaches_the_executor() {
+        let executor = Arc::new(Failing::default());
+        let audit = AuditLog::open(&StateDb::in_memory().unwrap()).unwrap();
+        let (remediation, _) =
+            Remediation::start(specs("dry-run"), audit, executor.clone(), 0).unwrap();
+        let handled = remediation
+            .handle("threshold", "a", &restart(), 1_000)
+            .await
+            .unwrap();
+        assert_eq!(handled.outcome.status, Status::DryRun);
+        assert_eq!(
+            handled.outcome.detail,
+            r#"dry-run: would run ["/usr/bin/systemctl", "restart", "nginx"]"#
+        );
+        assert_eq!(executor.0.load(Ordering::SeqCst), 0);
+        let record = remediation.audit().get(handled.audit_id).unwrap().unwrap();
+        assert_eq!(record.status, AuditStatus::DryRun);
+    }
+
+    #[tokio::test]
+    async fn a_run_left_started_is_reported_interrupted_at_the_next_start() {
+        let state = StateDb::in_memory().unwrap();
+        let audit = AuditLog::open(&state).unwrap();
+        let mut gate = Gate::new(specs("enforce"));
+        let decision = gate.check("threshold", "a", &restart(), 1_000);
+        audit
+            .record_decision("threshold", "a", &restart(), &decision, 1_000)
+            .unwrap();
+        // ...the host dies here.
+        let (remediation, interrupted) = Remediation::start(
+            specs("enforce"),
+            AuditLog::open(&state).unwrap(),
+            Arc::new(Failing::default()),
+            2_000,
+        )
+        .unwrap();
+        assert_eq!(interrupted.len(), 1);
+        assert_eq!(interrupted[0].status, AuditStatus::Interrupted);
+        // Not left in flight: the target can be acted on again.
+        let handled = remediation
+            .handle("threshold", "a", &restart(), 3_000)
+            .await
+            .unwrap();
+        assert_eq!(handled.outcome.status, Status::Failed);
+    }
+
+    #[test]
+    fn excerpts_cut_on_a_character_boundary() {
+        assert_eq!(excerpt("short", 10), "short");
+        assert_eq!(excerpt("ééé", 3), "é… (6 bytes)");
+    }
+}
