@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const WASM_TARGET: &str = "wasm32-wasip2";
-const GUEST_PACKAGES: [&str; 8] = [
+const GUEST_PACKAGES: [&str; 9] = [
     "vigil-threshold",
+    "fixture-remediate",
     "fixture-counter",
     "fixture-cpu-hot",
     "fixture-hostile",

@@ -17,13 +17,16 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use tokio::sync::mpsc;
 
+use crate::actions::{AuditLog, BreakerTrip, RealExecutor, Remediation};
 use crate::alerts::Tracker;
 use crate::config::{Settings, TargetSpec};
 use crate::plugins::reload::{self, Change, StatusBoard};
 use crate::plugins::{
     self, Evaluation, FailurePolicy, LoadedRule, RuleCounters, RuleHealth, RuleWorker, WorkerEvent,
 };
-use crate::runtime::{Alert, CallError, CompileCache, Label, Runtime, Sample, Severity};
+use crate::runtime::{
+    ActionRequest, Alert, CallError, CompileCache, Label, Runtime, Sample, Severity,
+};
 use crate::sinks::StdoutSink;
 use crate::sources;
 use crate::state::StateDb;
@@ -41,6 +44,7 @@ pub struct App {
     state: StateDb,
     status: StatusBoard,
     config_path: Option<PathBuf>,
+    remediation: Arc<Remediation>,
 }
 
 /// The rule name the host's own alerts (such as `RuleFailing`) carry.
@@ -70,6 +74,7 @@ impl App {
         let runtime = Runtime::new()?.with_compile_cache(CompileCache::new(data_dir.join("cache")));
         let specs = settings.rules.clone();
         let (runtime_for_reloads, state_for_reloads) = (runtime.clone(), state.clone());
+        let remediation = start_remediation(&settings, &state)?;
         // Compiling is CPU-heavy (seconds for big components): keep it off
         // the async workers.
         let loaded = tokio::task::spawn_blocking(move || {
@@ -108,6 +113,7 @@ impl App {
             state: state_for_reloads,
             status: StatusBoard::default(),
             config_path: None,
+            remediation,
         })
     }
 
@@ -143,7 +149,16 @@ impl App {
             state,
             status,
             config_path,
+            remediation,
         } = self;
+        let (outcome_tx, mut outcomes) = mpsc::unbounded_channel::<ActionFeedback>();
+        let actions = Actions {
+            remediation: remediation.clone(),
+            feedback: outcome_tx,
+        };
+        // Breakers whose `RemediationBreakerOpen` alert is firing.
+        let mut open_breakers: HashSet<String> = HashSet::new();
+        let mut breaker_check = tokio::time::interval(std::time::Duration::from_secs(5));
         let (sample_tx, mut samples) = mpsc::channel::<Arc<Sample>>(SAMPLE_QUEUE);
         let (result_tx, mut results) = mpsc::unbounded_channel::<WorkerEvent>();
         let (change_tx, mut changes) = mpsc::unbounded_channel::<Change>();
@@ -207,7 +222,7 @@ impl App {
                     }
                 }
                 Some(event) = results.recv() => match event {
-                    WorkerEvent::Evaluated(evaluation) => report(&mut sink, &mut tracker, &evaluation),
+                    WorkerEvent::Evaluated(evaluation) => report(&mut sink, &mut tracker, &evaluation, Some(&actions)),
                     WorkerEvent::Stopped(rule) => {
                         if removed.remove(&rule) {
                             let now = sources::now_ms();
@@ -233,6 +248,28 @@ impl App {
                         }
                     }
                 },
+                Some(feedback) = outcomes.recv() => {
+                    if let Some(worker) = workers.get(&feedback.rule) {
+                        worker.feedback(feedback.target, feedback.outcome).await;
+                    }
+                    if let Some(trip) = feedback.breaker_opened {
+                        open_breakers.insert(trip.action.clone());
+                        let alert = breaker_alert(&trip);
+                        for event in tracker.observe(HOST_RULE, &breaker_target(&trip.action), &[alert], sources::now_ms()) {
+                            sink.alert(&event);
+                        }
+                    }
+                }
+                _ = breaker_check.tick() => {
+                    let now = sources::now_ms();
+                    let still_open: HashSet<String> = remediation.open_breakers(now).into_iter().map(|trip| trip.action).collect();
+                    for action in open_breakers.iter().filter(|action| !still_open.contains(*action)) {
+                        for event in tracker.observe(HOST_RULE, &breaker_target(action), &[], now) {
+                            sink.alert(&event);
+                        }
+                    }
+                    open_breakers.retain(|action| still_open.contains(action));
+                }
                 Some(forced) = next_config_change(&mut config_changes, &mut hangups) => {
                     let Some(path) = &config_path else {
                         tracing::info!("SIGHUP ignored: vigil runs without a config file.");
@@ -241,6 +278,7 @@ impl App {
                     if let Some(new) = reload_config(path, forced, config_changes.as_mut()) {
                         pollers.apply(&new.targets, &sample_tx);
                         reloader.reconcile(new.rules, new.rule_dirs);
+                        remediation.reconfigure(new.actions);
                     }
                 }
             }
@@ -260,7 +298,8 @@ impl App {
             .await?;
         while let Some(event) = results.recv().await {
             if let WorkerEvent::Evaluated(evaluation) = event {
-                report(&mut sink, &mut tracker, &evaluation);
+                // Shutting down: requests made now are not started.
+                report(&mut sink, &mut tracker, &evaluation, None);
             }
         }
         Ok(())
@@ -413,7 +452,115 @@ fn reload_config(path: &Path, forced: bool, watch: Option<&mut ConfigWatch>) -> 
     }
 }
 
-fn report(sink: &mut StdoutSink, tracker: &mut Tracker, evaluation: &Evaluation) {
+/// What `report` needs to hand action requests to the remediation gate.
+struct Actions {
+    remediation: Arc<Remediation>,
+    feedback: mpsc::UnboundedSender<ActionFeedback>,
+}
+
+/// The outcome of one request, on its way back to the rule.
+struct ActionFeedback {
+    rule: Arc<str>,
+    target: String,
+    outcome: crate::runtime::ActionOutcome,
+    breaker_opened: Option<BreakerTrip>,
+}
+
+impl Actions {
+    /// Decides, audits and (maybe) runs the request on a task of its own,
+    /// so a slow action never holds up the pipeline, and sends the outcome
+    /// back for the rule's next sample of this target.
+    fn request(&self, rule: &Arc<str>, target: &str, request: &ActionRequest) {
+        let (remediation, feedback) = (self.remediation.clone(), self.feedback.clone());
+        let (rule, target, request) = (rule.clone(), target.to_string(), request.clone());
+        tokio::spawn(async move {
+            match remediation
+                .handle(&rule, &target, &request, sources::now_ms())
+                .await
+            {
+                Ok(handled) => {
+                    tracing::info!(
+                        rule = %rule,
+                        target = %target,
+                        action = %request.action,
+                        audit_id = handled.audit_id,
+                        status = ?handled.outcome.status,
+                        detail = %handled.outcome.detail,
+                        "Action request handled."
+                    );
+                    let outcome = handled
+                        .outcome
+                        .to_action_outcome(&request.action, request.params.clone());
+                    let _ = feedback.send(ActionFeedback {
+                        rule,
+                        target,
+                        outcome,
+                        breaker_opened: handled.breaker_opened,
+                    });
+                }
+                Err(error) => tracing::error!(
+                    rule = %rule,
+                    target = %target,
+                    action = %request.action,
+                    %error,
+                    "Action request not handled: the audit log cannot be written, so nothing ran."
+                ),
+            }
+        });
+    }
+}
+
+fn start_remediation(settings: &Settings, state: &StateDb) -> anyhow::Result<Arc<Remediation>> {
+    let audit = AuditLog::open(state).context("cannot open the audit log")?;
+    let executor =
+        Arc::new(RealExecutor::new().context("cannot build the HTTP client for actions")?);
+    let (remediation, interrupted) =
+        Remediation::start(settings.actions.clone(), audit, executor, sources::now_ms())
+            .context("cannot read the audit log")?;
+    for record in interrupted {
+        tracing::warn!(
+            audit_id = record.id,
+            action = %record.action,
+            target = %record.target,
+            rule = %record.rule,
+            "An action was running when vigil last stopped; it is recorded as interrupted."
+        );
+    }
+    Ok(Arc::new(remediation))
+}
+
+fn breaker_target(action: &str) -> String {
+    format!("action:{action}")
+}
+
+/// `RemediationBreakerOpen` while an action's circuit breaker is open.
+fn breaker_alert(trip: &BreakerTrip) -> Alert {
+    let label = |name: &str, value: String| Label {
+        name: name.into(),
+        value,
+    };
+    Alert {
+        name: "RemediationBreakerOpen".into(),
+        severity: Severity::Critical,
+        summary: format!(
+            "action `{}` is stopped: {:?} within {}; it runs again after the window",
+            trip.action,
+            trip.cause,
+            humantime::format_duration(trip.window)
+        ),
+        labels: vec![label("action", trip.action.clone())],
+        annotations: vec![],
+        for_ms: 0,
+        keep_firing_for_ms: 0,
+    }
+}
+
+fn report(
+    sink: &mut StdoutSink,
+    tracker: &mut Tracker,
+    evaluation: &Evaluation,
+    actions: Option<&Actions>,
+) {
     sink.evaluation(evaluation);
     let sample = &evaluation.sample;
     match &evaluation.result {
@@ -426,13 +573,10 @@ fn report(sink: &mut StdoutSink, tracker: &mut Tracker, evaluation: &Evaluation)
             ) {
                 sink.alert(&event);
             }
-            for action in &verdict.actions {
-                tracing::info!(
-                    rule = %evaluation.rule,
-                    target = %sample.target,
-                    action = %action.action,
-                    "Action requested; remediation is not enabled in this build, so nothing runs."
-                );
+            if let Some(actions) = actions {
+                for request in &verdict.actions {
+                    actions.request(&evaluation.rule, &sample.target, request);
+                }
             }
         }
         // A failed call says nothing about the alerts: they stay as they were.

@@ -28,6 +28,41 @@ enum Command {
     /// Without --config: watch this machine every 5 s with the bundled
     /// `threshold` rule (cpu_usage and memory_usage above 80, disks above 90).
     Run(RunArgs),
+    /// List the remediation audit log: every action request, what the gate
+    /// decided and how it ended, newest first.
+    ///
+    /// Reads the data directory directly, so run it while vigil is stopped
+    /// (the database allows one process at a time).
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct AuditArgs {
+    /// The data directory [default: as for `run`].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Only this action.
+    #[arg(long)]
+    action: Option<String>,
+    /// Only this target.
+    #[arg(long)]
+    target: Option<String>,
+    /// Only this rule.
+    #[arg(long)]
+    rule: Option<String>,
+    /// Only this status: started, interrupted, refused, dry-run, succeeded,
+    /// failed, timed-out.
+    #[arg(long)]
+    status: Option<crate::actions::AuditStatus>,
+    /// Only requests made in this last stretch of time, e.g. `1h`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    since: Option<std::time::Duration>,
+    /// At most this many records.
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+    /// Text for people or JSON lines.
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
 }
 
 #[derive(Debug, clap::Args)]
@@ -67,6 +102,7 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run_monitor(args),
+        Command::Audit(args) => audit(args),
     }
 }
 
@@ -87,6 +123,68 @@ fn run_monitor(args: RunArgs) -> anyhow::Result<()> {
         }
         app.run(shutdown_signal()).await
     })
+}
+
+fn audit(args: AuditArgs) -> anyhow::Result<()> {
+    use crate::actions::{AuditLog, AuditQuery};
+    let data_dir = args.data_dir.unwrap_or_else(app::default_data_dir);
+    let path = data_dir.join("state.redb");
+    if !path.exists() {
+        anyhow::bail!(
+            "no state database at `{}`\nhint: pass the --data-dir vigil runs with",
+            path.display()
+        );
+    }
+    let state = crate::state::StateDb::open(&path).with_context(|| {
+        format!(
+            "cannot open `{}`\nhint: stop the vigil using it first; the database allows one process at a time",
+            path.display()
+        )
+    })?;
+    let log = AuditLog::open(&state)?;
+    let since_ms = args.since.map(|since| {
+        crate::sources::now_ms()
+            .saturating_sub(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+    });
+    let records = log.list(&AuditQuery {
+        action: args.action,
+        target: args.target,
+        rule: args.rule,
+        since_ms,
+        status: args.status,
+        limit: Some(args.limit),
+    })?;
+    let mut out = std::io::stdout().lock();
+    for record in &records {
+        let line = match args.format {
+            Format::Json => serde_json::to_string(record)?,
+            Format::Text => {
+                let time = humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(record.requested_ms),
+                );
+                let params: Vec<String> = record
+                    .params
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v:?}"))
+                    .collect();
+                let detail = record
+                    .outcome
+                    .as_ref()
+                    .map_or("", |outcome| outcome.detail.as_str());
+                format!(
+                    "{time} #{} {:<11} {}({}) on {} by {}: {detail}",
+                    record.id,
+                    record.status.to_string(),
+                    record.action,
+                    params.join(", "),
+                    record.target,
+                    record.rule
+                )
+            }
+        };
+        std::io::Write::write_all(&mut out, format!("{line}\n").as_bytes())?;
+    }
+    Ok(())
 }
 
 /// Completes on Ctrl-C or SIGTERM.

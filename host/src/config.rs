@@ -29,6 +29,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::actions::{ActionSpec, Mode, parse_actions};
 use crate::plugins::{FailurePolicy, builtin};
 use crate::runtime::Limits;
 
@@ -57,6 +58,8 @@ pub struct Settings {
     pub reload_debounce: Duration,
     /// Folders whose `.wasm` files are rules (already expanded into `rules`).
     pub rule_dirs: Vec<RuleDir>,
+    /// Remediation the operator declared, by name. Rules can only ask.
+    pub actions: BTreeMap<String, ActionSpec>,
 }
 
 /// A folder of rules: every `*.wasm` file in it is a rule named after the
@@ -181,6 +184,7 @@ impl Settings {
             rules: vec![default_rule("embedded default")],
             reload_debounce: DEFAULT_RELOAD_DEBOUNCE,
             rule_dirs: Vec::new(),
+            actions: BTreeMap::new(),
         }
     }
 
@@ -272,6 +276,24 @@ impl Settings {
         if !declared {
             rules.push(default_rule(&path.display().to_string()));
         }
+        let actions = match &file.actions {
+            None => BTreeMap::new(),
+            Some(table) => {
+                parse_actions(table.get_ref(), file.remediation_mode.unwrap_or_default()).map_err(
+                    |message| ConfigError {
+                        location: at(table.span()),
+                        message,
+                    },
+                )?
+            }
+        };
+        for (name, action) in &actions {
+            for rule in &action.allowed_rules {
+                if !names.contains(rule) && rule_dirs.is_empty() {
+                    tracing::warn!(action = %name, rule, "An action allows a rule that is not configured.");
+                }
+            }
+        }
         Ok(Settings {
             data_dir: file.data_dir.map(|dir| base.join(dir)),
             targets,
@@ -280,6 +302,7 @@ impl Settings {
                 .reload_debounce
                 .map_or(DEFAULT_RELOAD_DEBOUNCE, |d| d.0),
             rule_dirs,
+            actions,
         })
     }
 }
@@ -303,6 +326,8 @@ fn line_of(text: &str, offset: usize) -> usize {
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     data_dir: Option<PathBuf>,
+    remediation_mode: Option<Mode>,
+    actions: Option<Spanned<toml::Table>>,
     reload_debounce: Option<ConfigDuration>,
     #[serde(default)]
     targets: Vec<Spanned<TargetConfig>>,

@@ -11,6 +11,7 @@
 //! skipped), and after a backoff that doubles on every new quarantine (up to
 //! a maximum) the next sample tries the rule again. One success ends it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::{LoadedRule, Subscription};
-use crate::runtime::{CallError, RuleInstance, Sample, Verdict};
+use crate::runtime::{ActionOutcome, CallError, RuleInstance, Sample, Verdict};
 
 /// Samples waiting for one rule before senders wait.
 const QUEUE: usize = 1024;
@@ -144,6 +145,8 @@ pub struct RuleWorker {
 enum Job {
     Sample(Arc<Sample>),
     Swap(Box<LoadedRule>),
+    /// The outcome of an action this rule requested for a target.
+    Feedback(String, ActionOutcome),
 }
 
 impl RuleWorker {
@@ -159,6 +162,7 @@ impl RuleWorker {
         let name = rule.name.clone();
         let mut worker = Worker {
             name: rule.name,
+            feedback: HashMap::new(),
             version: rule.version,
             subscription: rule.subscription,
             instance: rule.instance,
@@ -181,6 +185,9 @@ impl RuleWorker {
                             }
                         }
                         Job::Swap(rule) => worker.swap(*rule),
+                        Job::Feedback(target, outcome) => {
+                            worker.feedback.entry(target).or_default().push(outcome);
+                        }
                     }
                 }
                 let _ = results.send(WorkerEvent::Stopped(worker.name.clone()));
@@ -202,6 +209,19 @@ impl RuleWorker {
     pub async fn send(&self, sample: Arc<Sample>) {
         if self.queue.send(Job::Sample(sample)).await.is_err() {
             tracing::error!(rule = %self.name, "Rule worker stopped; sample not evaluated.");
+        }
+    }
+
+    /// Hands the rule the outcome of an action it requested, with its next
+    /// sample of `target`.
+    pub async fn feedback(&self, target: String, outcome: ActionOutcome) {
+        if self
+            .queue
+            .send(Job::Feedback(target, outcome))
+            .await
+            .is_err()
+        {
+            tracing::warn!(rule = %self.name, "Rule worker stopped; action feedback dropped.");
         }
     }
 
@@ -231,6 +251,8 @@ impl RuleWorker {
 /// What the worker thread owns.
 struct Worker {
     name: Arc<str>,
+    /// Action outcomes waiting for the next sample of their target.
+    feedback: HashMap<String, Vec<ActionOutcome>>,
     version: u64,
     subscription: Subscription,
     instance: RuleInstance,
@@ -261,7 +283,12 @@ impl Worker {
     }
 
     fn evaluate(&mut self, sample: &Arc<Sample>) -> Evaluation {
-        let view = self.subscription.view(sample);
+        let mut view = self.subscription.view(sample);
+        if let Some(outcomes) = self.feedback.remove(&sample.target) {
+            let mut with_feedback = (*view).clone();
+            with_feedback.recent_actions.extend(outcomes);
+            view = Arc::new(with_feedback);
+        }
         let (result, duration) = match self.quarantined_until {
             Some(until) if Instant::now() < until => {
                 let retry_in = until - Instant::now();

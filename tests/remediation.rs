@@ -1,0 +1,254 @@
+//! Remediation end to end: a rule asks, the gate decides, the action runs
+//! (as argv, never through a shell) or not, the audit log keeps it, and the
+//! outcome comes back to the rule.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Behavior, StatusServer, Vigil, fixture, toml_path, web_target};
+use serde_json::{Value, json};
+
+/// A `[[rules]]` table for the remediate fixture asking for `action` with
+/// `value` as its one param.
+fn asking(name: &str, action: &str, value: &str) -> String {
+    format!(
+        "[[rules]]\nname = \"{name}\"\npath = \"{}\"\nconfig = {{ action = \"{action}\", params = {{ value = {} }} }}\n\n",
+        toml_path(&fixture("fixture_remediate")),
+        toml::Value::String(value.into())
+    )
+}
+
+struct Setup {
+    _server: StatusServer,
+    vigil: Vigil,
+    data: tempfile::TempDir,
+}
+
+fn setup(head: &str, rules: &str, actions: &str) -> Setup {
+    let server = StatusServer::start();
+    server.set("status", Behavior::json(json!({"cpu_usage": 10})));
+    let data = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{head}\n{}\n{rules}\n{actions}",
+        web_target(&server.url("status"))
+    );
+    let vigil = Vigil::start_with_data_dir(&config, data.path(), tempfile::tempdir().unwrap());
+    Setup {
+        _server: server,
+        vigil,
+        data,
+    }
+}
+
+/// `vigil audit` over a stopped vigil's data directory, as JSON records.
+fn audit(data: &Path, filters: &[&str]) -> Vec<Value> {
+    let output = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["audit", "--format", "json", "--limit", "1000", "--data-dir"])
+        .arg(data)
+        .args(filters)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// A feedback alert the remediate fixture raised: status name and summary.
+fn feedback(vigil: &mut Vigil, rule: &str, status: &'static str) -> Value {
+    let rule = rule.to_string();
+    vigil.wait_for(
+        &format!("{status} feedback for {rule}"),
+        Duration::from_secs(10),
+        move |v| common::is_alert(v, "firing", status) && v["rule"] == rule.as_str(),
+    )
+}
+
+const RECORD: &str = r#"
+[actions.record]
+command = ["/usr/bin/printf", "<%s>", "{value}"]
+params = { value = { pattern = "(?s).*" } }
+allowed_rules = ["asker"]
+cooldown = "1s"
+"#;
+
+#[test]
+fn enforce_runs_argv_literally_and_the_outcome_reaches_the_rule() {
+    let hostile = "; rm -rf / $(id) `id`\nnext line --flag";
+    let Setup {
+        mut vigil, data, ..
+    } = setup(
+        "remediation_mode = \"enforce\"",
+        &asking("asker", "record", hostile),
+        RECORD,
+    );
+    let done = feedback(&mut vigil, "asker", "Succeeded");
+    assert_eq!(done["labels"]["action"], "record");
+    vigil.terminate();
+
+    let records = audit(data.path(), &["--status", "succeeded"]);
+    assert!(!records.is_empty());
+    let record = &records[0];
+    assert_eq!(record["rule"], "asker");
+    assert_eq!(record["target"], "web-01");
+    assert_eq!(record["params"], json!([["value", hostile]]));
+    // printf saw the whole value as one argument, uninterpreted.
+    assert_eq!(record["outcome"]["output_excerpt"], format!("<{hostile}>"));
+    assert_eq!(record["outcome"]["exit_code"], 0);
+}
+
+#[test]
+fn dry_run_decides_and_records_but_runs_nothing() {
+    let marker = tempfile::tempdir().unwrap();
+    let file = marker.path().join("ran");
+    let actions = format!(
+        "[actions.touch]\ncommand = [\"/usr/bin/touch\", \"{{value}}\"]\nparams = {{ value = {{ pattern = \".*\" }} }}\nallowed_rules = [\"asker\"]\n"
+    );
+    // No remediation_mode: dry-run is the default.
+    let Setup {
+        mut vigil, data, ..
+    } = setup(
+        "",
+        &asking("asker", "touch", &file.display().to_string()),
+        &actions,
+    );
+    let dry = feedback(&mut vigil, "asker", "DryRun");
+    assert!(
+        dry["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("dry-run: would run"),
+        "{dry}"
+    );
+    vigil.collect_for(Duration::from_millis(300));
+    vigil.terminate();
+    assert!(!file.exists(), "a dry run touched the file");
+    let records = audit(data.path(), &["--action", "touch"]);
+    assert!(
+        records.iter().all(|r| r["status"] == "dry-run"),
+        "{records:?}"
+    );
+}
+
+#[test]
+fn the_gate_refuses_with_the_first_reason_and_tells_the_rule() {
+    let rules = [
+        asking("asker", "nope", "x"),
+        asking("stranger", "record", "x"),
+        asking("asker2", "strict", "; rm -rf /"),
+    ]
+    .concat();
+    let actions = format!(
+        "{RECORD}\n[actions.strict]\ncommand = [\"/usr/bin/printf\", \"{{value}}\"]\nparams = {{ value = {{ pattern = \"[a-z]+\" }} }}\nallowed_rules = [\"asker2\"]\n"
+    );
+    let Setup {
+        mut vigil, data, ..
+    } = setup("remediation_mode = \"enforce\"", &rules, &actions);
+    let expected = [
+        ("asker", "action `nope` is not declared"),
+        (
+            "stranger",
+            "rule `stranger` may not request `record` (it is not in the action's allowed_rules)",
+        ),
+        ("asker2", "`strict` param `value` \"; rm -rf /\" is not"),
+    ];
+    for (rule, reason) in expected {
+        let refused = feedback(&mut vigil, rule, "Refused");
+        let summary = refused["summary"].as_str().unwrap();
+        assert!(summary.starts_with(reason), "{rule}: {summary}");
+    }
+    vigil.terminate();
+    let refused = audit(data.path(), &["--status", "refused"]);
+    for rule in ["asker", "stranger", "asker2"] {
+        assert!(
+            refused.iter().any(|r| r["rule"] == rule),
+            "no refusal recorded for {rule}"
+        );
+    }
+    assert!(audit(data.path(), &["--status", "succeeded"]).is_empty());
+}
+
+#[test]
+fn cooldown_lets_one_run_through_per_target_and_window() {
+    let Setup {
+        mut vigil, data, ..
+    } = setup(
+        "remediation_mode = \"enforce\"",
+        &asking("asker", "record", "x"),
+        RECORD,
+    );
+    feedback(&mut vigil, "asker", "Succeeded");
+    vigil.collect_for(Duration::from_millis(700));
+    vigil.terminate();
+    let records = audit(data.path(), &[]);
+    let ran = records
+        .iter()
+        .filter(|r| r["status"] == "succeeded")
+        .count();
+    let cooling = records
+        .iter()
+        .filter(|r| {
+            r["outcome"]["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("cool"))
+        })
+        .count();
+    assert_eq!(ran, 1, "{records:#?}");
+    assert!(cooling >= 3, "only {cooling} requests met the cooldown");
+}
+
+#[test]
+fn a_run_cut_short_by_a_crash_shows_as_interrupted_after_restart() {
+    let actions = "[actions.slow]\ncommand = [\"/usr/bin/sleep\", \"{value}\"]\nparams = { value = { values = [\"5\"] } }\nallowed_rules = [\"asker\"]\ntimeout = \"60s\"\ncooldown = \"1h\"\n";
+    let Setup {
+        mut vigil, data, ..
+    } = setup(
+        "remediation_mode = \"enforce\"",
+        &asking("asker", "slow", "5"),
+        actions,
+    );
+    // Let the run start, then kill vigil without a chance to finish it.
+    vigil.wait_for("the request", Duration::from_secs(10), |v| {
+        common::is_evaluation(v, "web-01") && v["actions"] == json!(["slow"])
+    });
+    vigil.collect_for(Duration::from_millis(500));
+    drop(vigil); // SIGKILL
+
+    let records = audit(data.path(), &["--status", "started"]);
+    assert_eq!(
+        records.len(),
+        1,
+        "the run should be recorded as started before it ran"
+    );
+
+    // The next start marks it interrupted.
+    let server = StatusServer::start();
+    server.set("status", Behavior::json(json!({"cpu_usage": 10})));
+    let config = format!(
+        "{}\n{}\n{actions}",
+        web_target(&server.url("status")),
+        asking("asker", "slow", "5")
+    );
+    let mut again = Vigil::start_with_data_dir(&config, data.path(), tempfile::tempdir().unwrap());
+    again.wait_for("an evaluation", Duration::from_secs(10), |v| {
+        v["type"] == "evaluation"
+    });
+    assert!(
+        again.stderr().contains("recorded as interrupted"),
+        "{}",
+        again.stderr()
+    );
+    again.terminate();
+    let interrupted = audit(data.path(), &["--status", "interrupted"]);
+    assert_eq!(interrupted.len(), 1);
+    assert_eq!(interrupted[0]["action"], "slow");
+}
