@@ -110,16 +110,14 @@ fn enforce_runs_argv_literally_and_the_outcome_reaches_the_rule() {
 fn dry_run_decides_and_records_but_runs_nothing() {
     let marker = tempfile::tempdir().unwrap();
     let file = marker.path().join("ran");
-    let actions = format!(
-        "[actions.touch]\ncommand = [\"/usr/bin/touch\", \"{{value}}\"]\nparams = {{ value = {{ pattern = \".*\" }} }}\nallowed_rules = [\"asker\"]\n"
-    );
+    let actions = "[actions.touch]\ncommand = [\"/usr/bin/touch\", \"{value}\"]\nparams = { value = { pattern = \".*\" } }\nallowed_rules = [\"asker\"]\n";
     // No remediation_mode: dry-run is the default.
     let Setup {
         mut vigil, data, ..
     } = setup(
         "",
         &asking("asker", "touch", &file.display().to_string()),
-        &actions,
+        actions,
     );
     let dry = feedback(&mut vigil, "asker", "DryRun");
     assert!(
@@ -251,4 +249,35 @@ fn a_run_cut_short_by_a_crash_shows_as_interrupted_after_restart() {
     let interrupted = audit(data.path(), &["--status", "interrupted"]);
     assert_eq!(interrupted.len(), 1);
     assert_eq!(interrupted[0]["action"], "slow");
+}
+
+#[test]
+fn a_tripped_breaker_stops_the_action_and_raises_an_alert() {
+    let actions = "[actions.broken]\ncommand = [\"/usr/bin/false\", \"{value}\"]\nparams = { value = { pattern = \".*\" } }\nallowed_rules = [\"asker\"]\nbreaker = { failures = 2, window = \"1h\" }\n";
+    let Setup {
+        mut vigil, data, ..
+    } = setup(
+        "remediation_mode = \"enforce\"",
+        &asking("asker", "broken", "x"),
+        actions,
+    );
+    let alert = vigil.wait_for("RemediationBreakerOpen", Duration::from_secs(10), |v| {
+        common::is_alert(v, "firing", "RemediationBreakerOpen")
+    });
+    assert_eq!(alert["rule"], "vigil");
+    assert_eq!(alert["labels"], json!({"action": "broken"}));
+    assert_eq!(alert["severity"], "critical");
+    vigil.collect_for(Duration::from_millis(500));
+    vigil.terminate();
+    let records = audit(data.path(), &["--action", "broken"]);
+    assert_eq!(
+        records.iter().filter(|r| r["status"] == "failed").count(),
+        2,
+        "{records:#?}"
+    );
+    assert!(records.iter().any(|r| {
+        r["outcome"]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("breaker"))
+    }));
 }
