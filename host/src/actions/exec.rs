@@ -458,9 +458,15 @@ mod tests {
         let text = format!(
             "[record]\ncommand = {command}\nparams = {{ p = {{ pattern = '(?s).*' }} }}\nallowed_rules = [\"r\"]\nmode = \"enforce\"\n"
         );
-        let mut gate = Gate::new(parse_actions(&text.parse().unwrap(), Mode::DryRun).unwrap());
+        approve(&text, Mode::DryRun, "record", value)
+    }
+
+    /// Parses `actions`, and asks its gate to run `action` with `value` as
+    /// the param `p`; panics on a refusal.
+    fn approve(actions: &str, mode: Mode, action: &str, value: &str) -> Run {
+        let mut gate = Gate::new(parse_actions(&actions.parse().unwrap(), mode).unwrap());
         let request = ActionRequest {
-            action: "record".into(),
+            action: action.into(),
             params: vec![Label {
                 name: "p".into(),
                 value: value.into(),
@@ -674,19 +680,7 @@ mod tests {
         let text = format!(
             "[hook]\nhttp = {{ method = \"POST\", url = \"http://127.0.0.1:{port}/restart/{{p}}\", headers = {{ x-vigil = \"1\" }}, body = '{{\"p\": \"{{p}}\"}}' }}\nparams = {{ p = {{ pattern = '(?s).*' }} }}\nallowed_rules = [\"r\"]\ntimeout = \"300ms\"\n"
         );
-        let mut gate = Gate::new(parse_actions(&text.parse().unwrap(), Mode::Enforce).unwrap());
-        let request = ActionRequest {
-            action: "hook".into(),
-            params: vec![Label {
-                name: "p".into(),
-                value: value.into(),
-            }],
-            reason: String::new(),
-        };
-        match gate.check("r", "t", &request, 0) {
-            Decision::Run(run) => run,
-            Decision::Refuse(reason) => panic!("{reason}"),
-        }
+        approve(&text, Mode::Enforce, "hook", value)
     }
 
     #[tokio::test]
