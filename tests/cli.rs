@@ -252,3 +252,54 @@ fn random_bytes(len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+#[test]
+fn check_reports_a_good_rule_and_refuses_a_bad_one() {
+    let run = |args: &[&str]| {
+        let output = vigil().arg("check").args(args).output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8(output.stdout).unwrap(),
+            String::from_utf8(output.stderr).unwrap(),
+        )
+    };
+    let good = fixture("fixture_counter");
+    let (code, stdout, _) = run(&[good.to_str().unwrap()]);
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.contains(": ok, a rule for vigil:rules@0.1.0"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("rule        counter 0.1.0: counts samples in durable state"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("subscribes  every metric"), "{stdout}");
+    assert!(
+        stdout.contains("vigil:rules/host@0.1.0"),
+        "imports are listed:\n{stdout}"
+    );
+
+    let wrong = fixture("fixture_wrong_version");
+    let (code, stdout, stderr) = run(&[wrong.to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert!(stdout.is_empty());
+    assert!(
+        stderr.contains(
+            "built for `vigil:rules/host@0.2.0`, but this host serves `vigil:rules@0.1.0`"
+        ),
+        "{stderr}"
+    );
+
+    let threshold = fixture("vigil_threshold");
+    let (code, _, stderr) = run(&[
+        threshold.to_str().unwrap(),
+        "--config",
+        r#"{"thresholds": {"x": "y"}}"#,
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("`init` refused its config: threshold `x`"),
+        "{stderr}"
+    );
+}

@@ -34,6 +34,20 @@ enum Command {
     /// Reads the data directory directly, so run it while vigil is stopped
     /// (the database allows one process at a time).
     Audit(AuditArgs),
+    /// Check that a file is a rule this host can run: a component for the
+    /// `rule` world of the contract version it serves, whose `init` accepts
+    /// the config. Prints what it imports, its size, compile time and what
+    /// it says about itself. Exit status 1 when it is not.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CheckArgs {
+    /// The rule's `.wasm` file.
+    rule: PathBuf,
+    /// The config to `init` it with, as JSON.
+    #[arg(long, default_value = "{}")]
+    config: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -103,6 +117,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run_monitor(args),
         Command::Audit(args) => audit(args),
+        Command::Check(args) => check(args),
     }
 }
 
@@ -123,6 +138,48 @@ fn run_monitor(args: RunArgs) -> anyhow::Result<()> {
         }
         app.run(shutdown_signal()).await
     })
+}
+
+fn check(args: CheckArgs) -> anyhow::Result<()> {
+    use crate::runtime::{Limits, RuleInstance, Runtime, WIT_PACKAGE};
+    let name = args.rule.display().to_string();
+    let bytes = std::fs::read(&args.rule).with_context(|| format!("cannot read `{name}`"))?;
+    serde_json::from_str::<serde_json::Value>(&args.config)
+        .with_context(|| format!("--config is not JSON: `{}`", args.config))?;
+    let runtime = Runtime::new()?;
+    let prepared = runtime
+        .prepare(&bytes)
+        .map_err(|error| anyhow::anyhow!("`{name}` is not a rule this host can run: {error}"))?;
+    let (size, compile_time, imports) = (
+        prepared.size,
+        prepared.compile_time,
+        prepared.imports.clone(),
+    );
+    let state = crate::state::StateDb::in_memory()?;
+    let (_instance, info) = RuleInstance::start(
+        &runtime,
+        "check",
+        prepared,
+        args.config.clone(),
+        Limits::default(),
+        state.rule("check")?,
+    )
+    .map_err(|error| anyhow::anyhow!("`{name}` is not a rule this host can run: {error}"))?;
+    let subscriptions = if info.metrics.is_empty() {
+        "every metric".to_string()
+    } else {
+        info.metrics.join(", ")
+    };
+    println!("{name}: ok, a rule for {WIT_PACKAGE}");
+    println!(
+        "  rule        {} {}: {}",
+        info.name, info.version, info.description
+    );
+    println!("  subscribes  {subscriptions}");
+    println!("  size        {size} bytes");
+    println!("  compiled    in {compile_time:.1?}");
+    println!("  imports     {}", imports.join("\n              "));
+    Ok(())
 }
 
 fn audit(args: AuditArgs) -> anyhow::Result<()> {

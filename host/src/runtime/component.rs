@@ -70,6 +70,8 @@ pub struct Prepared {
     pub cached: bool,
     /// Size of the component in bytes.
     pub size: usize,
+    /// What the component imports (interfaces, with versions), sorted.
+    pub imports: Vec<String>,
 }
 
 /// Core wasm modules carry version 1 in bytes 4..8; components carry a
@@ -114,11 +116,18 @@ impl Runtime {
             .map_err(|error| LoadError::Link(format!("{error:#}")))?;
         let pre =
             RulePre::new(instance_pre).map_err(|error| LoadError::Link(format!("{error:#}")))?;
+        let ty = component.component_type();
+        let mut imports: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        imports.sort();
         Ok(Prepared {
             pre,
             compile_time,
             cached,
             size: bytes.len(),
+            imports,
         })
     }
 
