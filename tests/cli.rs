@@ -303,3 +303,33 @@ fn check_reports_a_good_rule_and_refuses_a_bad_one() {
         "{stderr}"
     );
 }
+
+#[test]
+fn test_replays_a_case_file_and_shows_a_diff_when_it_fails() {
+    let cases = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/threshold/tests/cases.toml");
+    let output = vigil().arg("test").arg(&cases).output().unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.starts_with("ok: 4 expectations over 9 samples"),
+        "{stdout}"
+    );
+
+    // The same cases, expecting CpuUsageHigh one minute too early.
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("cases.toml");
+    let text = std::fs::read_to_string(&cases).unwrap().replace(
+        "at = \"5m\"                              # above 80 since 4m: pending, `for` is 2m\nalerts = [\"DiskUsedPercentHigh\"]",
+        "at = \"5m\"\nalerts = [\"CpuUsageHigh\", \"DiskUsedPercentHigh\"]",
+    );
+    std::fs::write(&broken, text).unwrap();
+    let output = vigil().arg("test").arg(&broken).output().unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stdout.contains("FAIL step 5 (5m)")
+            && stdout.contains("  - CpuUsageHigh   (expected, not firing)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 of 4 expectations failed"), "{stdout}");
+}

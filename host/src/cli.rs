@@ -39,6 +39,17 @@ enum Command {
     /// the config. Prints what it imports, its size, compile time and what
     /// it says about itself. Exit status 1 when it is not.
     Check(CheckArgs),
+    /// Replay samples through a rule and check the alerts and actions at
+    /// given steps (the format is in the README). Exit status 1 and a diff
+    /// when an expectation fails.
+    Test(TestArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TestArgs {
+    /// Case files (TOML).
+    #[arg(required = true)]
+    cases: Vec<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -118,6 +129,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run_monitor(args),
         Command::Audit(args) => audit(args),
         Command::Check(args) => check(args),
+        Command::Test(args) => {
+            let mut passed = true;
+            for path in &args.cases {
+                passed &= crate::casefile::run(path, &mut std::io::stdout().lock())?;
+            }
+            if !passed {
+                anyhow::bail!("rule tests failed");
+            }
+            Ok(())
+        }
     }
 }
 

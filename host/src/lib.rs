@@ -36,6 +36,7 @@
 pub mod actions;
 pub mod alerts;
 pub mod app;
+pub mod casefile;
 pub mod cli;
 pub mod config;
 pub mod plugins;
