@@ -1,0 +1,60 @@
+"""The classic threshold rule, in Python.
+
+Config (JSON, every key optional):
+    {"thresholds": {"cpu_usage": 80, "memory_usage": 80}}
+
+An alert `<Metric>High` (warning) for every metric above its threshold, and
+`TargetDown` (critical) when the poll failed. Build:
+    componentize-py -d ../../../wit -w rule componentize app -o threshold.wasm
+"""
+
+import json
+
+import wit_world
+from componentize_py_types import Err
+from wit_world.imports import host, types
+
+DEFAULTS = {"cpu_usage": 80.0, "memory_usage": 80.0}
+
+
+def alert_name(metric: str) -> str:
+    words = metric.replace(".", "_").split("_")
+    return "".join(word[:1].upper() + word[1:] for word in words if word) + "High"
+
+
+class WitWorld(wit_world.WitWorld):
+    thresholds = DEFAULTS
+
+    def init(self, config: str) -> types.RuleInfo:
+        try:
+            parsed = json.loads(config)
+        except ValueError as error:
+            raise Err(f"invalid threshold config: {error}")
+        thresholds = parsed.get("thresholds", DEFAULTS)
+        for metric, limit in thresholds.items():
+            if not isinstance(limit, (int, float)):
+                raise Err(f"threshold `{metric}`: expected a number, got {limit!r}")
+        WitWorld.thresholds = {metric: float(limit) for metric, limit in thresholds.items()}
+        host.log(host.Level.INFO, f"python threshold watching {sorted(WitWorld.thresholds)}")
+        return types.RuleInfo(
+            name="threshold-py",
+            version="0.1.0",
+            description="thresholds, written in Python",
+            metrics=sorted(WitWorld.thresholds),
+        )
+
+    def evaluate(self, sample: types.Sample) -> types.Verdict:
+        alerts = []
+        if isinstance(sample.health, types.Health_Down):
+            summary = f"target `{sample.target}` is down: {sample.health.value}"
+            alerts.append(types.Alert("TargetDown", types.Severity.CRITICAL, summary, [], [], 0, 0))
+            return types.Verdict(alerts, [])
+        for metric in sample.metrics:
+            limit = WitWorld.thresholds.get(metric.name)
+            if limit is not None and metric.value > limit:
+                summary = f"{metric.name} is {metric.value:.1f}, above {limit:g}"
+                labels = [types.Label("metric", metric.name)] + list(metric.labels)
+                alerts.append(
+                    types.Alert(alert_name(metric.name), types.Severity.WARNING, summary, labels, [], 0, 0)
+                )
+        return types.Verdict(alerts, [])

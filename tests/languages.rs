@@ -1,0 +1,86 @@
+//! Rules in languages other than Rust, built from source by the test with
+//! the pinned toolchain (`plugins/python/requirements.txt`, installed by
+//! `.ci/run`), loaded by the host and checked on real samples.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Behavior, StatusServer, Vigil, is_alert, toml_path, web_target};
+use serde_json::json;
+
+/// The `componentize-py` that pip installed: in the scripts directory of
+/// the `python3` on PATH (pyenv shims may not list it yet), else on PATH.
+fn componentize_py() -> PathBuf {
+    let scripts = Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .ok()
+        .map(|output| PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()));
+    match scripts.map(|dir| dir.join("componentize-py")) {
+        Some(path) if path.exists() => path,
+        _ => PathBuf::from("componentize-py"),
+    }
+}
+
+/// Builds `plugins/python/NAME/app.py` into a component in `out`.
+fn build_python(name: &str, out: &Path) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let source = root.join("plugins/python").join(name);
+    let wasm = out.join(format!("{name}_py.wasm"));
+    let status = Command::new(componentize_py())
+        .arg("-d")
+        .arg(root.join("wit"))
+        .args(["-w", "rule", "componentize", "app", "-o"])
+        .arg(&wasm)
+        .current_dir(&source)
+        .status()
+        .unwrap_or_else(|error| {
+            panic!("cannot run componentize-py ({error})\nhint: pip install -r plugins/python/requirements.txt")
+        });
+    assert!(status.success(), "componentize-py failed for {name}");
+    // Leave the source tree as it was.
+    let _ = std::fs::remove_dir_all(source.join("__pycache__"));
+    wasm
+}
+
+#[test]
+fn a_python_rule_evaluates_real_samples() {
+    let out = tempfile::tempdir().unwrap();
+    let rule = build_python("threshold", out.path());
+    let server = StatusServer::start();
+    server.set(
+        "status",
+        Behavior::json(json!({"cpu_usage": 95, "memory_usage": 20})),
+    );
+    let mut vigil = Vigil::start(&format!(
+        "{}\n[[rules]]\nname = \"threshold_py\"\npath = \"{}\"\nconfig = {{ thresholds = {{ cpu_usage = 80, memory_usage = 80 }} }}\n",
+        web_target(&server.url("status")),
+        toml_path(&rule)
+    ));
+    // Compiling an 18 MB Python component takes seconds the first time.
+    let fired = vigil.wait_for("CpuUsageHigh from Python", Duration::from_secs(60), |v| {
+        is_alert(v, "firing", "CpuUsageHigh")
+    });
+    assert_eq!(fired["rule"], "threshold_py");
+    assert_eq!(fired["summary"], "cpu_usage is 95.0, above 80");
+    assert_eq!(fired["labels"], json!({"metric": "cpu_usage"}));
+    assert!(
+        vigil
+            .stderr()
+            .contains("python threshold watching ['cpu_usage', 'memory_usage']")
+    );
+
+    server.set(
+        "status",
+        Behavior::json(json!({"cpu_usage": 10, "memory_usage": 20})),
+    );
+    vigil.wait_for("CpuUsageHigh resolved", Duration::from_secs(10), |v| {
+        is_alert(v, "resolved", "CpuUsageHigh")
+    });
+}
