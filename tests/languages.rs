@@ -84,3 +84,64 @@ fn a_python_rule_evaluates_real_samples() {
         is_alert(v, "resolved", "CpuUsageHigh")
     });
 }
+
+/// The sustained rule, a copy of `wasm` with a custom section appended: the
+/// same behaviour under a new hash, i.e. a new version to reload.
+fn new_version(wasm: &Path) -> Vec<u8> {
+    let mut bytes = std::fs::read(wasm).unwrap();
+    let name = b"vigil-test-version";
+    bytes.push(0);
+    bytes.push((1 + name.len() + 1) as u8);
+    bytes.push(name.len() as u8);
+    bytes.extend_from_slice(name);
+    bytes.push(2);
+    bytes
+}
+
+#[test]
+fn a_python_rule_keeps_its_window_in_state_across_a_hot_reload() {
+    let out = tempfile::tempdir().unwrap();
+    let built = build_python("sustained", out.path());
+    let rules = tempfile::tempdir().unwrap();
+    let rule = rules.path().join("sustained.wasm");
+    std::fs::copy(&built, &rule).unwrap();
+    let server = StatusServer::start();
+    server.set("status", Behavior::json(json!({"cpu_usage": 95})));
+    let mut vigil = Vigil::start(&format!(
+        "{}\n[[rules]]\nname = \"sustained\"\npath = \"{}\"\nconfig = {{ metric = \"cpu_usage\", above = 80, n = 3, m = 3 }}\n",
+        web_target(&server.url("status")),
+        toml_path(&rule)
+    ));
+    let fired = vigil.wait_for("CpuUsageSustained", Duration::from_secs(60), |v| {
+        is_alert(v, "firing", "CpuUsageSustained")
+    });
+    assert_eq!(
+        fired["summary"],
+        "cpu_usage above 80 in 3 of the last 3 samples"
+    );
+    // Three high samples before the alert: the window filled up first.
+    let before: Vec<_> = vigil
+        .seen
+        .iter()
+        .filter(|v| common::is_evaluation(v, "web-01"))
+        .map(|v| v["alerts"].clone())
+        .collect();
+    assert_eq!(before[..2], [json!([]), json!([])], "{before:?}");
+
+    // Version 2 starts from the window version 1 stored: it reports the
+    // alert on its first sample, so the alert neither resolves nor fires again.
+    std::fs::write(&rule, new_version(&built)).unwrap();
+    let first_v2 = vigil.wait_for("version 2", Duration::from_secs(60), |v| {
+        common::is_evaluation(v, "web-01") && v["rule_version"] == 2
+    });
+    assert_eq!(first_v2["alerts"], json!(["CpuUsageSustained"]));
+    vigil.collect_for(Duration::from_millis(300));
+    assert_eq!(
+        vigil.count(|v| is_alert(v, "firing", "CpuUsageSustained")),
+        1
+    );
+    assert_eq!(
+        vigil.count(|v| is_alert(v, "resolved", "CpuUsageSustained")),
+        0
+    );
+}
