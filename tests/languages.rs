@@ -85,19 +85,6 @@ fn a_python_rule_evaluates_real_samples() {
     });
 }
 
-/// The sustained rule, a copy of `wasm` with a custom section appended: the
-/// same behaviour under a new hash, i.e. a new version to reload.
-fn new_version(wasm: &Path) -> Vec<u8> {
-    let mut bytes = std::fs::read(wasm).unwrap();
-    let name = b"vigil-test-version";
-    bytes.push(0);
-    bytes.push((1 + name.len() + 1) as u8);
-    bytes.push(name.len() as u8);
-    bytes.extend_from_slice(name);
-    bytes.push(2);
-    bytes
-}
-
 #[test]
 fn a_python_rule_keeps_its_window_in_state_across_a_hot_reload() {
     let out = tempfile::tempdir().unwrap();
@@ -130,7 +117,11 @@ fn a_python_rule_keeps_its_window_in_state_across_a_hot_reload() {
 
     // Version 2 starts from the window version 1 stored: it reports the
     // alert on its first sample, so the alert neither resolves nor fires again.
-    std::fs::write(&rule, new_version(&built)).unwrap();
+    std::fs::write(
+        &rule,
+        common::new_version(std::fs::read(&built).unwrap(), 1),
+    )
+    .unwrap();
     let first_v2 = vigil.wait_for("version 2", Duration::from_secs(60), |v| {
         common::is_evaluation(v, "web-01") && v["rule_version"] == 2
     });

@@ -19,16 +19,7 @@ fn variant(tag: u32) -> Vec<u8> {
 
 /// Fixture `name` with a custom section appended (see [`variant`]).
 fn variant_of(name: &str, tag: u32) -> Vec<u8> {
-    let mut wasm = std::fs::read(fixture(name)).unwrap();
-    let name = b"vigil-test-version";
-    let payload = tag.to_le_bytes();
-    let mut section = vec![name.len() as u8];
-    section.extend_from_slice(name);
-    section.extend_from_slice(&payload);
-    wasm.push(0); // custom section id
-    wasm.push(section.len() as u8); // fits one LEB128 byte
-    wasm.extend_from_slice(&section);
-    wasm
+    common::new_version(std::fs::read(fixture(name)).unwrap(), tag)
 }
 
 struct Setup {

@@ -139,6 +139,19 @@ pub fn web_target(url: &str) -> String {
     )
 }
 
+/// A component with a custom section appended: the same behaviour under a
+/// different hash, i.e. a new version for the reloader.
+pub fn new_version(mut wasm: Vec<u8>, tag: u32) -> Vec<u8> {
+    let name = b"vigil-test-version";
+    let mut section = vec![name.len() as u8];
+    section.extend_from_slice(name);
+    section.extend_from_slice(&tag.to_le_bytes());
+    wasm.push(0); // custom section id
+    wasm.push(section.len() as u8); // fits one LEB128 byte
+    wasm.extend_from_slice(&section);
+    wasm
+}
+
 /// The compiled test fixture rule `name` (e.g. `fixture_spin`).
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("VIGIL_RULES_DIR")).join(format!("{name}.wasm"))
