@@ -196,7 +196,7 @@ fn invalid_rule_files_are_refused_with_the_reason() {
         ),
         (
             fixture("fixture_wrong_version"),
-            "built for `vigil:rules/host@0.2.0`, but this host serves `vigil:rules@0.1.0`",
+            "built for `vigil:rules/host@0.1.0`, but this host serves `vigil:rules@0.2.0`",
         ),
         (fixture("fixture_no_evaluate"), "does not export `evaluate`"),
     ];
@@ -220,7 +220,7 @@ fn a_rule_that_refuses_its_config_is_refused() {
     ));
     assert!(
         stderr.contains(
-            "rule `threshold` (builtin:threshold, declared at vigil.toml:5): `init` refused its config: \
+            "rule `threshold` (builtin:threshold, declared at vigil.toml:5): `configure` refused its config: \
              threshold `cpu_usage`: expected a number (the upper limit) or a table with `above` and/or `below`"
         ),
         "{stderr}"
@@ -228,14 +228,14 @@ fn a_rule_that_refuses_its_config_is_refused() {
 }
 
 #[test]
-fn a_rule_that_loops_in_init_is_refused_at_its_deadline() {
+fn a_rule_that_loops_in_configure_is_refused_at_its_deadline() {
     let stderr = refused(&format!(
-        "{TARGET}\n[[rules]]\nname = \"stuck\"\npath = \"{}\"\nconfig = {{ attack = \"init-loop\" }}\ninit_timeout = \"300ms\"\n",
+        "{TARGET}\n[[rules]]\nname = \"stuck\"\npath = \"{}\"\nconfig = {{ attack = \"configure-loop\" }}\ninit_timeout = \"300ms\"\n",
         toml_path(&fixture("fixture_hostile"))
     ));
     assert!(
         stderr.contains("rule `stuck` (")
-            && stderr.contains("`init` failed: timeout: exceeded its 300ms deadline"),
+            && stderr.contains("`configure` failed: timeout: exceeded its 300ms deadline"),
         "{stderr}"
     );
 }
@@ -267,7 +267,7 @@ fn check_reports_a_good_rule_and_refuses_a_bad_one() {
     let (code, stdout, _) = run(&[good.to_str().unwrap()]);
     assert_eq!(code, Some(0));
     assert!(
-        stdout.contains(": ok, a rule for vigil:rules@0.1.0"),
+        stdout.contains(": ok, a rule for vigil:rules@0.2.0"),
         "{stdout}"
     );
     assert!(
@@ -276,7 +276,7 @@ fn check_reports_a_good_rule_and_refuses_a_bad_one() {
     );
     assert!(stdout.contains("subscribes  every metric"), "{stdout}");
     assert!(
-        stdout.contains("vigil:rules/host@0.1.0"),
+        stdout.contains("vigil:rules/host@0.2.0"),
         "imports are listed:\n{stdout}"
     );
 
@@ -286,7 +286,7 @@ fn check_reports_a_good_rule_and_refuses_a_bad_one() {
     assert!(stdout.is_empty());
     assert!(
         stderr.contains(
-            "built for `vigil:rules/host@0.2.0`, but this host serves `vigil:rules@0.1.0`"
+            "built for `vigil:rules/host@0.1.0`, but this host serves `vigil:rules@0.2.0`"
         ),
         "{stderr}"
     );
@@ -299,7 +299,7 @@ fn check_reports_a_good_rule_and_refuses_a_bad_one() {
     ]);
     assert_eq!(code, Some(1));
     assert!(
-        stderr.contains("`init` refused its config: threshold `x`"),
+        stderr.contains("`configure` refused its config: threshold `x`"),
         "{stderr}"
     );
 }

@@ -283,7 +283,7 @@ fn a_broken_version_is_refused_with_the_reason_and_the_old_one_serves() {
     let cases = [
         (
             std::fs::read(fixture("fixture_wrong_version")).unwrap(),
-            "built for `vigil:rules/host@0.2.0`",
+            "built for `vigil:rules/host@0.1.0`",
         ),
         (
             std::fs::read(fixture("fixture_no_evaluate")).unwrap(),
@@ -306,7 +306,7 @@ fn a_broken_version_is_refused_with_the_reason_and_the_old_one_serves() {
             .iter()
             .all(|v| version(v) == 1 && v.get("error").is_none())
     );
-    // A config refusing `init` is refused too, and a good version after all
+    // A config refusing `configure` is refused too, and a good version after all
     // that loads as version 2.
     std::fs::write(&rule, variant(7)).unwrap();
     wait_version(&mut vigil, 2);

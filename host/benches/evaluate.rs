@@ -184,7 +184,7 @@ fn wasm_vs_native(c: &mut Criterion) {
     let runtime = Runtime::new().expect("runtime");
     let state = StateDb::in_memory().expect("state db");
     let mut rule = load_wasm(&runtime, &state);
-    let mut native = Threshold::init("{}").expect("native init");
+    let mut native = Threshold::configure("{}").expect("native init");
 
     let hot = alerting();
     check_agree(&mut rule, &mut native, &CALM, &[]);

@@ -6,7 +6,7 @@
 //! ```
 //!
 //! [`App::build`] does everything that can fail at start (open the state
-//! database, compile and `init` every rule) before anything runs, so a host
+//! database, compile and configure every rule) before anything runs, so a host
 //! either starts fully configured or not at all.
 
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -35,7 +35,7 @@ enum Command {
     /// (the database allows one process at a time).
     Audit(AuditArgs),
     /// Check that a file is a rule this host can run: a component for the
-    /// `rule` world of the contract version it serves, whose `init` accepts
+    /// `rule` world of the contract version it serves, whose `configure` accepts
     /// the config. Prints what it imports, its size, compile time and what
     /// it says about itself. Exit status 1 when it is not.
     Check(CheckArgs),
@@ -56,7 +56,7 @@ struct TestArgs {
 struct CheckArgs {
     /// The rule's `.wasm` file.
     rule: PathBuf,
-    /// The config to `init` it with, as JSON.
+    /// The config to `configure` it with, as JSON.
     #[arg(long, default_value = "{}")]
     config: String,
 }

@@ -131,7 +131,7 @@ pub struct RuleSpec {
     pub name: String,
     /// Where its component comes from.
     pub source: RuleSource,
-    /// Its `config` table, as the JSON text `init` receives.
+    /// Its `config` table, as the JSON text `configure` receives.
     pub config_json: String,
     /// Its resource limits.
     pub limits: Limits,

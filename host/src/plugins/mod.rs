@@ -1,4 +1,4 @@
-//! Rules as the host runs them: loading (read, compile, link, `init`), the
+//! Rules as the host runs them: loading (read, compile, link, `configure`), the
 //! metrics each rule subscribed to, and one worker thread per rule.
 //!
 //! Loading refuses a rule with the exact reason, naming the rule, its file
@@ -25,7 +25,7 @@ use crate::state::StateDb;
 pub struct LoadedRule {
     /// Its name from the config.
     pub name: Arc<str>,
-    /// What it said about itself in `init`.
+    /// What it said about itself in `configure`.
     pub info: RuleInfo,
     /// The metrics it asked for.
     pub subscription: Subscription,

@@ -7,7 +7,7 @@
 //! ConfigMaps), and a watch on the old inode would miss all of them. Events
 //! are debounced: after the last event in a burst and a quiet period, every
 //! rule in an affected directory is re-read and hashed. An unchanged hash is
-//! a no-op. A changed one is compiled and `init`ed off the evaluation path;
+//! a no-op. A changed one is compiled and configured off the evaluation path;
 //! only a version that got that far is offered for the swap. A file that is
 //! gone unloads its rule.
 //!

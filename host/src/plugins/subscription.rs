@@ -1,4 +1,4 @@
-//! The metrics a rule asked for in `init`, and the sample view it gets.
+//! The metrics a rule asked for in `configure`, and the sample view it gets.
 
 use std::sync::Arc;
 
@@ -13,7 +13,7 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// Parses the patterns a rule returned from `init`.
+    /// Parses the patterns a rule returned from `configure`.
     pub fn new(patterns: &[String]) -> Self {
         let mut subscription = Subscription::default();
         for pattern in patterns {

@@ -11,9 +11,9 @@ use super::cache::CompileCache;
 use super::sandbox::StoreData;
 
 /// The WIT package version this host serves.
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.2.0";
 /// The WIT package this host serves, as components name it.
-pub const WIT_PACKAGE: &str = "vigil:rules@0.1.0";
+pub const WIT_PACKAGE: &str = "vigil:rules@0.2.0";
 
 /// Why a file is not a rule this host can run.
 #[derive(Debug, thiserror::Error)]
@@ -50,12 +50,12 @@ pub enum LoadError {
     /// Linking failed for another reason.
     #[error("cannot be linked: {0}")]
     Link(String),
-    /// `init` returned an error.
-    #[error("`init` refused its config: {0}")]
-    InitRefused(String),
-    /// `init` (or instantiation) trapped, timed out or ran out of memory.
-    #[error("`init` failed: {0}")]
-    InitFailed(super::CallError),
+    /// `configure` returned an error.
+    #[error("`configure` refused its config: {0}")]
+    ConfigureRefused(String),
+    /// `configure` (or instantiation) trapped, timed out or ran out of memory.
+    #[error("`configure` failed: {0}")]
+    ConfigureFailed(super::CallError),
 }
 
 /// A compiled and pre-linked rule, ready to instantiate (cheap) as often as
@@ -147,7 +147,7 @@ impl Runtime {
                 return Err(LoadError::ForbiddenImport(name.to_string()));
             }
         }
-        for export in ["init", "evaluate"] {
+        for export in ["configure", "evaluate"] {
             if ty.get_export(&self.engine, export).is_none() {
                 return Err(LoadError::MissingExport(export));
             }
@@ -199,9 +199,10 @@ mod tests {
 
     #[test]
     fn semver_compatibility() {
-        assert!(compatible("0.1.0"));
-        assert!(compatible("0.1.7"));
-        assert!(!compatible("0.2.0"));
+        assert!(compatible("0.2.0"));
+        assert!(compatible("0.2.7"));
+        assert!(!compatible("0.1.0"));
+        assert!(!compatible("0.3.0"));
         assert!(!compatible("1.1.0"));
         assert!(!compatible("garbage"));
     }

@@ -30,10 +30,18 @@ impl host::Host for StoreData {
         }
     }
 
-    fn state_get(&mut self, key: String) -> Option<Vec<u8>> {
+    fn state_get(&mut self, key: String) -> Option<String> {
         let data = &self.host;
         match data.state.get(&data.pending, &key) {
-            Ok(value) => value,
+            Ok(value) => value.and_then(|bytes| match String::from_utf8(bytes) {
+                Ok(text) => Some(text),
+                Err(_) => {
+                    // Only written from WIT strings since contract 0.2.0;
+                    // bytes from an older rule read as missing.
+                    tracing::warn!(rule = %data.rule, key, "Stored value is not UTF-8 text; read as missing.");
+                    None
+                }
+            }),
             Err(error) => {
                 // The rule cannot fix a broken database; it sees a missing
                 // key and the operator sees why.
@@ -43,9 +51,9 @@ impl host::Host for StoreData {
         }
     }
 
-    fn state_set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
+    fn state_set(&mut self, key: String, value: String) -> Result<(), String> {
         let data = &mut self.host;
-        data.state.set(&mut data.pending, &key, &value)
+        data.state.set(&mut data.pending, &key, value.as_bytes())
     }
 
     fn state_delete(&mut self, key: String) {

@@ -47,7 +47,7 @@ impl CallError {
     }
 }
 
-/// One rule, instantiated and `init`ed, ready for samples.
+/// One rule, instantiated and configured, ready for samples.
 pub struct RuleInstance {
     name: Arc<str>,
     runtime: Runtime,
@@ -66,7 +66,7 @@ struct Live {
 }
 
 impl RuleInstance {
-    /// Instantiates the rule and calls `init` with its JSON config.
+    /// Instantiates the rule and calls `configure` with its JSON config.
     pub fn start(
         runtime: &Runtime,
         name: &str,
@@ -106,7 +106,7 @@ impl RuleInstance {
     pub fn evaluate(&mut self, sample: &Sample) -> Result<Verdict, CallError> {
         if self.live.is_none() {
             self.instantiate().map_err(|error| match error {
-                LoadError::InitFailed(error) => error,
+                LoadError::ConfigureFailed(error) => error,
                 other => CallError::Trap(format!("re-instantiating after a failure: {other}")),
             })?;
         }
@@ -152,9 +152,9 @@ impl RuleInstance {
             Ok(rule) => rule,
             Err(error) => return Err(self.instantiate_error(error, &store, timeout)),
         };
-        let info = match rule.call_init(&mut store, &self.config) {
+        let info = match rule.call_configure(&mut store, &self.config) {
             Ok(Ok(info)) => info,
-            Ok(Err(message)) => return Err(LoadError::InitRefused(message)),
+            Ok(Err(message)) => return Err(LoadError::ConfigureRefused(message)),
             Err(error) => return Err(self.instantiate_error(error, &store, timeout)),
         };
         commit_state(&mut store);
@@ -168,7 +168,7 @@ impl RuleInstance {
         store: &Store<StoreData>,
         timeout: Duration,
     ) -> LoadError {
-        LoadError::InitFailed(classify(error, store.data(), &self.output, timeout))
+        LoadError::ConfigureFailed(classify(error, store.data(), &self.output, timeout))
     }
 
     fn classify(&self, error: wasmtime::Error, timeout: Duration) -> CallError {

@@ -10,7 +10,7 @@
 //!   interruption; the deadline is set before every call).
 //! - A rule's linear memory cannot grow past its cap.
 //! - A rule that trapped never runs again in the same store: the next call
-//!   gets a fresh instance from the pre-linked component, `init`ed again.
+//!   gets a fresh instance from the pre-linked component, configured again.
 //! - A rule can reach nothing but the `vigil:rules/host` imports, clocks and
 //!   random numbers (see [`sandbox`]).
 
@@ -48,7 +48,7 @@ pub struct Limits {
     pub max_memory_bytes: usize,
     /// Wall-clock deadline for one `evaluate` call.
     pub evaluate_timeout: Duration,
-    /// Wall-clock deadline for instantiation plus `init`.
+    /// Wall-clock deadline for instantiation plus `configure`.
     pub init_timeout: Duration,
     /// Most alerts in one verdict.
     pub max_alerts: usize,

@@ -22,7 +22,7 @@ class WitWorld(wit_world.WitWorld):
     n = 3
     m = 5
 
-    def init(self, config: str) -> types.RuleInfo:
+    def configure(self, config: str) -> types.RuleInfo:
         try:
             parsed = json.loads(config)
             WitWorld.metric = str(parsed.get("metric", "cpu_usage"))
@@ -47,7 +47,7 @@ class WitWorld(wit_world.WitWorld):
         values = [m.value for m in sample.metrics if m.name == WitWorld.metric]
         if values:
             window = (window + [max(values) > WitWorld.above])[-WitWorld.m:]
-            host.state_set(key, json.dumps(window).encode())
+            host.state_set(key, json.dumps(window))
         alerts = []
         high = sum(window)
         if high >= WitWorld.n:

@@ -25,7 +25,7 @@ def alert_name(metric: str) -> str:
 class WitWorld(wit_world.WitWorld):
     thresholds = DEFAULTS
 
-    def init(self, config: str) -> types.RuleInfo:
+    def configure(self, config: str) -> types.RuleInfo:
         try:
             parsed = json.loads(config)
         except ValueError as error:

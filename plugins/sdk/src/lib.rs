@@ -10,7 +10,7 @@
 //! struct CpuHot;
 //!
 //! impl Rule for CpuHot {
-//!     fn init(_config: &str) -> Result<Self, String> {
+//!     fn configure(_config: &str) -> Result<Self, String> {
 //!         Ok(CpuHot)
 //!     }
 //!     fn info(&self) -> RuleInfo {
@@ -27,7 +27,7 @@
 //! vigil_sdk::export_rule!(CpuHot);
 //!
 //! // The same rule runs natively, which makes it easy to unit-test.
-//! let mut rule = CpuHot::init("{}").unwrap();
+//! let mut rule = CpuHot::configure("{}").unwrap();
 //! let verdict = rule.evaluate(&Sample::up("web-01", [("cpu_usage", 91.0)]));
 //! assert_eq!(verdict.alerts[0].name, "CpuHot");
 //! ```
@@ -73,7 +73,7 @@ pub trait Rule: Sized + 'static {
     /// Builds the rule from its configuration (JSON text from the host
     /// config, `{}` when none is given). Return a message that says what is
     /// wrong and how to fix it; the operator sees it verbatim.
-    fn init(config: &str) -> Result<Self, String>;
+    fn configure(config: &str) -> Result<Self, String>;
 
     /// Describes the rule, including which metrics it wants to receive.
     fn info(&self) -> RuleInfo;
@@ -82,7 +82,7 @@ pub trait Rule: Sized + 'static {
     fn evaluate(&mut self, sample: &Sample) -> Verdict;
 }
 
-/// Exports a [`Rule`] as the component's `init` and `evaluate`.
+/// Exports a [`Rule`] as the component's `configure` and `evaluate`.
 ///
 /// Use it once per crate. On targets other than wasm it expands to nothing,
 /// so the same crate can be unit-tested and benchmarked natively.
@@ -93,8 +93,8 @@ macro_rules! export_rule {
         const _: () = {
             struct VigilExport;
             impl $crate::bindings::Guest for VigilExport {
-                fn init(config: String) -> Result<$crate::RuleInfo, String> {
-                    $crate::__private::init::<$rule>(&config)
+                fn configure(config: String) -> Result<$crate::RuleInfo, String> {
+                    $crate::__private::configure::<$rule>(&config)
                 }
                 fn evaluate(sample: $crate::Sample) -> $crate::Verdict {
                     $crate::__private::evaluate::<$rule>(&sample)
@@ -118,8 +118,8 @@ pub mod __private {
         static INSTANCE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
     }
 
-    pub fn init<R: Rule>(config: &str) -> Result<RuleInfo, String> {
-        let rule = R::init(config)?;
+    pub fn configure<R: Rule>(config: &str) -> Result<RuleInfo, String> {
+        let rule = R::configure(config)?;
         let info = rule.info();
         INSTANCE.with(|slot| *slot.borrow_mut() = Some(Box::new(rule)));
         Ok(info)
@@ -131,7 +131,7 @@ pub mod __private {
             let rule = slot
                 .as_mut()
                 .and_then(|rule| rule.downcast_mut::<R>())
-                .expect("the host calls `init` before `evaluate`");
+                .expect("the host calls `configure` before `evaluate`");
             rule.evaluate(sample)
         })
     }

@@ -10,14 +10,14 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// Reads the bytes stored under `key`.
-pub fn get(key: &str) -> Option<Vec<u8>> {
+/// Reads the text stored under `key`.
+pub fn get(key: &str) -> Option<String> {
     imp::get(key)
 }
 
 /// Stores `value` under `key`. Fails when the key, the value or the rule's
 /// total state is larger than the host allows.
-pub fn set(key: &str, value: &[u8]) -> Result<(), String> {
+pub fn set(key: &str, value: &str) -> Result<(), String> {
     imp::set(key, value)
 }
 
@@ -29,23 +29,23 @@ pub fn delete(key: &str) {
 /// Reads a JSON value stored with [`set_json`]. A value that no longer
 /// parses (say, after the rule changed its format) reads as `None`.
 pub fn get_json<T: DeserializeOwned>(key: &str) -> Option<T> {
-    get(key).and_then(|bytes| serde_json::from_slice(&bytes).ok())
+    get(key).and_then(|text| serde_json::from_str(&text).ok())
 }
 
 /// Stores a value as JSON.
 pub fn set_json<T: Serialize>(key: &str, value: &T) -> Result<(), String> {
-    let bytes = serde_json::to_vec(value).map_err(|error| error.to_string())?;
-    set(key, &bytes)
+    let text = serde_json::to_string(value).map_err(|error| error.to_string())?;
+    set(key, &text)
 }
 
 #[cfg(target_arch = "wasm32")]
 mod imp {
     use crate::bindings::vigil::rules::host;
 
-    pub fn get(key: &str) -> Option<Vec<u8>> {
+    pub fn get(key: &str) -> Option<String> {
         host::state_get(key)
     }
-    pub fn set(key: &str, value: &[u8]) -> Result<(), String> {
+    pub fn set(key: &str, value: &str) -> Result<(), String> {
         host::state_set(key, value)
     }
     pub fn delete(key: &str) {
@@ -59,14 +59,18 @@ mod imp {
     use std::collections::HashMap;
 
     thread_local! {
-        static STATE: RefCell<HashMap<String, Vec<u8>>> = RefCell::new(HashMap::new());
+        static STATE: RefCell<HashMap<String, String>> = RefCell::new(HashMap::new());
     }
 
-    pub fn get(key: &str) -> Option<Vec<u8>> {
+    pub fn get(key: &str) -> Option<String> {
         STATE.with(|state| state.borrow().get(key).cloned())
     }
-    pub fn set(key: &str, value: &[u8]) -> Result<(), String> {
-        STATE.with(|state| state.borrow_mut().insert(key.to_string(), value.to_vec()));
+    pub fn set(key: &str, value: &str) -> Result<(), String> {
+        STATE.with(|state| {
+            state
+                .borrow_mut()
+                .insert(key.to_string(), value.to_string())
+        });
         Ok(())
     }
     pub fn delete(key: &str) {

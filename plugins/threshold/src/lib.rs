@@ -91,7 +91,7 @@ const DEFAULT_THRESHOLDS: [(&str, f64); 3] = [
 ];
 
 impl Rule for Threshold {
-    fn init(config: &str) -> Result<Self, String> {
+    fn configure(config: &str) -> Result<Self, String> {
         let file: ConfigFile = serde_json::from_str(config)
             .map_err(|error| format!("invalid threshold config: {error}"))?;
         let checks = match file.thresholds {
@@ -308,7 +308,7 @@ mod tests {
     use vigil_sdk::{Label, Metric};
 
     fn rule(config: &str) -> Threshold {
-        Threshold::init(config).unwrap()
+        Threshold::configure(config).unwrap()
     }
 
     fn names(verdict: &Verdict) -> Vec<&str> {
@@ -337,7 +337,7 @@ mod tests {
             verdict.alerts[0].summary,
             "target `web` is down: connection refused"
         );
-        let mut quiet = Threshold::init(r#"{"target_down": false}"#).unwrap();
+        let mut quiet = Threshold::configure(r#"{"target_down": false}"#).unwrap();
         assert!(quiet.evaluate(&Sample::down("web", "x")).alerts.is_empty());
     }
 
@@ -385,7 +385,7 @@ mod tests {
 
     #[test]
     fn bad_configs_say_what_is_wrong() {
-        let error = |config: &str| Threshold::init(config).unwrap_err();
+        let error = |config: &str| Threshold::configure(config).unwrap_err();
         assert!(
             error(r#"{"thresholds": {"cpu_usage": "high"}}"#).contains("threshold `cpu_usage`")
         );

@@ -1,0 +1,109 @@
+//! `{{name}}`: a Vigil rule that raises `<Metric>High` while a metric is
+//! above a limit, e.g. `CpuUsageHigh` while `cpu_usage` is above 80.
+//!
+//! Config (JSON, from the `config` of the rule's `[[rules]]` table in the
+//! host config; both keys optional): `{"metric": "cpu_usage", "above": 80}`.
+
+use std::sync::Mutex;
+
+use serde::Deserialize;
+
+// Rust types and functions for the contract in `wit/vigil.wit`: the `Guest`
+// trait this rule implements, the records it receives and returns, and the
+// `host` functions it may call.
+wit_bindgen::generate!({ path: "wit", world: "rule" });
+
+use vigil::rules::host::{self, Level};
+use vigil::rules::types::{Alert, RuleInfo, Sample, Severity, Verdict};
+
+/// What to watch, from the JSON config.
+#[derive(Deserialize)]
+// A misspelt key is an error the operator sees, not a silently ignored limit.
+#[serde(default, deny_unknown_fields)]
+struct Config {
+    /// The metric's name as the host reports it, e.g. `memory_usage`.
+    metric: String,
+    /// Alert while the value is above this.
+    above: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            metric: "cpu_usage".into(),
+            above: 80.0,
+        }
+    }
+}
+
+// The exports are plain functions, so the config lives in a global. The host
+// calls `configure` once per instance, before any sample.
+static CONFIG: Mutex<Option<Config>> = Mutex::new(None);
+
+struct Rule;
+
+impl Guest for Rule {
+    fn configure(config: String) -> Result<RuleInfo, String> {
+        // An error refuses the rule and is shown to the operator as is.
+        let config: Config =
+            serde_json::from_str(&config).map_err(|error| format!("invalid config: {error}"))?;
+        host::log(
+            Level::Info,
+            &format!("watching {} above {}", config.metric, config.above),
+        );
+        let info = RuleInfo {
+            name: "{{name}}".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: format!("alerts while {} is above {}", config.metric, config.above),
+            // The host sends only these metrics: smaller samples, cheaper calls.
+            metrics: vec![config.metric.clone()],
+        };
+        *CONFIG.lock().unwrap() = Some(config);
+        Ok(info)
+    }
+
+    fn evaluate(sample: Sample) -> Verdict {
+        let config = CONFIG.lock().unwrap();
+        let config = config.as_ref().expect("the host calls `configure` first");
+        // Level-triggered: return every alert that holds now, every time; the
+        // host works out when it starts firing and when it resolves. A failed
+        // poll (`sample.health` is `down`) has no metrics, so raises nothing.
+        let alerts = sample
+            .metrics
+            .iter()
+            .filter(|metric| metric.name == config.metric && metric.value > config.above)
+            .map(|metric| Alert {
+                name: alert_name(&metric.name),
+                severity: Severity::Warning,
+                summary: format!(
+                    "{} is {:.1}, above {}",
+                    metric.name, metric.value, config.above
+                ),
+                // One metric can come several times with different labels (a
+                // disk per mount); labels keep their alerts apart.
+                labels: metric.labels.clone(),
+                annotations: Vec::new(),
+                // Fire on the first sample above the limit, resolve on the first below.
+                for_ms: 0,
+                keep_firing_for_ms: 0,
+            })
+            .collect();
+        Verdict {
+            alerts,
+            actions: Vec::new(),
+        }
+    }
+}
+
+/// `cpu_usage` -> `CpuUsageHigh`, `disk.used` -> `DiskUsedHigh`.
+fn alert_name(metric: &str) -> String {
+    let mut name: String = metric
+        .split(['_', '.'])
+        .filter(|word| !word.is_empty())
+        .map(|word| word[..1].to_uppercase() + &word[1..])
+        .collect();
+    name.push_str("High");
+    name
+}
+
+export!(Rule);
