@@ -1,6 +1,8 @@
 //! Rules in languages other than Rust, built from source by the test with
-//! the pinned toolchain (`plugins/python/requirements.txt`, installed by
-//! `.ci/run`), loaded by the host and checked on real samples.
+//! the pinned toolchains (`plugins/python/requirements.txt` and
+//! `plugins/js/package.json`, installed by `.ci/run`), loaded by the host and
+//! checked on real samples. Each language implements the same two rules, so
+//! one scenario per rule runs against every language.
 
 mod common;
 
@@ -10,6 +12,16 @@ use std::time::Duration;
 
 use common::{Behavior, StatusServer, Vigil, is_alert, toml_path, web_target};
 use serde_json::json;
+
+#[derive(Clone, Copy, Debug)]
+enum Lang {
+    Python,
+    Js,
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
 
 /// The `componentize-py` that pip installed: in the scripts directory of
 /// the `python3` on PATH (pyenv shims may not list it yet), else on PATH.
@@ -28,53 +40,70 @@ fn componentize_py() -> PathBuf {
     }
 }
 
-/// Builds `plugins/python/NAME/app.py` into a component in `out`.
-fn build_python(name: &str, out: &Path) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let source = root.join("plugins/python").join(name);
-    let wasm = out.join(format!("{name}_py.wasm"));
-    let status = Command::new(componentize_py())
-        .arg("-d")
-        .arg(root.join("wit"))
-        .args(["-w", "rule", "componentize", "app", "-o"])
+/// Builds `plugins/LANG/NAME` into a component in `out`.
+fn build(lang: Lang, name: &str, out: &Path) -> PathBuf {
+    let wit = repo().join("wit");
+    let (mut command, source, hint) = match lang {
+        Lang::Python => {
+            let source = repo().join("plugins/python").join(name);
+            let mut command = Command::new(componentize_py());
+            command
+                .arg("-d")
+                .arg(&wit)
+                .args(["-w", "rule", "componentize", "app", "-o"]);
+            (
+                command,
+                source,
+                "python3 -m pip install -r plugins/python/requirements.txt",
+            )
+        }
+        Lang::Js => {
+            let tool = repo().join("plugins/js/node_modules/.bin/componentize-qjs");
+            let source = repo().join("plugins/js").join(name);
+            let mut command = Command::new(tool);
+            command
+                .args(["--sync", "--world", "rule", "--wit"])
+                .arg(&wit)
+                .args(["--js", "rule.js", "-o"]);
+            (command, source, "npm ci --prefix plugins/js")
+        }
+    };
+    let wasm = out.join(format!("{name}_{lang:?}.wasm"));
+    let status = command
         .arg(&wasm)
         .current_dir(&source)
         .status()
         .unwrap_or_else(|error| {
-            panic!("cannot run componentize-py ({error})\nhint: pip install -r plugins/python/requirements.txt")
+            panic!("cannot run the {lang:?} toolchain ({error})\nhint: {hint}")
         });
-    assert!(status.success(), "componentize-py failed for {name}");
+    assert!(status.success(), "building {lang:?} rule {name} failed");
     // Leave the source tree as it was.
     let _ = std::fs::remove_dir_all(source.join("__pycache__"));
     wasm
 }
 
-#[test]
-fn a_python_rule_evaluates_real_samples() {
+/// The threshold rule fires on a real high sample and resolves on a low one.
+fn threshold_evaluates_real_samples(lang: Lang, watching: &str) {
     let out = tempfile::tempdir().unwrap();
-    let rule = build_python("threshold", out.path());
+    let rule = build(lang, "threshold", out.path());
     let server = StatusServer::start();
     server.set(
         "status",
         Behavior::json(json!({"cpu_usage": 95, "memory_usage": 20})),
     );
     let mut vigil = Vigil::start(&format!(
-        "{}\n[[rules]]\nname = \"threshold_py\"\npath = \"{}\"\nconfig = {{ thresholds = {{ cpu_usage = 80, memory_usage = 80 }} }}\n",
+        "{}\n[[rules]]\nname = \"threshold_x\"\npath = \"{}\"\nconfig = {{ thresholds = {{ cpu_usage = 80, memory_usage = 80 }} }}\n",
         web_target(&server.url("status")),
         toml_path(&rule)
     ));
     // Compiling an 18 MB Python component takes seconds the first time.
-    let fired = vigil.wait_for("CpuUsageHigh from Python", Duration::from_secs(60), |v| {
+    let fired = vigil.wait_for("CpuUsageHigh", Duration::from_secs(60), |v| {
         is_alert(v, "firing", "CpuUsageHigh")
     });
-    assert_eq!(fired["rule"], "threshold_py");
+    assert_eq!(fired["rule"], "threshold_x");
     assert_eq!(fired["summary"], "cpu_usage is 95.0, above 80");
     assert_eq!(fired["labels"], json!({"metric": "cpu_usage"}));
-    assert!(
-        vigil
-            .stderr()
-            .contains("python threshold watching ['cpu_usage', 'memory_usage']")
-    );
+    assert!(vigil.stderr().contains(watching), "{}", vigil.stderr());
 
     server.set(
         "status",
@@ -83,12 +112,26 @@ fn a_python_rule_evaluates_real_samples() {
     vigil.wait_for("CpuUsageHigh resolved", Duration::from_secs(10), |v| {
         is_alert(v, "resolved", "CpuUsageHigh")
     });
+    // A down target is reported, with the poll's reason.
+    server.set("status", Behavior::Status(500));
+    let down = vigil.wait_for("TargetDown", Duration::from_secs(10), |v| {
+        is_alert(v, "firing", "TargetDown")
+    });
+    assert!(
+        down["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("target `web-01` is down: "),
+        "{down}"
+    );
 }
 
-#[test]
-fn a_python_rule_keeps_its_window_in_state_across_a_hot_reload() {
+/// The N-of-M rule fills its window in the host's state, and a new version
+/// swapped in while the alert fires picks the window up where the old one
+/// left it.
+fn window_survives_a_hot_reload(lang: Lang) {
     let out = tempfile::tempdir().unwrap();
-    let built = build_python("sustained", out.path());
+    let built = build(lang, "sustained", out.path());
     let rules = tempfile::tempdir().unwrap();
     let rule = rules.path().join("sustained.wasm");
     std::fs::copy(&built, &rule).unwrap();
@@ -135,4 +178,27 @@ fn a_python_rule_keeps_its_window_in_state_across_a_hot_reload() {
         vigil.count(|v| is_alert(v, "resolved", "CpuUsageSustained")),
         0
     );
+}
+
+#[test]
+fn a_python_rule_evaluates_real_samples() {
+    threshold_evaluates_real_samples(
+        Lang::Python,
+        "python threshold watching ['cpu_usage', 'memory_usage']",
+    );
+}
+
+#[test]
+fn a_python_rule_keeps_its_window_in_state_across_a_hot_reload() {
+    window_survives_a_hot_reload(Lang::Python);
+}
+
+#[test]
+fn a_js_rule_evaluates_real_samples() {
+    threshold_evaluates_real_samples(Lang::Js, "js threshold watching cpu_usage, memory_usage");
+}
+
+#[test]
+fn a_js_rule_keeps_its_window_in_state_across_a_hot_reload() {
+    window_survives_a_hot_reload(Lang::Js);
 }
