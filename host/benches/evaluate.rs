@@ -17,46 +17,13 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, criterion_main};
 use vigil::config::Settings;
 use vigil::plugins::{self, LoadedRule};
-use vigil::runtime::{Health, Label, Metric, Runtime, Sample};
+use vigil::runtime::Runtime;
 use vigil::state::StateDb;
 use vigil_sdk::Rule as _;
 use vigil_threshold::Threshold;
 
-/// One reading: name, value, labels.
-type Reading = (&'static str, f64, &'static [(&'static str, &'static str)]);
-
-/// The 20 metrics of a typical host poll. All below the default thresholds
-/// (cpu_usage and memory_usage above 80, disk_used_percent above 90).
-const CALM: [Reading; 20] = [
-    ("cpu_usage", 37.5, &[]),
-    ("memory_usage", 61.2, &[]),
-    ("disk_used_percent", 54.0, &[("mount", "/")]),
-    ("disk_used_percent", 71.3, &[("mount", "/var")]),
-    ("disk_used_percent", 12.8, &[("mount", "/data")]),
-    ("load_average_1m", 1.42, &[]),
-    ("load_average_5m", 1.18, &[]),
-    ("load_average_15m", 0.97, &[]),
-    ("swap_used_percent", 3.1, &[]),
-    ("uptime_seconds", 864_213.0, &[]),
-    ("process_count", 287.0, &[]),
-    ("open_file_descriptors", 4_812.0, &[]),
-    (
-        "net_rx_bytes_per_second",
-        1_254_331.0,
-        &[("interface", "eth0")],
-    ),
-    (
-        "net_tx_bytes_per_second",
-        893_102.0,
-        &[("interface", "eth0")],
-    ),
-    ("tcp_connections_established", 342.0, &[]),
-    ("http_requests_per_second", 118.4, &[("service", "api")]),
-    ("http_error_rate", 0.004, &[("service", "api")]),
-    ("http_latency_p99_ms", 212.0, &[("service", "api")]),
-    ("queues.mail.depth", 7.0, &[]),
-    ("temperature_celsius", 48.5, &[("sensor", "cpu0")]),
-];
+mod sample;
+use sample::{CALM, Reading, TARGET, TARGET_LABELS, TIMESTAMP_MS, host_sample};
 
 /// The same poll with cpu_usage at 91 and memory_usage at 95: two alerts.
 fn alerting() -> Vec<Reading> {
@@ -77,26 +44,6 @@ fn scaled(count: usize) -> Vec<(Reading, Option<String>)> {
         .collect()
 }
 
-const TARGET: &str = "web-01";
-const TIMESTAMP_MS: u64 = 1_760_000_000_000;
-const TARGET_LABELS: [(&str, &str); 2] = [("env", "prod"), ("region", "eu-west-1")];
-
-fn host_labels(pairs: &[(&str, &str)], extra: Option<&str>) -> Vec<Label> {
-    let mut labels: Vec<Label> = pairs
-        .iter()
-        .map(|&(name, value)| Label {
-            name: name.into(),
-            value: value.into(),
-        })
-        .chain(extra.map(|value| Label {
-            name: "instance".into(),
-            value: value.into(),
-        }))
-        .collect();
-    labels.sort_by(|a, b| a.name.cmp(&b.name));
-    labels
-}
-
 fn sdk_labels(pairs: &[(&str, &str)], extra: Option<&str>) -> Vec<vigil_sdk::Label> {
     let mut labels: Vec<vigil_sdk::Label> = pairs
         .iter()
@@ -105,25 +52,6 @@ fn sdk_labels(pairs: &[(&str, &str)], extra: Option<&str>) -> Vec<vigil_sdk::Lab
         .collect();
     labels.sort_by(|a, b| a.name.cmp(&b.name));
     labels
-}
-
-/// A host-side sample, as `sources` builds it.
-fn host_sample<'a>(readings: impl IntoIterator<Item = (&'a Reading, Option<&'a str>)>) -> Sample {
-    Sample {
-        target: TARGET.into(),
-        timestamp_ms: TIMESTAMP_MS,
-        health: Health::Up,
-        metrics: readings
-            .into_iter()
-            .map(|(&(name, value, labels), extra)| Metric {
-                name: name.into(),
-                value,
-                labels: host_labels(labels, extra),
-            })
-            .collect(),
-        labels: host_labels(&TARGET_LABELS, None),
-        recent_actions: Vec::new(),
-    }
 }
 
 /// The same sample as the SDK's type, for the native rule.

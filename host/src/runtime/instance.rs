@@ -95,6 +95,14 @@ impl RuleInstance {
         &self.name
     }
 
+    /// Linear memory the live instance holds, in bytes (0 between a failed
+    /// call and the next one, when there is no instance).
+    pub fn memory_bytes(&self) -> usize {
+        self.live
+            .as_ref()
+            .map_or(0, |live| live.store.data().limiter.memory_bytes)
+    }
+
     /// The limits this instance runs under.
     pub fn limits(&self) -> Limits {
         self.limits
@@ -288,6 +296,26 @@ fn classify(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_instance_reports_the_linear_memory_it_holds() {
+        let runtime = Runtime::new().unwrap();
+        let prepared = runtime
+            .prepare(crate::plugins::builtin::THRESHOLD.wasm)
+            .unwrap();
+        let state = crate::state::StateDb::in_memory()
+            .unwrap()
+            .rule("t")
+            .unwrap();
+        let limits = Limits::default();
+        let (instance, _) =
+            RuleInstance::start(&runtime, "t", prepared, "{}".into(), limits, state).unwrap();
+        // At least the one page every Rust rule starts with, under the cap.
+        let bytes = instance.memory_bytes();
+        assert!(bytes >= 64 * 1024, "{bytes}");
+        assert!(bytes <= limits.max_memory_bytes, "{bytes}");
+        assert_eq!(bytes % (64 * 1024), 0, "whole wasm pages: {bytes}");
+    }
 
     #[test]
     fn call_errors_read_as_what_they_are() {

@@ -72,6 +72,7 @@ impl StoreData {
                 max_memory,
                 hit: false,
                 max_copy,
+                memory_bytes: 0,
             },
             host: HostData {
                 rule,
@@ -90,6 +91,8 @@ pub struct MemoryLimiter {
     pub(crate) hit: bool,
     /// The hostcall fuel the store was given, for error messages.
     pub(crate) max_copy: usize,
+    /// Linear memory the instance holds now, over all its memories.
+    pub(crate) memory_bytes: usize,
 }
 
 /// Table elements a rule may have: plenty for any language runtime.
@@ -98,12 +101,16 @@ const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _max: Option<usize>,
     ) -> WasmResult<bool> {
+        // Also called for each memory's initial size, with `current` 0.
         let allowed = desired <= self.max_memory;
         self.hit |= !allowed;
+        if allowed {
+            self.memory_bytes += desired - current;
+        }
         Ok(allowed)
     }
 
