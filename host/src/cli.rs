@@ -11,6 +11,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::app::{self, App};
 use crate::config::Settings;
+use crate::scaffold::{self, Lang, RuleName};
 use crate::sinks::{Format, StdoutSink};
 
 /// Vigil: a monitoring host that runs your rules as sandboxed WebAssembly.
@@ -43,6 +44,23 @@ enum Command {
     /// given steps (the format is in the README). Exit status 1 and a diff
     /// when an expectation fails.
     Test(TestArgs),
+    /// Create a rule project to start from: a threshold rule in the given
+    /// language, the contract it is built against, a `vigil test` case file
+    /// it passes, and its build setup.
+    New(NewArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct NewArgs {
+    /// The language to write the rule in.
+    #[arg(long, value_enum)]
+    lang: Lang,
+    /// The rule's name, also its folder's: lowercase letters, digits and
+    /// `-`, starting with a letter, e.g. `disk-full`.
+    name: RuleName,
+    /// The folder to create the project in.
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -129,6 +147,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run_monitor(args),
         Command::Audit(args) => audit(args),
         Command::Check(args) => check(args),
+        Command::New(args) => new(args),
         Command::Test(args) => {
             let mut passed = true;
             for path in &args.cases {
@@ -159,6 +178,25 @@ fn run_monitor(args: RunArgs) -> anyhow::Result<()> {
         }
         app.run(shutdown_signal()).await
     })
+}
+
+fn new(args: NewArgs) -> anyhow::Result<()> {
+    let project = scaffold::create(args.lang, &args.name, &args.dir)?;
+    println!(
+        "Created a {} rule in `{}`:",
+        args.lang.label(),
+        project.dir.display()
+    );
+    for file in &project.files {
+        println!("  {file}");
+    }
+    println!("Next, build it and run its test cases:");
+    println!("  cd {}", project.dir.display());
+    for command in &project.build {
+        println!("  {command}");
+    }
+    println!("  vigil test cases.toml");
+    Ok(())
 }
 
 fn check(args: CheckArgs) -> anyhow::Result<()> {

@@ -41,6 +41,7 @@ pub mod cli;
 pub mod config;
 pub mod plugins;
 pub mod runtime;
+pub mod scaffold;
 pub mod sinks;
 pub mod sources;
 pub mod state;

@@ -361,3 +361,20 @@ pub fn is_evaluation(value: &Value, target: &str) -> bool {
 pub fn is_alert(value: &Value, status: &str, name: &str) -> bool {
     value["type"] == "alert" && value["status"] == status && value["name"] == name
 }
+
+/// The `componentize-py` that pip installed: in the scripts directory of
+/// the `python3` on PATH (pyenv shims may not list it yet), else on PATH.
+pub fn componentize_py() -> PathBuf {
+    let scripts = Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .ok()
+        .map(|output| PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()));
+    match scripts.map(|dir| dir.join("componentize-py")) {
+        Some(path) if path.exists() => path,
+        _ => PathBuf::from("componentize-py"),
+    }
+}

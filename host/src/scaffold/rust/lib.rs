@@ -8,13 +8,18 @@ use std::sync::Mutex;
 
 use serde::Deserialize;
 
-// Rust types and functions for the contract in `wit/vigil.wit`: the `Guest`
-// trait this rule implements, the records it receives and returns, and the
-// `host` functions it may call.
-wit_bindgen::generate!({ path: "wit", world: "rule" });
+/// Rust types and functions for the contract in `wit/vigil.wit`: the `Guest`
+/// trait this rule implements, the records it receives and returns, and the
+/// `host` functions it may call.
+mod bindings {
+    // Generated code, not ours to lint (e.g. clippy's too_many_arguments).
+    #![allow(clippy::all)]
+    wit_bindgen::generate!({ path: "wit", world: "rule" });
+}
 
-use vigil::rules::host::{self, Level};
-use vigil::rules::types::{Alert, RuleInfo, Sample, Severity, Verdict};
+use bindings::vigil::rules::host::{self, Level};
+use bindings::vigil::rules::types::{Alert, Severity};
+use bindings::{Guest, RuleInfo, Sample, Verdict};
 
 /// What to watch, from the JSON config.
 #[derive(Deserialize)]
@@ -97,13 +102,15 @@ impl Guest for Rule {
 
 /// `cpu_usage` -> `CpuUsageHigh`, `disk.used` -> `DiskUsedHigh`.
 fn alert_name(metric: &str) -> String {
-    let mut name: String = metric
-        .split(['_', '.'])
-        .filter(|word| !word.is_empty())
-        .map(|word| word[..1].to_uppercase() + &word[1..])
-        .collect();
-    name.push_str("High");
-    name
+    let mut name = String::new();
+    for word in metric.split(['_', '.']) {
+        let mut chars = word.chars();
+        if let Some(first) = chars.next() {
+            name.extend(first.to_uppercase());
+            name.push_str(chars.as_str());
+        }
+    }
+    name + "High"
 }
 
-export!(Rule);
+bindings::export!(Rule with_types_in bindings);
