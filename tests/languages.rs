@@ -23,30 +23,13 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The `componentize-py` that pip installed: in the scripts directory of
-/// the `python3` on PATH (pyenv shims may not list it yet), else on PATH.
-fn componentize_py() -> PathBuf {
-    let scripts = Command::new("python3")
-        .args([
-            "-c",
-            "import sysconfig; print(sysconfig.get_path('scripts'))",
-        ])
-        .output()
-        .ok()
-        .map(|output| PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()));
-    match scripts.map(|dir| dir.join("componentize-py")) {
-        Some(path) if path.exists() => path,
-        _ => PathBuf::from("componentize-py"),
-    }
-}
-
 /// Builds `plugins/LANG/NAME` into a component in `out`.
 fn build(lang: Lang, name: &str, out: &Path) -> PathBuf {
     let wit = repo().join("wit");
     let (mut command, source, hint) = match lang {
         Lang::Python => {
             let source = repo().join("plugins/python").join(name);
-            let mut command = Command::new(componentize_py());
+            let mut command = Command::new(common::componentize_py());
             command
                 .arg("-d")
                 .arg(&wit)

@@ -53,5 +53,15 @@ class WitWorld(wit_world.WitWorld):
         if high >= WitWorld.n:
             name = "".join(w[:1].upper() + w[1:] for w in WitWorld.metric.split("_") if w) + "Sustained"
             summary = f"{WitWorld.metric} above {WitWorld.above:g} in {high} of the last {len(window)} samples"
-            alerts.append(types.Alert(name, types.Severity.WARNING, summary, [], [], 0, 0))
-        return types.Verdict(alerts, [])
+            alerts.append(
+                types.Alert(
+                    name=name,
+                    severity=types.Severity.WARNING,
+                    summary=summary,
+                    labels=[],
+                    annotations=[],
+                    for_ms=0,
+                    keep_firing_for_ms=0,
+                )
+            )
+        return types.Verdict(alerts=alerts, actions=[])

@@ -47,14 +47,32 @@ class WitWorld(wit_world.WitWorld):
         alerts = []
         if isinstance(sample.health, types.Health_Down):
             summary = f"target `{sample.target}` is down: {sample.health.value}"
-            alerts.append(types.Alert("TargetDown", types.Severity.CRITICAL, summary, [], [], 0, 0))
-            return types.Verdict(alerts, [])
+            alerts.append(
+                types.Alert(
+                    name="TargetDown",
+                    severity=types.Severity.CRITICAL,
+                    summary=summary,
+                    labels=[],
+                    annotations=[],
+                    for_ms=0,
+                    keep_firing_for_ms=0,
+                )
+            )
+            return types.Verdict(alerts=alerts, actions=[])
         for metric in sample.metrics:
             limit = WitWorld.thresholds.get(metric.name)
             if limit is not None and metric.value > limit:
                 summary = f"{metric.name} is {metric.value:.1f}, above {limit:g}"
                 labels = [types.Label("metric", metric.name)] + list(metric.labels)
                 alerts.append(
-                    types.Alert(alert_name(metric.name), types.Severity.WARNING, summary, labels, [], 0, 0)
+                    types.Alert(
+                        name=alert_name(metric.name),
+                        severity=types.Severity.WARNING,
+                        summary=summary,
+                        labels=labels,
+                        annotations=[],
+                        for_ms=0,
+                        keep_firing_for_ms=0,
+                    )
                 )
-        return types.Verdict(alerts, [])
+        return types.Verdict(alerts=alerts, actions=[])
