@@ -51,7 +51,7 @@ fn build(lang: Lang, name: &str, out: &Path) -> PathBuf {
             (command, source, "npm ci --prefix plugins/js")
         }
     };
-    let wasm = out.join(format!("{name}_{lang:?}.wasm"));
+    let wasm = out.join(format!("{name}.wasm"));
     let status = command
         .arg(&wasm)
         .current_dir(&source)
@@ -65,10 +65,35 @@ fn build(lang: Lang, name: &str, out: &Path) -> PathBuf {
     wasm
 }
 
-/// The threshold rule fires on a real high sample and resolves on a low one.
+/// Runs the rule's own `cases.toml` (from its source folder, next to the
+/// component it names) with `vigil test`, which must pass with `summary`.
+fn passes_its_cases(lang: Lang, name: &str, wasm: &Path, summary: &str) {
+    let source = match lang {
+        Lang::Python => repo().join("plugins/python").join(name),
+        Lang::Js => repo().join("plugins/js").join(name),
+    };
+    let cases = wasm.with_file_name("cases.toml");
+    std::fs::copy(source.join("cases.toml"), &cases).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .arg("test")
+        .arg(&cases)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{lang:?} {name}: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(stdout, format!("ok: {summary} of `{}`\n", cases.display()));
+}
+
+/// The threshold rule passes its cases, fires on a real high sample and
+/// resolves on a low one.
 fn threshold_evaluates_real_samples(lang: Lang, watching: &str) {
     let out = tempfile::tempdir().unwrap();
     let rule = build(lang, "threshold", out.path());
+    passes_its_cases(lang, "threshold", &rule, "3 expectations over 6 samples");
     let server = StatusServer::start();
     server.set(
         "status",
@@ -109,12 +134,13 @@ fn threshold_evaluates_real_samples(lang: Lang, watching: &str) {
     );
 }
 
-/// The N-of-M rule fills its window in the host's state, and a new version
-/// swapped in while the alert fires picks the window up where the old one
-/// left it.
+/// The N-of-M rule passes its cases and fills its window in the host's
+/// state on real samples, and a new version swapped in while the alert
+/// fires picks the window up where the old one left it.
 fn window_survives_a_hot_reload(lang: Lang) {
     let out = tempfile::tempdir().unwrap();
     let built = build(lang, "sustained", out.path());
+    passes_its_cases(lang, "sustained", &built, "4 expectations over 8 samples");
     let rules = tempfile::tempdir().unwrap();
     let rule = rules.path().join("sustained.wasm");
     std::fs::copy(&built, &rule).unwrap();
