@@ -8,7 +8,8 @@
 // of the host. Build (from plugins/js, after `npm ci`):
 //     npm run build:sustained
 
-import * as host from "vigil:rules/host@0.2.0";
+// The version comes from the WIT the rule is built against (../../../wit).
+import * as host from "vigil:rules/host";
 
 let settings = { metric: "cpu_usage", above: 80, n: 3, m: 5 };
 

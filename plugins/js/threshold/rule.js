@@ -8,7 +8,8 @@
 // `npm ci`):
 //     npm run build:threshold
 
-import * as host from "vigil:rules/host@0.2.0";
+// The version comes from the WIT the rule is built against (../../../wit).
+import * as host from "vigil:rules/host";
 
 const DEFAULTS = { cpu_usage: 80, memory_usage: 80 };
 let thresholds = DEFAULTS;

@@ -9,7 +9,8 @@
 // with camelCase keys, enums are strings, variants are `{ tag, val }`, and
 // `result<T, string>` is "return T or throw the string".
 
-import * as host from "vigil:rules/host@{{wit_version}}";
+// The version comes from `wit/vigil.wit`, the contract this rule is built against.
+import * as host from "vigil:rules/host";
 
 const DEFAULTS = { metric: "cpu_usage", above: 80 };
 
