@@ -307,12 +307,34 @@ fn check_reports_a_good_rule_and_refuses_a_bad_one() {
 #[test]
 fn test_replays_a_case_file_and_shows_a_diff_when_it_fails() {
     let cases = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/threshold/tests/cases.toml");
-    let output = vigil().arg("test").arg(&cases).output().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let test = |cases: &Path| {
+        vigil()
+            .arg("test")
+            .arg(cases)
+            .arg("--data-dir")
+            .arg(data.path())
+            .output()
+            .unwrap()
+    };
+    let output = test(&cases);
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert_eq!(output.status.code(), Some(0), "{stdout}");
     assert!(
         stdout.starts_with("ok: 4 expectations over 9 samples"),
         "{stdout}"
+    );
+    // The rule was compiled into the data directory's cache, which the
+    // next run (and `vigil run`) loads it from.
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("compiled=\"now\""), "{stderr}");
+    assert!(
+        data.path()
+            .join("cache")
+            .read_dir()
+            .unwrap()
+            .next()
+            .is_some()
     );
 
     // The same cases, expecting CpuUsageHigh one minute too early.
@@ -323,9 +345,11 @@ fn test_replays_a_case_file_and_shows_a_diff_when_it_fails() {
         "at = \"5m\"\nalerts = [\"CpuUsageHigh\", \"DiskUsedPercentHigh\"]",
     );
     std::fs::write(&broken, text).unwrap();
-    let output = vigil().arg("test").arg(&broken).output().unwrap();
+    let output = test(&broken);
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("compiled=\"from cache\""), "{stderr}");
     assert!(
         stdout.contains("FAIL step 5 (5m)")
             && stdout.contains("  - CpuUsageHigh   (expected, not firing)"),

@@ -77,6 +77,8 @@ fn passes_its_cases(lang: Lang, name: &str, wasm: &Path, summary: &str) {
     let output = Command::new(env!("CARGO_BIN_EXE_vigil"))
         .arg("test")
         .arg(&cases)
+        .arg("--data-dir")
+        .arg(wasm.with_file_name("vigil-data"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

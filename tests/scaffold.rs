@@ -59,9 +59,12 @@ fn build(project: &Path, command: &mut Command, hint: &str) {
     );
 }
 
+/// `vigil test cases.toml` in the project, with the compile cache beside it
+/// (so the second run of a Python rule does not compile it again).
 fn vigil_test(project: &Path) -> Output {
     vigil()
-        .args(["test", "cases.toml"])
+        .args(["test", "cases.toml", "--data-dir"])
+        .arg(project.with_file_name("vigil-data"))
         .current_dir(project)
         .output()
         .unwrap()

@@ -202,8 +202,9 @@ fn parse_series_name(text: &str) -> Result<(String, Vec<Label>), String> {
 }
 
 /// Runs a case file; `Ok(true)` when every expectation held. Mismatches
-/// are written to `out` as a readable diff.
-pub fn run(path: &Path, out: &mut impl std::io::Write) -> anyhow::Result<bool> {
+/// are written to `out` as a readable diff. The rule is loaded through
+/// `runtime`, so with a compile cache a rule seen before loads in milliseconds.
+pub fn run(path: &Path, runtime: &Runtime, out: &mut impl std::io::Write) -> anyhow::Result<bool> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read `{}`", path.display()))?;
     let file: CaseFile =
@@ -266,9 +267,8 @@ pub fn run(path: &Path, out: &mut impl std::io::Write) -> anyhow::Result<bool> {
         failure_policy: FailurePolicy::default(),
         origin: path.display().to_string(),
     };
-    let runtime = Runtime::new()?;
     let state = StateDb::in_memory()?;
-    let mut rule = plugins::load(&runtime, &state, &spec)?;
+    let mut rule = plugins::load(runtime, &state, &spec)?;
     let mut tracker = Tracker::default();
     let mut failures = 0;
     for step in 0..steps {

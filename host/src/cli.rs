@@ -68,6 +68,11 @@ struct TestArgs {
     /// Case files (TOML).
     #[arg(required = true)]
     cases: Vec<PathBuf>,
+    /// Where the compile cache is, shared with `vigil run` [default:
+    /// $XDG_STATE_HOME/vigil or ~/.local/state/vigil]: a rule compiled once
+    /// (seconds for Python) loads in milliseconds on the next run.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -149,9 +154,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check(args) => check(args),
         Command::New(args) => new(args),
         Command::Test(args) => {
+            let data_dir = args.data_dir.unwrap_or_else(app::default_data_dir);
+            let runtime = crate::runtime::Runtime::new()?
+                .with_compile_cache(crate::runtime::CompileCache::new(data_dir.join("cache")));
             let mut passed = true;
             for path in &args.cases {
-                passed &= crate::casefile::run(path, &mut std::io::stdout().lock())?;
+                passed &= crate::casefile::run(path, &runtime, &mut std::io::stdout().lock())?;
             }
             if !passed {
                 anyhow::bail!("rule tests failed");
