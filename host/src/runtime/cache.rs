@@ -30,30 +30,49 @@
 //!   (read-only, full, not a directory) costs a warning and a compilation;
 //!   it never fails a load.
 //!
-//! It does not evict: entries of versions no longer in use stay until
-//! someone deletes them (deleting the directory at any time is safe, even
-//! while the host runs).
+//! It evicts by size: after writing an entry, if the entries take more than
+//! the budget ([`DEFAULT_BUDGET_BYTES`], 1 GiB: ~30 versions of a Python rule,
+//! thousands of a Rust one), the least recently used ones are deleted (a hit
+//! refreshes an entry's modification time). Deleting an entry, or the whole
+//! directory, is safe at any time, even while the host runs: a loaded rule
+//! keeps its mapping, and a missing entry is compiled again.
 
 use std::fs::{self, File};
 use std::hash::{Hash, Hasher};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
+/// How much disk a cache's entries may take before the least recently used
+/// are evicted.
+pub const DEFAULT_BUDGET_BYTES: u64 = 1 << 30;
+
 /// A directory of precompiled components (the data directory's `cache/`).
 #[derive(Debug, Clone)]
 pub struct CompileCache {
     dir: PathBuf,
+    budget: u64,
 }
 
 impl CompileCache {
-    /// A cache in `dir`, created when the first entry is written.
+    /// A cache in `dir`, created when the first entry is written, with the
+    /// default budget.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        CompileCache { dir: dir.into() }
+        CompileCache {
+            dir: dir.into(),
+            budget: DEFAULT_BUDGET_BYTES,
+        }
+    }
+
+    /// The same cache, evicting once its entries take more than `bytes`.
+    pub fn with_budget(mut self, bytes: u64) -> Self {
+        self.budget = bytes;
+        self
     }
 
     /// The directory the entries are in.
@@ -75,13 +94,14 @@ impl CompileCache {
             return Ok((component, true));
         }
         let component = Component::new(engine, bytes)?;
-        if let Err(error) = self.store(&key, &component) {
-            tracing::warn!(
+        match self.store(&key, &component) {
+            Ok(path) => self.evict(&path),
+            Err(error) => tracing::warn!(
                 dir = %self.dir.display(),
                 %error,
                 "Cannot write to the compile cache; the rule was compiled and loads, \
                  but it will be compiled again next time."
-            );
+            ),
         }
         Ok((component, false))
     }
@@ -109,7 +129,10 @@ impl CompileCache {
             };
             let path = entry.path();
             match open(engine, &path, checksum) {
-                Ok(component) => return Some(component),
+                Ok(component) => {
+                    touch(&path);
+                    return Some(component);
+                }
                 Err(error) => {
                     tracing::warn!(
                         path = %path.display(),
@@ -131,7 +154,7 @@ impl CompileCache {
 
     /// Writes `component` as the entry for `key`: to a temporary file, synced,
     /// then renamed into place, so that an entry is never seen half-written.
-    fn store(&self, key: &Key, component: &Component) -> io::Result<()> {
+    fn store(&self, key: &Key, component: &Component) -> io::Result<PathBuf> {
         let artifact = component.serialize().map_err(io::Error::other)?;
         create_private_dir(&self.dir)?;
         let path = self.dir.join(key.entry_name(&checksum(&artifact)));
@@ -158,7 +181,62 @@ impl CompileCache {
         if written.is_err() {
             let _ = fs::remove_file(&temp);
         }
-        written
+        written.map(|()| path)
+    }
+
+    /// Deletes the least recently used entries until the rest fit the
+    /// budget. `keep`, the entry just written, always stays.
+    fn evict(&self, keep: &Path) {
+        let Ok(listing) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut entries: Vec<(SystemTime, u64, PathBuf)> = listing
+            .flatten()
+            .filter_map(|entry| {
+                let path = entry.path();
+                if path.extension()? != "cwasm" {
+                    return None;
+                }
+                let metadata = entry.metadata().ok()?;
+                Some((metadata.modified().ok()?, metadata.len(), path))
+            })
+            .collect();
+        let mut total: u64 = entries.iter().map(|(_, size, _)| size).sum();
+        // Oldest first.
+        entries.sort();
+        for (_, size, path) in entries {
+            if total <= self.budget {
+                break;
+            }
+            if path == keep {
+                continue;
+            }
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    total -= size;
+                    tracing::info!(
+                        path = %path.display(),
+                        size,
+                        budget = self.budget,
+                        "Evicted the least recently used compile cache entry."
+                    );
+                }
+                Err(error) => tracing::warn!(
+                    path = %path.display(),
+                    %error,
+                    "Cannot evict a compile cache entry."
+                ),
+            }
+        }
+    }
+}
+
+/// Marks an entry as just used, for eviction. Failing costs nothing but the
+/// accuracy of that order.
+fn touch(path: &Path) {
+    let touched = File::open(path).and_then(|file| file.set_modified(SystemTime::now()));
+    if let Err(error) = touched {
+        tracing::debug!(path = %path.display(), %error, "Cannot refresh a cache entry's time.");
     }
 }
 
@@ -287,6 +365,17 @@ mod tests {
         entries.into_iter().next().expect("one entry")
     }
 
+    /// `wasm` with a custom section holding `tag`: another component (another
+    /// cache key) that compiles to the same code.
+    fn variant(wasm: &[u8], tag: u8) -> Vec<u8> {
+        let name = b"vigil-test";
+        let mut out = wasm.to_vec();
+        out.extend_from_slice(&[0, (name.len() + 2) as u8, name.len() as u8]);
+        out.extend_from_slice(name);
+        out.push(tag);
+        out
+    }
+
     /// Replaces `path` with `contents` by rename, as the cache itself does,
     /// so that a component still mapping the old file is unaffected.
     fn replace(path: &Path, contents: &[u8]) {
@@ -318,6 +407,38 @@ mod tests {
         let verdict = instance.evaluate(&sample).expect("evaluate");
         assert_eq!(verdict.alerts.len(), 1, "{verdict:?}");
         format!("{verdict:?}")
+    }
+
+    #[test]
+    fn over_its_budget_the_least_recently_used_entry_is_evicted() {
+        let runtime = Runtime::new().expect("runtime");
+        let engine = runtime.engine();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let [a, b, c] = [0, 1, 2].map(|tag| variant(THRESHOLD.wasm, tag));
+        let unbounded = CompileCache::new(dir.path().join("cache"));
+        assert!(!unbounded.component(engine, &a).expect("a").1);
+        let entry = fs::metadata(only_entry(&unbounded)).expect("entry").len();
+        // Room for two entries, not three.
+        let cache = unbounded.with_budget(entry * 5 / 2);
+        // Timestamps a few milliseconds apart, even on coarse filesystems.
+        let pause = || std::thread::sleep(std::time::Duration::from_millis(20));
+        pause();
+        assert!(!cache.component(engine, &b).expect("b").1);
+        pause();
+        assert!(cache.component(engine, &a).expect("a again").1, "a hit");
+        pause();
+        // Writing c puts the cache over budget: b, used longest ago, goes.
+        assert!(!cache.component(engine, &c).expect("c").1);
+        assert_eq!(entries(&cache).len(), 2);
+        assert!(
+            cache.component(engine, &a).expect("a").1,
+            "a was used recently"
+        );
+        assert!(
+            cache.component(engine, &c).expect("c").1,
+            "c was just written"
+        );
+        assert!(!cache.component(engine, &b).expect("b").1, "b was evicted");
     }
 
     /// Log lines written into a shared buffer.
