@@ -19,21 +19,7 @@ spin="$root/target/wasm-rules/wasm32-wasip2/rule/fixture_spin.wasm"
 work=$(mktemp -d)
 trap 'kill $server 2>/dev/null; rm -rf "$work"' EXIT
 
-python3 - "$work/port" <<'PY' &
-import http.server, json, sys
-body = json.dumps({"cpu_usage": 42, "memory_usage": 51}).encode()
-class Status(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Status)
-open(sys.argv[1], "w").write(str(server.server_port))
-server.serve_forever()
-PY
+python3 "$root/host/benches/status_server.py" "$work/port" &
 server=$!
 while [ ! -s "$work/port" ]; do sleep 0.1; done
 url="http://127.0.0.1:$(cat "$work/port")/status"

@@ -13,7 +13,9 @@ Usage (from the workspace root, after `cargo build --release`):
 RULE defaults to the bundled threshold rule, N to 50, DEBOUNCE to vigil's
 default (written as e.g. 50ms).
 """
-import http.server, json, os, queue, subprocess, sys, tempfile, threading, time
+import json, os, queue, subprocess, sys, tempfile, threading, time
+
+import status_server  # beside this file
 
 root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 rules_dir = os.path.join(root, "target/wasm-rules/wasm32-wasip2/rule")
@@ -29,22 +31,7 @@ def variant(tag):
     return base + bytes([0, len(payload)]) + payload
 
 
-body = json.dumps({"cpu_usage": 42, "memory_usage": 51}).encode()
-
-
-class Status(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Status)
-threading.Thread(target=server.serve_forever, daemon=True).start()
+server = status_server.start()
 
 work = tempfile.mkdtemp()
 rule_path = os.path.join(work, "rule.wasm")
