@@ -1,62 +1,83 @@
-//! The running host: targets feed samples to rule workers, whose verdicts go
-//! through the alert lifecycle to the sink.
+//! The running host: the stages, wired together. Each stage lives in its
+//! own module; this one only builds them, connects their channels and hands
+//! each message to the stage it is for.
 //!
 //! ```text
-//! targets --poll--> samples --dispatch--> rule workers --evaluations--> alert tracker --> sink
+//! sources::Pollers ─Sample─▶ routing::Router ─▶ rule workers ─Evaluation─▶ alerts::Alerting ─AlertEvent─▶ sinks::Delivery
+//!                                  ▲                               │ verdict.actions
+//!                                  └──── action outcomes ◀── actions::Dispatch
+//! config::ConfigWatch and plugins::reload change targets, rules and actions as files change.
 //! ```
 //!
 //! [`App::build`] does everything that can fail at start (open the state
-//! database, compile and configure every rule) before anything runs, so a host
-//! either starts fully configured or not at all.
+//! database, compile and configure every rule) before anything runs, so a
+//! host either starts fully configured or not at all. [`App::run`] stops
+//! within a bounded time: see [`Settings::shutdown_grace`].
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tokio::sync::mpsc;
 
-use crate::actions::{AuditLog, BreakerTrip, RealExecutor, Remediation};
-use crate::alerts::Tracker;
-use crate::config::{Settings, TargetSpec};
-use crate::plugins::reload::{self, Change, StatusBoard};
-use crate::plugins::{
-    self, Evaluation, FailurePolicy, LoadedRule, RuleCounters, RuleHealth, RuleWorker, WorkerEvent,
-};
-use crate::runtime::{
-    ActionRequest, Alert, CallError, CompileCache, Label, Runtime, Sample, Severity,
-};
-use crate::sinks::StdoutSink;
-use crate::sources;
+use crate::actions::dispatch::Dispatch;
+use crate::alerts::Alerting;
+use crate::clock::now_ms;
+use crate::config::{ConfigWatch, Settings};
+use crate::plugins::reload::{self, Change, ReloaderHandle, StatusBoard};
+use crate::plugins::{self, RuleBoard, Stopping, WorkerEvent};
+use crate::routing::{Router, RouterStats};
+use crate::runtime::{CompileCache, Runtime, Sample};
+use crate::sinks::Delivery;
+use crate::sources::Pollers;
 use crate::state::StateDb;
 
-/// Samples in flight between the pollers and the dispatcher.
+/// Samples in flight between the sources and the router.
 const SAMPLE_QUEUE: usize = 1024;
+/// Evaluations in flight between the rule workers and the alert stage.
+const RESULT_QUEUE: usize = 4096;
+/// How often the host checks on itself: samples dropped per rule,
+/// breakers closed.
+const TICK: Duration = Duration::from_secs(5);
 
 /// A host, configured and loaded, ready to run.
 pub struct App {
     settings: Settings,
-    rules: Vec<LoadedRule>,
-    counters: Vec<(Arc<str>, Arc<RuleCounters>)>,
-    sink: StdoutSink,
-    runtime: Runtime,
-    state: StateDb,
+    router: Router,
+    results: mpsc::Receiver<WorkerEvent>,
+    alerting: Alerting,
+    dispatch: Dispatch,
+    reloader: ReloaderHandle,
+    changes: mpsc::UnboundedReceiver<Change>,
+    sample_tx: mpsc::Sender<Arc<Sample>>,
+    samples: mpsc::Receiver<Arc<Sample>>,
     status: StatusBoard,
+    board: RuleBoard,
     config_path: Option<PathBuf>,
-    remediation: Arc<Remediation>,
 }
 
-/// The rule name the host's own alerts (such as `RuleFailing`) carry.
-pub const HOST_RULE: &str = "vigil";
+/// What a stop left undone, also logged.
+#[derive(Debug, Default)]
+pub struct Stopped {
+    /// Per rule, samples that were queued but not evaluated because the
+    /// grace period ran out (only rules that left some).
+    pub abandoned: BTreeMap<Arc<str>, u64>,
+    /// Per sink, events still queued when it was cut off.
+    pub undelivered: Vec<(Arc<str>, usize)>,
+}
 
 impl App {
-    /// Opens the state database in `data_dir` and loads every rule. Any
-    /// failure is returned with the culprit named; nothing is started.
+    /// Opens the state database in `data_dir`, loads every rule and starts
+    /// the stages that hand alert events to `delivery`. Any failure is
+    /// returned with the culprit named; nothing is polled until
+    /// [`App::run`].
     pub async fn build(
         settings: Settings,
         data_dir: &Path,
-        sink: StdoutSink,
+        delivery: Delivery,
     ) -> anyhow::Result<App> {
         std::fs::create_dir_all(data_dir).with_context(|| {
             format!("cannot create the data directory `{}`", data_dir.display())
@@ -72,15 +93,15 @@ impl App {
         // Compiled rules are kept in `<data_dir>/cache`, so a restart loads
         // them in milliseconds instead of compiling them again.
         let runtime = Runtime::new()?.with_compile_cache(CompileCache::new(data_dir.join("cache")));
+        let dispatch = Dispatch::start(settings.actions.clone(), &state)?;
         let specs = settings.rules.clone();
-        let (runtime_for_reloads, state_for_reloads) = (runtime.clone(), state.clone());
-        let remediation = start_remediation(&settings, &state)?;
+        let (loader_runtime, loader_state) = (runtime.clone(), state.clone());
         // Compiling is CPU-heavy (seconds for big components): keep it off
         // the async workers.
         let loaded = tokio::task::spawn_blocking(move || {
             specs
                 .iter()
-                .map(|spec| plugins::load(&runtime, &state, spec))
+                .map(|spec| plugins::load(&loader_runtime, &loader_state, spec))
                 .collect::<Vec<_>>()
         })
         .await?;
@@ -100,20 +121,45 @@ impl App {
                 errors.join("\n")
             );
         }
-        let counters = rules
+
+        let configured: HashSet<&str> = settings
+            .rules
             .iter()
-            .map(|rule| (rule.name.clone(), Arc::default()))
+            .map(|spec| spec.name.as_str())
             .collect();
+        let alerting = Alerting::start(state.clone(), &configured, delivery, now_ms())?;
+        let status = StatusBoard::default();
+        let (change_tx, changes) = mpsc::unbounded_channel();
+        let reloader = reload::spawn(
+            &rules,
+            &settings.rules,
+            settings.rule_dirs.clone(),
+            runtime,
+            state,
+            settings.reload_debounce,
+            status.clone(),
+            change_tx,
+        )?;
+        let board = RuleBoard::default();
+        let (result_tx, results) = mpsc::channel(RESULT_QUEUE);
+        let mut router = Router::new(board.clone(), result_tx);
+        for (rule, spec) in rules.into_iter().zip(&settings.rules) {
+            router.install(rule, spec.failure_policy);
+        }
+        let (sample_tx, samples) = mpsc::channel(SAMPLE_QUEUE);
         Ok(App {
             settings,
-            rules,
-            counters,
-            sink,
-            runtime: runtime_for_reloads,
-            state: state_for_reloads,
-            status: StatusBoard::default(),
+            router,
+            results,
+            alerting,
+            dispatch,
+            reloader,
+            changes,
+            sample_tx,
+            samples,
+            status,
+            board,
             config_path: None,
-            remediation,
         })
     }
 
@@ -131,504 +177,159 @@ impl App {
         self.status.clone()
     }
 
-    /// Each rule's counters (evaluations, failures by kind, quarantines),
-    /// live while the host runs.
-    pub fn counters(&self) -> &[(Arc<str>, Arc<RuleCounters>)] {
-        &self.counters
+    /// Each rule's counters (evaluations, failures by kind, quarantines,
+    /// drops), live while the host runs.
+    pub fn rules(&self) -> RuleBoard {
+        self.board.clone()
+    }
+
+    /// The router's totals, live while the host runs.
+    pub fn router_stats(&self) -> Arc<RouterStats> {
+        self.router.stats()
+    }
+
+    /// A way in for samples besides the configured targets: whatever is
+    /// sent here is routed like a polled sample (an embedding program's own
+    /// source, a test's scripted one).
+    pub fn samples(&self) -> mpsc::Sender<Arc<Sample>> {
+        self.sample_tx.clone()
     }
 
     /// Polls, evaluates and reports until `shutdown` completes, then stops
-    /// the pollers and finishes the samples already taken.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    /// (see [`App::stop`]).
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<Stopped> {
         let App {
             settings,
-            rules,
-            counters,
-            mut sink,
-            runtime,
-            state,
-            status,
+            mut router,
+            mut results,
+            mut alerting,
+            mut dispatch,
+            reloader,
+            mut changes,
+            sample_tx,
+            mut samples,
             config_path,
-            remediation,
+            ..
         } = self;
-        let (outcome_tx, mut outcomes) = mpsc::unbounded_channel::<ActionFeedback>();
-        let actions = Actions {
-            remediation: remediation.clone(),
-            feedback: outcome_tx,
-        };
-        // Breakers whose `RemediationBreakerOpen` alert is firing.
-        let mut open_breakers: HashSet<String> = HashSet::new();
-        let mut breaker_check = tokio::time::interval(std::time::Duration::from_secs(5));
-        let (sample_tx, mut samples) = mpsc::channel::<Arc<Sample>>(SAMPLE_QUEUE);
-        let (result_tx, mut results) = mpsc::unbounded_channel::<WorkerEvent>();
-        let (change_tx, mut changes) = mpsc::unbounded_channel::<Change>();
-        let mut tracker = Tracker::persistent(state.clone())?;
-        // Alerts saved by rules that are no longer configured end now.
-        let configured: HashSet<&str> = settings
-            .rules
-            .iter()
-            .map(|spec| spec.name.as_str())
-            .collect();
-        let unconfigured = |rule: &str, target: &str| {
-            let about = if rule == HOST_RULE { target } else { rule };
-            !configured.contains(about)
-        };
-        for event in tracker.forget(unconfigured, sources::now_ms()) {
-            sink.alert(&event);
-        }
-        let reloader = reload::spawn(
-            &rules,
-            &settings.rules,
-            settings.rule_dirs.clone(),
-            runtime,
-            state,
-            settings.reload_debounce,
-            status,
-            change_tx,
-        )?;
-        let mut counters: HashMap<Arc<str>, Arc<RuleCounters>> = counters.into_iter().collect();
-        let mut spawn_worker = |rule: LoadedRule, policy: FailurePolicy| {
-            let counters = counters.entry(rule.name.clone()).or_default().clone();
-            RuleWorker::spawn(rule, policy, counters, result_tx.clone())
-        };
-        let mut workers: BTreeMap<Arc<str>, RuleWorker> = rules
-            .into_iter()
-            .zip(&settings.rules)
-            .map(|(rule, spec)| (rule.name.clone(), spawn_worker(rule, spec.failure_policy)))
-            .collect();
-        let mut pollers = Pollers::default();
-        pollers.apply(&settings.targets, &sample_tx);
-        let mut config_changes = match &config_path {
-            Some(path) => Some(ConfigWatch::start(path, settings.reload_debounce)?),
-            None => None,
-        };
-        let mut hangups = hangups()?;
+        let mut pollers = Pollers::new(sample_tx);
+        pollers.apply(&settings.targets);
+        let mut config = ConfigWatch::start(config_path.as_deref(), settings.reload_debounce)?;
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
         tracing::info!(
-            targets = settings.targets.len(),
-            rules = workers.len(),
+            targets = pollers.len(),
+            rules = router.rules(),
             "Vigil is running."
         );
 
-        // Rules whose file was removed: their alerts resolve once their
-        // worker has reported its last evaluation.
-        let mut removed: HashSet<Arc<str>> = HashSet::new();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
                 Some(sample) = samples.recv() => {
-                    for worker in workers.values() {
-                        worker.send(sample.clone()).await;
+                    let overloaded = router.route(sample);
+                    if !overloaded.is_empty() {
+                        alerting.rules_overloaded(overloaded, now_ms());
                     }
                 }
                 Some(event) = results.recv() => match event {
-                    WorkerEvent::Evaluated(evaluation) => report(&mut sink, &mut tracker, &evaluation, Some(&actions)),
-                    WorkerEvent::Stopped(rule) => {
-                        if removed.remove(&rule) {
-                            let now = sources::now_ms();
-                            let gone = |r: &str, t: &str| r == &*rule || (r == HOST_RULE && t == &*rule);
-                            for event in tracker.forget(gone, now) {
-                                sink.alert(&event);
-                            }
+                    WorkerEvent::Evaluated(evaluation) => {
+                        dispatch.requested(&evaluation);
+                        alerting.evaluated(evaluation, now_ms());
+                    }
+                    WorkerEvent::Stopped { rule, .. } => {
+                        if router.stopped(&rule) {
+                            alerting.rule_gone(&rule, now_ms());
                         }
                     }
                 },
                 Some(change) = changes.recv() => match change {
-                    Change::Install(rule, policy) => match workers.get(&rule.name) {
-                        Some(worker) => worker.swap(*rule).await,
-                        None => {
-                            removed.remove(&rule.name);
-                            workers.insert(rule.name.clone(), spawn_worker(*rule, policy));
-                        }
-                    },
-                    Change::Remove(rule) => {
-                        if let Some(worker) = workers.remove(&rule) {
-                            removed.insert(rule);
-                            worker.close();
-                        }
-                    }
+                    Change::Install(rule, policy) => router.install(*rule, policy),
+                    Change::Remove(rule) => router.remove(&rule),
                 },
-                Some(feedback) = outcomes.recv() => {
-                    if let Some(worker) = workers.get(&feedback.rule) {
-                        worker.feedback(feedback.target, feedback.outcome).await;
+                Some(feedback) = dispatch.next_outcome() => {
+                    if let Some(trip) = &feedback.breaker_opened {
+                        alerting.breaker_opened(trip, now_ms());
                     }
-                    if let Some(trip) = feedback.breaker_opened {
-                        open_breakers.insert(trip.action.clone());
-                        let alert = breaker_alert(&trip);
-                        for event in tracker.observe(HOST_RULE, &breaker_target(&trip.action), &[alert], sources::now_ms()) {
-                            sink.alert(&event);
-                        }
-                    }
+                    router.feedback(&feedback.rule, feedback.target, feedback.outcome);
                 }
-                _ = breaker_check.tick() => {
-                    let now = sources::now_ms();
-                    let still_open: HashSet<String> = remediation.open_breakers(now).into_iter().map(|trip| trip.action).collect();
-                    for action in open_breakers.iter().filter(|action| !still_open.contains(*action)) {
-                        for event in tracker.observe(HOST_RULE, &breaker_target(action), &[], now) {
-                            sink.alert(&event);
-                        }
-                    }
-                    open_breakers.retain(|action| still_open.contains(action));
-                }
-                Some(forced) = next_config_change(&mut config_changes, &mut hangups) => {
-                    let Some(path) = &config_path else {
-                        tracing::info!("SIGHUP ignored: vigil runs without a config file.");
-                        continue;
-                    };
-                    if let Some(new) = reload_config(path, forced, config_changes.as_mut()) {
-                        pollers.apply(&new.targets, &sample_tx);
-                        reloader.reconcile(new.rules, new.rule_dirs);
-                        remediation.reconfigure(new.actions);
-                    }
+                _ = ticks.tick() => alerting.tick(&router.tick(), &dispatch.open_breakers(), now_ms()),
+                new = config.next() => {
+                    pollers.apply(&new.targets);
+                    reloader.reconcile(new.rules, new.rule_dirs);
+                    dispatch.reconfigure(new.actions);
                 }
             }
         }
 
         tracing::info!("Shutting down.");
         reloader.abort();
-        pollers.stop();
-        // Samples already taken are still evaluated and reported.
-        while let Ok(sample) = samples.try_recv() {
-            for worker in workers.values() {
-                worker.send(sample.clone()).await;
-            }
-        }
-        drop(result_tx);
-        tokio::task::spawn_blocking(move || workers.into_values().for_each(RuleWorker::stop))
-            .await?;
-        while let Some(event) = results.recv().await {
-            if let WorkerEvent::Evaluated(evaluation) = event {
-                // Shutting down: requests made now are not started.
-                report(&mut sink, &mut tracker, &evaluation, None);
-            }
-        }
-        Ok(())
+        drop(pollers);
+        Ok(stop(router, results, alerting, samples, settings.shutdown_grace).await)
     }
 }
 
-/// The polling tasks, one per target, by name.
-#[derive(Default)]
-struct Pollers {
-    running: HashMap<String, (TargetSpec, tokio::task::JoinHandle<()>)>,
-}
-
-impl Pollers {
-    /// Makes the running pollers match `targets`: new targets start, gone
-    /// ones stop, changed ones restart; the others are not touched.
-    fn apply(&mut self, targets: &[TargetSpec], samples: &mpsc::Sender<Arc<Sample>>) {
-        let names: HashSet<&str> = targets.iter().map(|target| target.name.as_str()).collect();
-        self.running.retain(|name, (_, task)| {
-            let keep = names.contains(name.as_str());
-            if !keep {
-                tracing::info!(target = %name, "Target removed; polling stops.");
-                task.abort();
-            }
-            keep
-        });
-        for target in targets {
-            match self.running.get(&target.name) {
-                Some((running, _)) if running == target => continue,
-                Some((_, task)) => {
-                    tracing::info!(target = %target.name, "Target changed; polling restarts.");
-                    task.abort();
-                }
-                None if !self.running.is_empty() => {
-                    tracing::info!(target = %target.name, "Target added; polling starts.")
-                }
-                None => {}
-            }
-            let task = sources::spawn(target, samples.clone());
-            self.running
-                .insert(target.name.clone(), (target.clone(), task));
-        }
+/// Stops the pipeline in bounded time. Samples already taken are offered
+/// to the rules; the rules get `grace` to evaluate what is queued (action
+/// requests made now are not started), then what is left is counted per
+/// rule and logged, not evaluated. The sinks then get `grace` to take what
+/// waits for them.
+async fn stop(
+    mut router: Router,
+    mut results: mpsc::Receiver<WorkerEvent>,
+    mut alerting: Alerting,
+    mut samples: mpsc::Receiver<Arc<Sample>>,
+    grace: Duration,
+) -> Stopped {
+    samples.close();
+    while let Some(sample) = samples.recv().await {
+        router.route(sample);
     }
-
-    fn stop(&self) {
-        for (_, task) in self.running.values() {
-            task.abort();
-        }
-    }
-}
-
-/// Debounced changes to the config file's directory.
-struct ConfigWatch {
-    // Dropping the watcher ends the watch.
-    _watcher: notify::RecommendedWatcher,
-    changes: mpsc::UnboundedReceiver<()>,
-    /// Hash of the config text in force, to ignore events that change nothing.
-    loaded: String,
-}
-
-impl ConfigWatch {
-    fn start(path: &Path, debounce: std::time::Duration) -> anyhow::Result<Self> {
-        use notify::Watcher;
-        let (events_tx, mut events) = mpsc::unbounded_channel::<()>();
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok() {
-                    let _ = events_tx.send(());
-                }
-            })?;
-        let directory = match path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        watcher
-            .watch(&directory, notify::RecursiveMode::NonRecursive)
-            .with_context(|| {
-                format!("cannot watch `{}` for config changes", directory.display())
-            })?;
-        let (changes_tx, changes) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while events.recv().await.is_some() {
-                // Wait for a quiet spell, then report one change.
-                while let Ok(Some(())) = tokio::time::timeout(debounce, events.recv()).await {}
-                if changes_tx.send(()).is_err() {
-                    return;
-                }
-            }
-        });
-        let loaded = std::fs::read(path)
-            .map(|text| plugins::content_hash(&text))
-            .unwrap_or_default();
-        Ok(ConfigWatch {
-            _watcher: watcher,
-            changes,
-            loaded,
-        })
-    }
-}
-
-#[cfg(unix)]
-fn hangups() -> anyhow::Result<tokio::signal::unix::Signal> {
-    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("cannot listen for SIGHUP")
-}
-
-/// The next reason to reload the config: `Some(false)` when its file
-/// changed, `Some(true)` on SIGHUP (reload even if the text is the same).
-async fn next_config_change(
-    watch: &mut Option<ConfigWatch>,
-    hangups: &mut tokio::signal::unix::Signal,
-) -> Option<bool> {
-    let file_changed = async {
-        match watch {
-            Some(watch) => watch.changes.recv().await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        Some(()) = file_changed => Some(false),
-        Some(()) = hangups.recv() => Some(true),
-    }
-}
-
-/// Reads and validates the config again. A broken one is refused with file,
-/// line and reason, and the running config stays.
-fn reload_config(path: &Path, forced: bool, watch: Option<&mut ConfigWatch>) -> Option<Settings> {
-    let text = match std::fs::read(path) {
-        Ok(text) => text,
-        Err(error) => {
-            tracing::error!(path = %path.display(), %error, "Config reload refused: cannot read the file; the running config stays.");
-            return None;
-        }
-    };
-    let hash = plugins::content_hash(&text);
-    if let Some(watch) = watch {
-        if !forced && watch.loaded == hash {
-            return None;
-        }
-        watch.loaded = hash;
-    }
-    match Settings::load(path) {
-        Ok(settings) => {
-            tracing::info!(path = %path.display(), forced, "Config reloaded.");
-            Some(settings)
-        }
-        Err(error) => {
-            tracing::error!(%error, "Config reload refused; the running config stays.");
-            None
-        }
-    }
-}
-
-/// What `report` needs to hand action requests to the remediation gate.
-struct Actions {
-    remediation: Arc<Remediation>,
-    feedback: mpsc::UnboundedSender<ActionFeedback>,
-}
-
-/// The outcome of one request, on its way back to the rule.
-struct ActionFeedback {
-    rule: Arc<str>,
-    target: String,
-    outcome: crate::runtime::ActionOutcome,
-    breaker_opened: Option<BreakerTrip>,
-}
-
-impl Actions {
-    /// Decides, audits and (maybe) runs the request on a task of its own,
-    /// so a slow action never holds up the pipeline, and sends the outcome
-    /// back for the rule's next sample of this target.
-    fn request(&self, rule: &Arc<str>, target: &str, request: &ActionRequest) {
-        let (remediation, feedback) = (self.remediation.clone(), self.feedback.clone());
-        let (rule, target, request) = (rule.clone(), target.to_string(), request.clone());
-        tokio::spawn(async move {
-            match remediation
-                .handle(&rule, &target, &request, sources::now_ms())
-                .await
-            {
-                Ok(handled) => {
-                    tracing::info!(
-                        rule = %rule,
-                        target = %target,
-                        action = %request.action,
-                        audit_id = handled.audit_id,
-                        status = ?handled.outcome.status,
-                        detail = %handled.outcome.detail,
-                        "Action request handled."
-                    );
-                    let outcome = handled
-                        .outcome
-                        .to_action_outcome(&request.action, request.params.clone());
-                    let _ = feedback.send(ActionFeedback {
-                        rule,
-                        target,
-                        outcome,
-                        breaker_opened: handled.breaker_opened,
-                    });
-                }
-                Err(error) => tracing::error!(
-                    rule = %rule,
-                    target = %target,
-                    action = %request.action,
-                    %error,
-                    "Action request not handled: the audit log cannot be written, so nothing ran."
-                ),
-            }
-        });
-    }
-}
-
-fn start_remediation(settings: &Settings, state: &StateDb) -> anyhow::Result<Arc<Remediation>> {
-    let audit = AuditLog::open(state).context("cannot open the audit log")?;
-    let executor =
-        Arc::new(RealExecutor::new().context("cannot build the HTTP client for actions")?);
-    let (remediation, interrupted) =
-        Remediation::start(settings.actions.clone(), audit, executor, sources::now_ms())
-            .context("cannot read the audit log")?;
-    for record in interrupted {
-        tracing::warn!(
-            audit_id = record.id,
-            action = %record.action,
-            target = %record.target,
-            rule = %record.rule,
-            "An action was running when vigil last stopped; it is recorded as interrupted."
-        );
-    }
-    Ok(Arc::new(remediation))
-}
-
-fn breaker_target(action: &str) -> String {
-    format!("action:{action}")
-}
-
-/// `RemediationBreakerOpen` while an action's circuit breaker is open.
-fn breaker_alert(trip: &BreakerTrip) -> Alert {
-    let label = |name: &str, value: String| Label {
-        name: name.into(),
-        value,
-    };
-    Alert {
-        name: "RemediationBreakerOpen".into(),
-        severity: Severity::Critical,
-        summary: format!(
-            "action `{}` is stopped: {:?} within {}; it runs again after the window",
-            trip.action,
-            trip.cause,
-            humantime::format_duration(trip.window)
-        ),
-        labels: vec![label("action", trip.action.clone())],
-        annotations: vec![],
-        for_ms: 0,
-        keep_firing_for_ms: 0,
-    }
-}
-
-fn report(
-    sink: &mut StdoutSink,
-    tracker: &mut Tracker,
-    evaluation: &Evaluation,
-    actions: Option<&Actions>,
-) {
-    sink.evaluation(evaluation);
-    let sample = &evaluation.sample;
-    match &evaluation.result {
-        Ok(verdict) => {
-            for event in tracker.observe(
-                &evaluation.rule,
-                &sample.target,
-                &verdict.alerts,
-                sample.timestamp_ms,
-            ) {
-                sink.alert(&event);
-            }
-            if let Some(actions) = actions {
-                for request in &verdict.actions {
-                    actions.request(&evaluation.rule, &sample.target, request);
-                }
-            }
-        }
-        // A failed call says nothing about the alerts: they stay as they were.
-        Err(CallError::Quarantined(_)) => {}
-        Err(error) => tracing::warn!(
-            rule = %evaluation.rule,
-            target = %sample.target,
-            kind = error.kind(),
-            %error,
-            "Rule evaluation failed; its instance will be rebuilt."
-        ),
-    }
-    // The host's own alert about the rule goes through the same lifecycle:
-    // announced once when the rule is quarantined, resolved once it
-    // evaluates again.
-    let failing: Vec<Alert> = rule_failing(&evaluation.rule, &evaluation.health)
-        .into_iter()
+    let stopping: Vec<Stopping> = router.close();
+    let mut running: HashSet<Arc<str>> = stopping
+        .iter()
+        .map(|worker| worker.name().clone())
         .collect();
-    for event in tracker.observe(HOST_RULE, &evaluation.rule, &failing, sample.timestamp_ms) {
-        sink.alert(&event);
+    let mut stopped = Stopped::default();
+    let deadline = tokio::time::Instant::now() + grace;
+    let mut abandoned = false;
+    while !running.is_empty() {
+        let event = if abandoned {
+            results.recv().await
+        } else {
+            tokio::select! {
+                event = results.recv() => event,
+                () = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(rules = running.len(), grace = %humantime::format_duration(grace), "Shutdown grace ran out; rules stop evaluating what is queued.");
+                    for worker in stopping.iter().filter(|worker| running.contains(worker.name())) {
+                        worker.abandon();
+                    }
+                    abandoned = true;
+                    continue;
+                }
+            }
+        };
+        match event {
+            Some(WorkerEvent::Evaluated(evaluation)) => alerting.evaluated(evaluation, now_ms()),
+            Some(WorkerEvent::Stopped { rule, abandoned }) => {
+                running.remove(&rule);
+                if abandoned > 0 {
+                    tracing::warn!(rule = %rule, abandoned, "Samples queued for this rule were not evaluated at shutdown.");
+                    stopped.abandoned.insert(rule, abandoned);
+                }
+            }
+            None => break,
+        }
     }
-}
-
-/// `RuleFailing` while a rule is quarantined.
-fn rule_failing(rule: &str, health: &RuleHealth) -> Option<Alert> {
-    let RuleHealth::Quarantined {
-        consecutive,
-        last_error,
-        retry_in,
-    } = health
-    else {
-        return None;
-    };
-    let label = |name: &str, value: String| Label {
-        name: name.into(),
-        value,
-    };
-    Some(Alert {
-        name: "RuleFailing".into(),
-        severity: Severity::Critical,
-        summary: format!(
-            "rule `{rule}` failed {consecutive} times in a row and is quarantined; last error: {last_error}"
-        ),
-        labels: vec![label("rule", rule.into())],
-        annotations: vec![label(
-            "next_try_in",
-            humantime::format_duration(std::time::Duration::from_secs(retry_in.as_secs()))
-                .to_string(),
-        )],
-        for_ms: 0,
-        keep_firing_for_ms: 0,
-    })
+    // Every thread has reported `Stopped`: joining waits for nothing more.
+    let _ =
+        tokio::task::spawn_blocking(move || stopping.into_iter().for_each(Stopping::join)).await;
+    stopped.undelivered = alerting.into_delivery().close(grace).await;
+    tracing::info!(
+        abandoned = stopped.abandoned.values().sum::<u64>(),
+        undelivered = stopped.undelivered.iter().map(|(_, n)| n).sum::<usize>(),
+        "Stopped."
+    );
+    stopped
 }
 
 /// Where durable state goes when neither `--data-dir` nor the config says:

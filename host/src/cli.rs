@@ -12,7 +12,7 @@ use tracing_subscriber::EnvFilter;
 use crate::app::{self, App};
 use crate::config::Settings;
 use crate::scaffold::{self, Lang, RuleName};
-use crate::sinks::{Format, StdoutSink};
+use crate::sinks::{Delivery, Format, SinkOptions, StdoutSink};
 
 /// Vigil: a monitoring host that runs your rules as sandboxed WebAssembly.
 #[derive(Debug, Parser)]
@@ -121,10 +121,24 @@ struct RunArgs {
     /// How evaluations and alerts are printed on stdout.
     #[arg(long, value_enum, default_value_t)]
     format: Format,
+    /// Whether a line per evaluation (rule and sample) is printed besides
+    /// the alert events [default: show without --config, hide with one: a
+    /// host watching many targets would print thousands a second].
+    #[arg(long, value_enum)]
+    evaluations: Option<Evaluations>,
     /// Where durable state lives [default: config's data_dir, else
     /// $XDG_STATE_HOME/vigil or ~/.local/state/vigil].
     #[arg(long)]
     data_dir: Option<PathBuf>,
+}
+
+/// Whether evaluation lines are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Evaluations {
+    /// A line per evaluation.
+    Show,
+    /// Alert events only.
+    Hide,
 }
 
 /// Runs the command line and turns the outcome into an exit code.
@@ -179,12 +193,23 @@ fn run_monitor(args: RunArgs) -> anyhow::Result<()> {
         .or_else(|| settings.data_dir.clone())
         .unwrap_or_else(app::default_data_dir);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let evaluations = match args.evaluations {
+        Some(choice) => choice == Evaluations::Show,
+        None => args.config.is_none(),
+    };
     runtime.block_on(async {
-        let mut app = App::build(settings, &data_dir, StdoutSink::new(args.format)).await?;
+        let mut delivery = Delivery::new();
+        let console = SinkOptions {
+            evaluations,
+            ..SinkOptions::default()
+        };
+        delivery.add("stdout", StdoutSink::new(args.format), console);
+        let mut app = App::build(settings, &data_dir, delivery).await?;
         if let Some(path) = args.config {
             app = app.watch_config(path);
         }
-        app.run(shutdown_signal()).await
+        app.run(shutdown_signal()).await?;
+        Ok(())
     })
 }
 
@@ -267,8 +292,7 @@ fn audit(args: AuditArgs) -> anyhow::Result<()> {
     })?;
     let log = AuditLog::open(&state)?;
     let since_ms = args.since.map(|since| {
-        crate::sources::now_ms()
-            .saturating_sub(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+        crate::clock::now_ms().saturating_sub(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
     });
     let records = log.list(&AuditQuery {
         action: args.action,

@@ -190,7 +190,7 @@ impl Vigil {
             .arg("run")
             .arg("--config")
             .arg(&config_path)
-            .args(["--format", "json"])
+            .args(["--format", "json", "--evaluations", "show"])
             .arg("--data-dir")
             .arg(data_dir);
         Self::spawn(command, dir)

@@ -49,6 +49,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod dispatch;
 pub mod exec;
 pub mod gate;
 

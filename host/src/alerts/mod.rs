@@ -2,13 +2,19 @@
 //! events, each announced exactly once.
 //!
 //! [`lifecycle`] holds the pure state machine; [`Tracker`] keeps one group
-//! of alerts per (rule, target) and feeds it.
+//! of alerts per (rule, target) and feeds it; [`host`] is what Vigil says
+//! about itself; [`Alerting`] is the pipeline stage that ties them to the
+//! sinks.
 
+pub mod host;
 pub mod lifecycle;
+mod stage;
 
 use std::collections::HashMap;
 
+pub use host::{HOST_RULE, HOST_TARGET, HostAlerts};
 pub use lifecycle::{AlertEvent, Fingerprint, Severity, State, Status, TrackedAlert};
+pub use stage::Alerting;
 
 use crate::runtime::Alert;
 use crate::state::{StateDb, StateError};
@@ -106,6 +112,14 @@ impl Tracker {
             self.save(key);
         }
         events
+    }
+
+    /// The alerts tracked for (`rule`, `target`), pending and firing.
+    pub fn group(&self, rule: &str, target: &str) -> impl Iterator<Item = &TrackedAlert> {
+        self.groups
+            .get(&(rule.to_string(), target.to_string()))
+            .into_iter()
+            .flat_map(|group| group.alerts())
     }
 
     /// Alerts currently firing, in no particular order.

@@ -15,7 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use subscription::Subscription;
-pub use worker::{Evaluation, FailurePolicy, RuleCounters, RuleHealth, RuleWorker, WorkerEvent};
+pub use worker::{
+    Evaluation, FailurePolicy, QUEUE, Refused, RuleBoard, RuleCounters, RuleHealth, RuleWorker,
+    Stopping, WorkerEvent,
+};
 
 use crate::config::{RuleSource, RuleSpec};
 use crate::runtime::{LoadError, RuleInfo, RuleInstance, Runtime};

@@ -1,12 +1,10 @@
 //! Hot reload: watch rule files, load a changed one on the side, and hand
 //! the app a ready-to-run new version, or the reason it was refused.
 //!
-//! The watch is on each rule file's directory, not the file: editors and
-//! deploy tools replace files (write-then-rename, delete-then-create, a
-//! symlink flipped to a new version directory as Kubernetes does with
-//! ConfigMaps), and a watch on the old inode would miss all of them. Events
-//! are debounced: after the last event in a burst and a quiet period, every
-//! rule in an affected directory is re-read and hashed. An unchanged hash is
+//! The watch is on each rule file's directory, not the file (see
+//! [`crate::watch`]). Events are debounced: after the last event in a burst
+//! and a quiet period, every rule in an affected directory is re-read and
+//! hashed. An unchanged hash is
 //! a no-op. A changed one is compiled and configured off the evaluation path;
 //! only a version that got that far is offered for the swap. A file that is
 //! gone unloads its rule.
@@ -19,14 +17,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use super::{FailurePolicy, LoadedRule, content_hash};
+use crate::clock::now_ms;
 use crate::config::{RuleDir, RuleSource, RuleSpec};
 use crate::runtime::Runtime;
-use crate::sources::now_ms;
 use crate::state::StateDb;
+use crate::watch::{DebouncedWatch, folder_of};
 
 /// What the reloader asks the app to do.
 pub enum Change {
@@ -154,21 +152,11 @@ pub fn spawn(
             }
         })
         .collect();
-    let (events_tx, events) = mpsc::unbounded_channel::<PathBuf>();
-    let watcher =
-        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-            Ok(event) => {
-                for path in event.paths {
-                    let _ = events_tx.send(path);
-                }
-            }
-            Err(error) => tracing::warn!(%error, "File watch error."),
-        })?;
+    let watch = DebouncedWatch::new(debounce)?;
     let mut reloader = Reloader {
         watched,
         dirs,
-        watcher,
-        watching: HashSet::new(),
+        watch,
         debounce,
         runtime,
         state,
@@ -177,7 +165,7 @@ pub fn spawn(
     };
     reloader.watch_directories()?;
     let (commands, command_rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(reloader.run(events, command_rx));
+    let task = tokio::spawn(reloader.run(command_rx));
     Ok(ReloaderHandle { commands, task })
 }
 
@@ -195,13 +183,6 @@ async fn settle(path: &Path, debounce: Duration) {
             Some(age) if age < debounce => tokio::time::sleep(debounce - age).await,
             _ => return,
         }
-    }
-}
-
-fn directory_of(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-        _ => PathBuf::from("."),
     }
 }
 
@@ -226,33 +207,12 @@ fn same_rule(a: &RuleSpec, b: &RuleSpec) -> bool {
         && a.failure_policy == b.failure_policy
 }
 
-/// Collects events until `debounce` passes without one.
-async fn debounced(
-    first: PathBuf,
-    events: &mut mpsc::UnboundedReceiver<PathBuf>,
-    debounce: Duration,
-) -> HashSet<PathBuf> {
-    let mut touched = HashSet::from([first]);
-    let quiet = tokio::time::sleep(debounce);
-    tokio::pin!(quiet);
-    loop {
-        tokio::select! {
-            Some(path) = events.recv() => {
-                touched.insert(path);
-                quiet.as_mut().reset(tokio::time::Instant::now() + debounce);
-            }
-            () = &mut quiet => return touched,
-        }
-    }
-}
-
 struct Reloader {
     watched: Vec<Watched>,
     /// Folders whose new `.wasm` files become rules.
     dirs: Vec<RuleDir>,
-    // Dropping the watcher ends the watch: it lives as long as the task.
-    watcher: notify::RecommendedWatcher,
-    watching: HashSet<PathBuf>,
+    // Dropping the watch ends it: it lives as long as the task.
+    watch: DebouncedWatch,
     debounce: Duration,
     runtime: Runtime,
     state: StateDb,
@@ -264,17 +224,10 @@ struct Reloader {
 struct Closed;
 
 impl Reloader {
-    async fn run(
-        mut self,
-        mut events: mpsc::UnboundedReceiver<PathBuf>,
-        mut commands: mpsc::UnboundedReceiver<Command>,
-    ) {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         loop {
             let result = tokio::select! {
-                Some(first) = events.recv() => {
-                    let touched = debounced(first, &mut events, self.debounce).await;
-                    self.files_changed(&touched).await
-                }
+                touched = self.watch.next() => self.files_changed(&touched).await,
                 Some(Command::Reconcile(specs, dirs)) = commands.recv() => {
                     self.dirs = dirs;
                     self.reconcile(specs).await
@@ -294,23 +247,14 @@ impl Reloader {
             .watched
             .iter()
             .filter_map(|rule| rule.path())
-            .map(directory_of);
+            .map(folder_of);
         let directories: Vec<PathBuf> = files
             .chain(self.dirs.iter().map(|dir| dir.dir.clone()))
             .collect();
         for directory in directories {
-            if self.watching.contains(&directory) {
-                continue;
-            }
-            self.watcher
-                .watch(&directory, RecursiveMode::NonRecursive)
-                .map_err(|error| {
-                    anyhow::anyhow!(
-                        "cannot watch `{}` for rule changes: {error}",
-                        directory.display()
-                    )
-                })?;
-            self.watching.insert(directory);
+            self.watch
+                .watch(&directory)
+                .map_err(|error| anyhow::anyhow!("rule changes cannot be followed: {error}"))?;
         }
         Ok(())
     }
@@ -321,7 +265,7 @@ impl Reloader {
                 let Some(path) = self.watched[i].path() else {
                     return false;
                 };
-                let directory = directory_of(path);
+                let directory = folder_of(path);
                 touched
                     .iter()
                     .any(|path| path == &directory || path.parent() == Some(directory.as_path()))

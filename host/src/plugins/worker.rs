@@ -4,16 +4,23 @@
 //! Rules are called synchronously (a wasm call is a few microseconds), so each
 //! rule gets a plain thread rather than a slot on the async runtime: a rule
 //! that burns its whole deadline delays only its own queue, never the poll
-//! loop or another rule.
+//! loop or another rule. Nobody waits on that queue either: offering a
+//! sample ([`RuleWorker::offer`]) fails at once when it is full, and the
+//! router drops the sample for this rule only and counts it.
+//!
+//! Samples come through a bounded queue; new versions and action outcomes
+//! through a side channel the thread reads before each sample, so neither
+//! ever waits behind (or blocks on) a full sample queue.
 //!
 //! After `quarantine_after` failures in a row the rule is quarantined: the
 //! samples that arrive meanwhile are not evaluated (each is reported as
 //! skipped), and after a backoff that doubles on every new quarantine (up to
 //! a maximum) the next sample tries the rule again. One success ends it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc as side;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -22,8 +29,12 @@ use tokio::sync::mpsc;
 use super::{LoadedRule, Subscription};
 use crate::runtime::{ActionOutcome, CallError, RuleInstance, Sample, Verdict};
 
-/// Samples waiting for one rule before senders wait.
-const QUEUE: usize = 1024;
+/// Samples waiting for one rule; more are dropped for this rule.
+pub const QUEUE: usize = 1024;
+/// Action outcomes waiting to be handed to one rule; more are dropped.
+const MAX_PENDING_FEEDBACK: usize = 1024;
+/// Outcomes kept for one target until its next sample (the newest).
+const MAX_FEEDBACK_PER_TARGET: usize = 32;
 
 /// When a failing rule is set aside, and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +102,13 @@ pub enum WorkerEvent {
     Evaluated(Evaluation),
     /// The worker finished its queue and stopped; nothing more will come
     /// from it.
-    Stopped(Arc<str>),
+    Stopped {
+        /// The rule.
+        rule: Arc<str>,
+        /// Samples that were queued but not evaluated because the host
+        /// was shutting down and the grace period ran out.
+        abandoned: u64,
+    },
 }
 
 /// Per-rule counters, readable while the rule runs.
@@ -111,6 +128,12 @@ pub struct RuleCounters {
     pub quarantines: AtomicU64,
     /// Samples not evaluated because the rule was quarantined.
     pub skipped: AtomicU64,
+    /// Samples dropped for this rule because its queue was full.
+    pub dropped: AtomicU64,
+    /// Samples queued but not evaluated at shutdown.
+    pub abandoned: AtomicU64,
+    /// Action outcomes dropped because too many were waiting.
+    pub feedback_dropped: AtomicU64,
 }
 
 impl RuleCounters {
@@ -132,33 +155,79 @@ impl RuleCounters {
     }
 }
 
-/// A rule's worker thread and the queue that feeds it.
+/// Every rule's counters by name, shared between the workers and readers
+/// (the API, tests). A rule keeps its counters across reloads.
+#[derive(Debug, Clone, Default)]
+pub struct RuleBoard(
+    Arc<std::sync::Mutex<std::collections::BTreeMap<Arc<str>, Arc<RuleCounters>>>>,
+);
+
+impl RuleBoard {
+    /// The counters of `rule`, created on first use.
+    pub fn counters(&self, rule: &Arc<str>) -> Arc<RuleCounters> {
+        let mut board = self.0.lock().expect("rule board lock");
+        board.entry(rule.clone()).or_default().clone()
+    }
+
+    /// The counters of `rule`, if it ever ran.
+    pub fn get(&self, rule: &str) -> Option<Arc<RuleCounters>> {
+        self.0.lock().expect("rule board lock").get(rule).cloned()
+    }
+
+    /// Every rule's counters, by name.
+    pub fn snapshot(&self) -> Vec<(Arc<str>, Arc<RuleCounters>)> {
+        let board = self.0.lock().expect("rule board lock");
+        board
+            .iter()
+            .map(|(name, counters)| (name.clone(), counters.clone()))
+            .collect()
+    }
+}
+
+/// A rule's worker thread and the queues that feed it.
 pub struct RuleWorker {
     name: Arc<str>,
-    queue: mpsc::Sender<Job>,
+    samples: mpsc::Sender<Arc<Sample>>,
+    control: side::Sender<Control>,
+    /// Outcomes sent but not yet taken by the thread.
+    pending_feedback: Arc<AtomicUsize>,
+    counters: Arc<RuleCounters>,
+    abandon: Arc<AtomicBool>,
     thread: JoinHandle<()>,
 }
 
-/// What a worker is sent. Samples and swaps share one queue, so a swap
-/// lands between two samples: each sample is evaluated exactly once, by the
-/// version before the swap or the one after.
-enum Job {
-    Sample(Arc<Sample>),
+/// Why a sample was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The rule's queue is full: it is not keeping up.
+    Full,
+    /// The worker has stopped.
+    Closed,
+}
+
+/// What a worker is told besides samples. The thread applies these before
+/// its next sample, so each sample is evaluated exactly once, by the version
+/// before a swap or the one after.
+enum Control {
     Swap(Box<LoadedRule>),
     /// The outcome of an action this rule requested for a target.
     Feedback(String, ActionOutcome),
 }
 
 impl RuleWorker {
-    /// Starts a thread that evaluates every sample it is sent and reports
-    /// each outcome on `results`.
+    /// Starts a thread that evaluates every sample it is offered and reports
+    /// each outcome on `results`, waiting when `results` is full (which
+    /// only ever slows this rule).
     pub fn spawn(
         rule: LoadedRule,
         policy: FailurePolicy,
         counters: Arc<RuleCounters>,
-        results: mpsc::UnboundedSender<WorkerEvent>,
+        results: mpsc::Sender<WorkerEvent>,
     ) -> Self {
-        let (queue, mut jobs) = mpsc::channel::<Job>(QUEUE);
+        let (samples, mut queue) = mpsc::channel::<Arc<Sample>>(QUEUE);
+        let (control, orders) = side::channel::<Control>();
+        let pending_feedback = Arc::new(AtomicUsize::new(0));
+        let abandon = Arc::new(AtomicBool::new(false));
         let name = rule.name.clone();
         let mut worker = Worker {
             name: rule.name,
@@ -167,81 +236,132 @@ impl RuleWorker {
             subscription: rule.subscription,
             instance: rule.instance,
             policy,
-            counters,
+            counters: counters.clone(),
             consecutive: 0,
             backoff: policy.initial_backoff,
             quarantined_until: None,
             last_error: None,
         };
+        let (pending, stop) = (pending_feedback.clone(), abandon.clone());
         let thread = std::thread::Builder::new()
             .name(format!("rule-{name}"))
             .spawn(move || {
-                while let Some(job) = jobs.blocking_recv() {
-                    match job {
-                        Job::Sample(sample) => {
-                            let evaluation = worker.evaluate(&sample);
-                            if results.send(WorkerEvent::Evaluated(evaluation)).is_err() {
-                                return;
-                            }
-                        }
-                        Job::Swap(rule) => worker.swap(*rule),
-                        Job::Feedback(target, outcome) => {
-                            worker.feedback.entry(target).or_default().push(outcome);
-                        }
+                let mut abandoned = 0;
+                while let Some(sample) = queue.blocking_recv() {
+                    worker.take_orders(&orders, &pending);
+                    if stop.load(Ordering::Relaxed) {
+                        abandoned += 1;
+                        continue;
+                    }
+                    let evaluation = worker.evaluate(&sample);
+                    if results
+                        .blocking_send(WorkerEvent::Evaluated(evaluation))
+                        .is_err()
+                    {
+                        return;
                     }
                 }
-                let _ = results.send(WorkerEvent::Stopped(worker.name.clone()));
+                worker
+                    .counters
+                    .abandoned
+                    .fetch_add(abandoned, Ordering::Relaxed);
+                let rule = worker.name.clone();
+                let _ = results.blocking_send(WorkerEvent::Stopped { rule, abandoned });
             })
             .expect("spawning a rule thread");
         RuleWorker {
             name,
-            queue,
+            samples,
+            control,
+            pending_feedback,
+            counters,
+            abandon,
             thread,
         }
     }
 
     /// The rule's name.
-    pub fn name(&self) -> &str {
+    pub fn name(&self) -> &Arc<str> {
         &self.name
     }
 
-    /// Queues a sample, waiting while the rule's queue is full.
-    pub async fn send(&self, sample: Arc<Sample>) {
-        if self.queue.send(Job::Sample(sample)).await.is_err() {
-            tracing::error!(rule = %self.name, "Rule worker stopped; sample not evaluated.");
-        }
+    /// The rule's counters.
+    pub fn counters(&self) -> &Arc<RuleCounters> {
+        &self.counters
+    }
+
+    /// Queues a sample if there is room, never waiting.
+    pub fn offer(&self, sample: Arc<Sample>) -> Result<(), Refused> {
+        self.samples.try_send(sample).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => Refused::Full,
+            mpsc::error::TrySendError::Closed(_) => Refused::Closed,
+        })
     }
 
     /// Hands the rule the outcome of an action it requested, with its next
-    /// sample of `target`.
-    pub async fn feedback(&self, target: String, outcome: ActionOutcome) {
+    /// sample of `target`. Past [`MAX_PENDING_FEEDBACK`] waiting outcomes
+    /// (a rule asking faster than it evaluates) the outcome is dropped and
+    /// counted.
+    pub fn feedback(&self, target: String, outcome: ActionOutcome) {
+        if self.pending_feedback.fetch_add(1, Ordering::Relaxed) >= MAX_PENDING_FEEDBACK {
+            self.pending_feedback.fetch_sub(1, Ordering::Relaxed);
+            self.counters
+                .feedback_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         if self
-            .queue
-            .send(Job::Feedback(target, outcome))
-            .await
+            .control
+            .send(Control::Feedback(target, outcome))
             .is_err()
         {
             tracing::warn!(rule = %self.name, "Rule worker stopped; action feedback dropped.");
         }
     }
 
-    /// Queues a new version of the rule; it takes over after the samples
-    /// already queued. A version not newer than the running one is ignored.
-    pub async fn swap(&self, rule: LoadedRule) {
-        if self.queue.send(Job::Swap(Box::new(rule))).await.is_err() {
+    /// Hands over a new version of the rule; it takes over before the next
+    /// sample. A version not newer than the running one is ignored.
+    pub fn swap(&self, rule: LoadedRule) {
+        if self.control.send(Control::Swap(Box::new(rule))).is_err() {
             tracing::error!(rule = %self.name, "Rule worker stopped; new version not installed.");
         }
     }
 
-    /// Closes the queue; the thread finishes the samples already queued,
-    /// reports [`WorkerEvent::Stopped`] and ends, without anyone waiting.
-    pub fn close(self) {
-        drop(self.queue);
+    /// Closes the queues: the thread evaluates the samples already queued,
+    /// reports [`WorkerEvent::Stopped`] and ends. The returned handle can
+    /// cut that short ([`Stopping::abandon`]) and wait for the thread.
+    pub fn close(self) -> Stopping {
+        Stopping {
+            name: self.name,
+            abandon: self.abandon,
+            thread: self.thread,
+        }
+    }
+}
+
+/// A worker whose queue is closed, finishing what was queued.
+pub struct Stopping {
+    name: Arc<str>,
+    abandon: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl Stopping {
+    /// The rule's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
     }
 
-    /// Closes the queue and waits for the samples already queued.
-    pub fn stop(self) {
-        drop(self.queue);
+    /// Stops evaluating: samples still queued are counted as abandoned,
+    /// not evaluated. A call in progress finishes first (it is bounded by
+    /// the rule's deadline).
+    pub fn abandon(&self) {
+        self.abandon.store(true, Ordering::Relaxed);
+    }
+
+    /// Waits for the thread to end (call after its `Stopped` event, or
+    /// after [`Stopping::abandon`], or it may wait for the whole queue).
+    pub fn join(self) {
         if self.thread.join().is_err() {
             tracing::error!(rule = %self.name, "Rule worker panicked.");
         }
@@ -252,7 +372,7 @@ impl RuleWorker {
 struct Worker {
     name: Arc<str>,
     /// Action outcomes waiting for the next sample of their target.
-    feedback: HashMap<String, Vec<ActionOutcome>>,
+    feedback: HashMap<String, VecDeque<ActionOutcome>>,
     version: u64,
     subscription: Subscription,
     instance: RuleInstance,
@@ -266,6 +386,26 @@ struct Worker {
 }
 
 impl Worker {
+    /// Applies the swaps and outcomes sent since the last sample.
+    fn take_orders(&mut self, orders: &side::Receiver<Control>, pending: &AtomicUsize) {
+        while let Ok(order) = orders.try_recv() {
+            match order {
+                Control::Swap(rule) => self.swap(*rule),
+                Control::Feedback(target, outcome) => {
+                    pending.fetch_sub(1, Ordering::Relaxed);
+                    let waiting = self.feedback.entry(target).or_default();
+                    if waiting.len() == MAX_FEEDBACK_PER_TARGET {
+                        waiting.pop_front();
+                        self.counters
+                            .feedback_dropped
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    waiting.push_back(outcome);
+                }
+            }
+        }
+    }
+
     /// Installs a newer version. It starts with a clean failure record: the
     /// fix an operator just deployed deserves a try right away.
     fn swap(&mut self, rule: LoadedRule) {
@@ -382,18 +522,13 @@ mod tests {
             max_backoff: Duration::from_secs(60),
         };
         let counters = Arc::new(RuleCounters::default());
-        let (results, mut evaluations) = mpsc::unbounded_channel();
+        let (results, mut evaluations) = mpsc::channel(16);
         let worker = RuleWorker::spawn(rule, policy, counters.clone(), results);
-        let runtime_tokio = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
         let sample = Arc::new(crate::sources::make_sample("t", &[], Ok(vec![]), 1));
-        runtime_tokio.block_on(async {
-            for _ in 0..4 {
-                worker.send(sample.clone()).await;
-            }
-        });
-        worker.stop();
+        for _ in 0..4 {
+            worker.offer(sample.clone()).unwrap();
+        }
+        worker.close().join();
         let mut healths = Vec::new();
         while let Ok(event) = evaluations.try_recv() {
             if let WorkerEvent::Evaluated(evaluation) = event {

@@ -1,11 +1,13 @@
 //! The console sink: one line per evaluation and per alert event, readable
 //! text by default or JSON lines for machines (`--format json`).
 
-use std::io::Write;
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use super::{Sink, SinkError};
 use crate::alerts::{AlertEvent, Status};
 use crate::plugins::Evaluation;
 use crate::runtime::{Health, Label, Metric};
@@ -23,49 +25,57 @@ pub enum Format {
 /// Metrics shown on an evaluation's text line before "+N more".
 const SHOWN_METRICS: usize = 8;
 
-/// Writes events to stdout (or any writer, for tests).
+/// Writes a line per alert event, and per evaluation when attached with
+/// evaluations on, to stdout (or any async writer, for tests).
+///
+/// The writes are asynchronous (tokio's stdout hands them to a blocking
+/// thread), so a stdout pipe whose reader stalls holds up this sink's task
+/// only.
 pub struct StdoutSink {
     format: Format,
-    out: Box<dyn Write + Send>,
+    out: Box<dyn AsyncWrite + Send + Unpin>,
 }
 
 impl StdoutSink {
     /// A sink writing to the process's stdout.
     pub fn new(format: Format) -> Self {
-        Self::to_writer(format, Box::new(std::io::stdout()))
+        Self::to_writer(format, Box::new(tokio::io::stdout()))
     }
 
     /// A sink writing to `out`.
-    pub fn to_writer(format: Format, out: Box<dyn Write + Send>) -> Self {
+    pub fn to_writer(format: Format, out: Box<dyn AsyncWrite + Send + Unpin>) -> Self {
         StdoutSink { format, out }
     }
 
-    /// Reports one evaluation: what the rule saw and what it said.
-    pub fn evaluation(&mut self, evaluation: &Evaluation) {
+    async fn write(&mut self, line: String) -> Result<(), SinkError> {
+        let mut bytes = line.into_bytes();
+        bytes.push(b'\n');
+        // stdout closed (a pipe whose reader left) is not a reason to stop
+        // monitoring: the sink reports the error and the log has the events.
+        self.out
+            .write_all(&bytes)
+            .await
+            .and(self.out.flush().await)
+            .map_err(|error| SinkError(format!("cannot write to stdout: {error}")))
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for StdoutSink {
+    async fn alert(&mut self, event: &AlertEvent) -> Result<(), SinkError> {
+        let line = match self.format {
+            Format::Text => alert_text(event),
+            Format::Json => alert_json(event).to_string(),
+        };
+        self.write(line).await
+    }
+
+    async fn evaluation(&mut self, evaluation: &Arc<Evaluation>) -> Result<(), SinkError> {
         let line = match self.format {
             Format::Text => evaluation_text(evaluation),
             Format::Json => evaluation_json(evaluation).to_string(),
         };
-        self.write(&line);
-    }
-
-    /// Announces an alert that started firing or resolved.
-    pub fn alert(&mut self, event: &AlertEvent) {
-        let line = match self.format {
-            Format::Text => alert_text(event),
-            Format::Json => {
-                serde_json::to_string(&alert_json(event)).expect("JSON values serialise")
-            }
-        };
-        self.write(&line);
-    }
-
-    fn write(&mut self, line: &str) {
-        // stdout closed (a pipe whose reader left) is not a reason to stop
-        // monitoring; the log still has the events.
-        if let Err(error) = writeln!(self.out, "{line}").and_then(|()| self.out.flush()) {
-            tracing::warn!(%error, "Cannot write to stdout.");
-        }
+        self.write(line).await
     }
 }
 

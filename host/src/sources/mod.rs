@@ -7,16 +7,18 @@
 
 mod http_json;
 mod local;
+mod pollers;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 
 pub use http_json::{HttpJsonSource, flatten};
 pub use local::LocalSource;
+pub use pollers::Pollers;
 
 use crate::config::{TargetKind, TargetSpec};
 use crate::runtime::{Health, Label, Metric, Sample};
@@ -65,7 +67,7 @@ async fn run<S: Source>(target: TargetSpec, mut source: S, samples: mpsc::Sender
         if let Err(reason) = &result {
             tracing::warn!(target = %target.name, reason, "Target is down.");
         }
-        let sample = make_sample(&target.name, &labels, result, now_ms());
+        let sample = make_sample(&target.name, &labels, result, crate::clock::now_ms());
         if samples.send(Arc::new(sample)).await.is_err() {
             return;
         }
@@ -91,15 +93,6 @@ pub fn make_sample(
         labels: labels.to_vec(),
         recent_actions: Vec::new(),
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
-        })
 }
 
 fn describe(duration: Duration) -> String {

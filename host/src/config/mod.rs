@@ -5,6 +5,7 @@
 //!
 //! ```toml
 //! data_dir = "/var/lib/vigil"          # optional
+//! shutdown_grace = "5s"                # optional: how long a stop may take
 //!
 //! [[targets]]
 //! name = "web-01"
@@ -29,6 +30,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+mod watch;
+
+pub use watch::ConfigWatch;
+
 use crate::actions::{ActionSpec, Mode, parse_actions};
 use crate::plugins::{FailurePolicy, builtin};
 use crate::runtime::Limits;
@@ -42,6 +47,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// enough for a swap within 100 ms (BENCHMARKS.md); slow copies are caught
 /// by waiting for the file's modification time to settle as well.
 pub const DEFAULT_RELOAD_DEBOUNCE: Duration = Duration::from_millis(20);
+/// How long shutdown waits for rules to evaluate what is queued and for
+/// sinks to take what is waiting, when the config does not say.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Largest status body accepted when a target does not set a limit.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
@@ -60,6 +68,9 @@ pub struct Settings {
     pub rule_dirs: Vec<RuleDir>,
     /// Remediation the operator declared, by name. Rules can only ask.
     pub actions: BTreeMap<String, ActionSpec>,
+    /// At shutdown, how long rules may go on evaluating what is queued, and
+    /// sinks delivering what waits, before the rest is counted and dropped.
+    pub shutdown_grace: Duration,
 }
 
 /// A folder of rules: every `*.wasm` file in it is a rule named after the
@@ -185,6 +196,7 @@ impl Settings {
             reload_debounce: DEFAULT_RELOAD_DEBOUNCE,
             rule_dirs: Vec::new(),
             actions: BTreeMap::new(),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
 
@@ -303,6 +315,7 @@ impl Settings {
                 .map_or(DEFAULT_RELOAD_DEBOUNCE, |d| d.0),
             rule_dirs,
             actions,
+            shutdown_grace: file.shutdown_grace.map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0),
         })
     }
 }
@@ -329,6 +342,7 @@ struct ConfigFile {
     remediation_mode: Option<Mode>,
     actions: Option<Spanned<toml::Table>>,
     reload_debounce: Option<ConfigDuration>,
+    shutdown_grace: Option<ConfigDuration>,
     #[serde(default)]
     targets: Vec<Spanned<TargetConfig>>,
     #[serde(default)]

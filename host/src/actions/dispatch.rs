@@ -1,0 +1,131 @@
+//! Dispatch: the pipeline's side of remediation. Takes the actions a verdict
+//! asks for, hands each to [`Remediation::handle`] on a task of its own (a
+//! run can take its whole timeout; the pipeline never waits for it), and
+//! brings the outcome back so it reaches the rule with its next sample of
+//! that target.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+
+use super::{ActionSpec, AuditLog, BreakerTrip, RealExecutor, Remediation};
+use crate::clock::now_ms;
+use crate::plugins::Evaluation;
+use crate::runtime::ActionOutcome;
+use crate::state::StateDb;
+
+/// Outcomes on their way back before the tasks that report them wait.
+const OUTCOMES: usize = 1024;
+
+/// The outcome of one request, on its way back to the rule.
+#[derive(Debug)]
+pub struct Feedback {
+    /// The rule that asked.
+    pub rule: Arc<str>,
+    /// The target it asked about.
+    pub target: String,
+    /// What became of the request.
+    pub outcome: ActionOutcome,
+    /// The breaker this run opened, if it did.
+    pub breaker_opened: Option<BreakerTrip>,
+}
+
+/// Hands action requests to the remediation gate and collects outcomes.
+pub struct Dispatch {
+    remediation: Arc<Remediation>,
+    feedback: mpsc::Sender<Feedback>,
+    outcomes: mpsc::Receiver<Feedback>,
+}
+
+impl Dispatch {
+    /// Opens the audit log in `state` and starts remediation with the
+    /// declared `actions`. Runs a previous process left unfinished are
+    /// marked interrupted and logged.
+    pub fn start(actions: BTreeMap<String, ActionSpec>, state: &StateDb) -> anyhow::Result<Self> {
+        let audit = AuditLog::open(state).context("cannot open the audit log")?;
+        let executor =
+            Arc::new(RealExecutor::new().context("cannot build the HTTP client for actions")?);
+        let (remediation, interrupted) = Remediation::start(actions, audit, executor, now_ms())
+            .context("cannot read the audit log")?;
+        for record in interrupted {
+            tracing::warn!(
+                audit_id = record.id,
+                action = %record.action,
+                target = %record.target,
+                rule = %record.rule,
+                "An action was running when vigil last stopped; it is recorded as interrupted."
+            );
+        }
+        let (feedback, outcomes) = mpsc::channel(OUTCOMES);
+        Ok(Dispatch {
+            remediation: Arc::new(remediation),
+            feedback,
+            outcomes,
+        })
+    }
+
+    /// Decides, audits and (maybe) runs every action `evaluation` asks for,
+    /// each on a task of its own.
+    pub fn requested(&self, evaluation: &Evaluation) {
+        let Ok(verdict) = &evaluation.result else {
+            return;
+        };
+        for request in &verdict.actions {
+            let (remediation, feedback) = (self.remediation.clone(), self.feedback.clone());
+            let rule = evaluation.rule.clone();
+            let target = evaluation.sample.target.clone();
+            let request = request.clone();
+            tokio::spawn(async move {
+                match remediation.handle(&rule, &target, &request, now_ms()).await {
+                    Ok(handled) => {
+                        tracing::info!(
+                            rule = %rule,
+                            target = %target,
+                            action = %request.action,
+                            audit_id = handled.audit_id,
+                            status = ?handled.outcome.status,
+                            detail = %handled.outcome.detail,
+                            "Action request handled."
+                        );
+                        let outcome = handled
+                            .outcome
+                            .to_action_outcome(&request.action, request.params.clone());
+                        let _ = feedback
+                            .send(Feedback {
+                                rule,
+                                target,
+                                outcome,
+                                breaker_opened: handled.breaker_opened,
+                            })
+                            .await;
+                    }
+                    Err(error) => tracing::error!(
+                        rule = %rule,
+                        target = %target,
+                        action = %request.action,
+                        %error,
+                        "Action request not handled: the audit log cannot be written, so nothing ran."
+                    ),
+                }
+            });
+        }
+    }
+
+    /// The next outcome to hand back.
+    pub async fn next_outcome(&mut self) -> Option<Feedback> {
+        self.outcomes.recv().await
+    }
+
+    /// The actions whose circuit breaker is open now.
+    pub fn open_breakers(&self) -> Vec<BreakerTrip> {
+        self.remediation.open_breakers(now_ms())
+    }
+
+    /// Swaps the declared actions (a config reload); history and runs in
+    /// flight are kept.
+    pub fn reconfigure(&self, actions: BTreeMap<String, ActionSpec>) {
+        self.remediation.reconfigure(actions);
+    }
+}

@@ -1,0 +1,216 @@
+//! The host's own alerts: what Vigil says about itself, through the same
+//! lifecycle and sinks as the rules' alerts.
+//!
+//! | alert | fires | resolves |
+//! |---|---|---|
+//! | `RuleFailing{rule}` | the rule is quarantined after failing too often | it evaluates again, or is removed |
+//! | `RuleOverloaded{rule}` | samples are dropped for the rule because its queue is full | 30 s after the last drop, or it is removed |
+//! | `RemediationBreakerOpen{action}` | an action's circuit breaker opens | the breaker closes |
+//!
+//! They belong to rule [`HOST_RULE`] and target [`HOST_TARGET`] (the host
+//! itself); what each is about is in its labels. The set of conditions that
+//! hold is the host's "verdict": it is observed as a whole whenever it
+//! changes and on every tick, so each alert fires once and resolves once.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::Duration;
+
+use super::TrackedAlert;
+use crate::actions::BreakerTrip;
+use crate::plugins::RuleHealth;
+use crate::runtime::{Alert, Label, Severity};
+
+/// The rule name the host's own alerts carry.
+pub const HOST_RULE: &str = "vigil";
+/// The target the host's own alerts carry: the host itself.
+pub const HOST_TARGET: &str = "vigil";
+
+/// How long `RuleOverloaded` keeps firing after the last dropped sample, so
+/// a rule that drops in bursts does not make it flap.
+pub const OVERLOAD_HOLD: Duration = Duration::from_secs(30);
+
+/// What an alert of the host is about: its name and the one label that
+/// identifies its subject.
+type Subject = (String, String);
+
+/// The conditions that hold now, each as the alert that reports it.
+#[derive(Debug, Default)]
+pub struct HostAlerts {
+    active: BTreeMap<Subject, Alert>,
+}
+
+impl HostAlerts {
+    /// Rebuilds the conditions from the host's saved alerts (a restart),
+    /// keeping only those about rules in `configured` (and every breaker),
+    /// so a firing alert is neither announced again nor forgotten.
+    pub fn restore<'a>(
+        saved: impl Iterator<Item = &'a TrackedAlert>,
+        configured: &HashSet<&str>,
+    ) -> Self {
+        let mut host = HostAlerts::default();
+        for alert in saved {
+            let Some((label, value)) = alert.labels.first() else {
+                continue;
+            };
+            if label == "rule" && !configured.contains(value.as_str()) {
+                continue;
+            }
+            host.active.insert(
+                (alert.name.clone(), value.clone()),
+                Alert {
+                    name: alert.name.clone(),
+                    severity: severity(alert.severity),
+                    summary: alert.summary.clone(),
+                    labels: labels(&alert.labels),
+                    annotations: labels(&alert.annotations),
+                    for_ms: alert.for_ms,
+                    keep_firing_for_ms: alert.keep_firing_for_ms,
+                },
+            );
+        }
+        host
+    }
+
+    /// Every alert that holds now.
+    pub fn alerts(&self) -> Vec<Alert> {
+        self.active.values().cloned().collect()
+    }
+
+    /// Follows a rule's health after an evaluation. Returns whether the set
+    /// changed.
+    pub fn rule_health(&mut self, rule: &str, health: &RuleHealth) -> bool {
+        let subject = ("RuleFailing".to_string(), rule.to_string());
+        match rule_failing(rule, health) {
+            Some(alert) => {
+                let changed =
+                    self.active.get(&subject).map(|old| &old.summary) != Some(&alert.summary);
+                self.active.insert(subject, alert);
+                changed
+            }
+            // Still failing but not quarantined, or healthy: only a success
+            // ends `RuleFailing` (a failure on probation keeps it).
+            None if matches!(health, RuleHealth::Healthy) => self.active.remove(&subject).is_some(),
+            None => false,
+        }
+    }
+
+    /// Samples were dropped for these rules. Returns whether the set
+    /// changed.
+    pub fn rules_overloaded<'a>(&mut self, rules: impl IntoIterator<Item = &'a str>) -> bool {
+        let mut changed = false;
+        for rule in rules {
+            let subject = ("RuleOverloaded".to_string(), rule.to_string());
+            changed |= self.active.insert(subject, rule_overloaded(rule)).is_none();
+        }
+        changed
+    }
+
+    /// The next tick: rules that dropped nothing since the last one are no
+    /// longer reported overloaded (the alert itself holds for
+    /// [`OVERLOAD_HOLD`]); breakers not in `open` have closed.
+    pub fn tick(&mut self, dropping: &BTreeSet<&str>, open: &[BreakerTrip]) {
+        let open: HashSet<&str> = open.iter().map(|trip| trip.action.as_str()).collect();
+        self.active.retain(|(name, about), _| match name.as_str() {
+            "RuleOverloaded" => dropping.contains(about.as_str()),
+            "RemediationBreakerOpen" => open.contains(about.as_str()),
+            _ => true,
+        });
+    }
+
+    /// An action's breaker opened.
+    pub fn breaker_opened(&mut self, trip: &BreakerTrip) {
+        let subject = ("RemediationBreakerOpen".to_string(), trip.action.clone());
+        self.active.insert(subject, breaker_open(trip));
+    }
+
+    /// A rule is gone: nothing more is said about it.
+    pub fn rule_gone(&mut self, rule: &str) {
+        self.active
+            .retain(|(name, about), _| name == "RemediationBreakerOpen" || about != rule);
+    }
+}
+
+fn severity(severity: super::Severity) -> Severity {
+    match severity {
+        super::Severity::Info => Severity::Info,
+        super::Severity::Warning => Severity::Warning,
+        super::Severity::Critical => Severity::Critical,
+    }
+}
+
+fn labels(pairs: &[(String, String)]) -> Vec<Label> {
+    pairs
+        .iter()
+        .map(|(name, value)| Label {
+            name: name.clone(),
+            value: value.clone(),
+        })
+        .collect()
+}
+
+fn about(name: &str, value: &str) -> Vec<Label> {
+    labels(&[(name.to_string(), value.to_string())])
+}
+
+/// `RuleFailing` while a rule is quarantined.
+fn rule_failing(rule: &str, health: &RuleHealth) -> Option<Alert> {
+    let RuleHealth::Quarantined {
+        consecutive,
+        last_error,
+        retry_in,
+    } = health
+    else {
+        return None;
+    };
+    Some(Alert {
+        name: "RuleFailing".into(),
+        severity: Severity::Critical,
+        summary: format!(
+            "rule `{rule}` failed {consecutive} times in a row and is quarantined; last error: {last_error}"
+        ),
+        labels: about("rule", rule),
+        annotations: about(
+            "next_try_in",
+            &humantime::format_duration(Duration::from_secs(retry_in.as_secs())).to_string(),
+        ),
+        for_ms: 0,
+        keep_firing_for_ms: 0,
+    })
+}
+
+/// `RuleOverloaded` while samples are dropped for a rule.
+fn rule_overloaded(rule: &str) -> Alert {
+    Alert {
+        name: "RuleOverloaded".into(),
+        severity: Severity::Warning,
+        summary: format!(
+            "rule `{rule}` is not keeping up: its queue is full and samples are dropped for it; \
+             the other rules are not affected"
+        ),
+        labels: about("rule", rule),
+        annotations: about(
+            "hint",
+            "make the rule faster, subscribe it to fewer metrics, or poll its targets less often",
+        ),
+        for_ms: 0,
+        keep_firing_for_ms: OVERLOAD_HOLD.as_millis() as u64,
+    }
+}
+
+/// `RemediationBreakerOpen` while an action's circuit breaker is open.
+fn breaker_open(trip: &BreakerTrip) -> Alert {
+    Alert {
+        name: "RemediationBreakerOpen".into(),
+        severity: Severity::Critical,
+        summary: format!(
+            "action `{}` is stopped: {:?} within {}; it runs again after the window",
+            trip.action,
+            trip.cause,
+            humantime::format_duration(trip.window)
+        ),
+        labels: about("action", &trip.action),
+        annotations: vec![],
+        for_ms: 0,
+        keep_firing_for_ms: 0,
+    }
+}
