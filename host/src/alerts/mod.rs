@@ -130,3 +130,16 @@ impl Tracker {
             .filter(|alert| alert.state == State::Firing)
     }
 }
+
+/// Labels as people read them: `{mount="/var", team="db"}`, or nothing when
+/// there are none.
+pub fn format_labels<'a>(labels: impl IntoIterator<Item = (&'a String, &'a String)>) -> String {
+    let pairs: Vec<String> = labels
+        .into_iter()
+        .map(|(name, value)| format!("{name}={value:?}"))
+        .collect();
+    if pairs.is_empty() {
+        return String::new();
+    }
+    format!("{{{}}}", pairs.join(", "))
+}

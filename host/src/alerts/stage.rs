@@ -53,6 +53,11 @@ impl Alerting {
     /// them as they were) and the rule's health. Sinks that want
     /// evaluations get it too.
     pub fn evaluated(&mut self, evaluation: Evaluation, now_ms: u64) {
+        // The evaluation's line comes before the events it causes.
+        let evaluation = Arc::new(evaluation);
+        if self.delivery.wants_evaluations() {
+            self.delivery.evaluation(&evaluation);
+        }
         let sample = &evaluation.sample;
         match &evaluation.result {
             Ok(verdict) => {
@@ -75,9 +80,6 @@ impl Alerting {
         }
         if self.host.rule_health(&evaluation.rule, &evaluation.health) {
             self.observe_host(now_ms);
-        }
-        if self.delivery.wants_evaluations() {
-            self.delivery.evaluation(&Arc::new(evaluation));
         }
     }
 

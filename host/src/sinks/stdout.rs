@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::{Sink, SinkError};
-use crate::alerts::{AlertEvent, Status};
+use crate::alerts::{AlertEvent, Status, format_labels};
 use crate::plugins::Evaluation;
 use crate::runtime::{Health, Label, Metric};
 
@@ -81,14 +81,6 @@ impl Sink for StdoutSink {
 
 fn time(ms: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
-
-fn labels_text(labels: &[(String, String)]) -> String {
-    if labels.is_empty() {
-        return String::new();
-    }
-    let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
-    format!("{{{}}}", pairs.join(", "))
 }
 
 fn metric_text(metric: &Metric) -> String {
@@ -211,7 +203,7 @@ fn alert_text(event: &AlertEvent) -> String {
         "{} {status} {}{} {} on {} (rule {}){after}: {}",
         time(event.at_ms),
         alert.name,
-        labels_text(&alert.labels),
+        format_labels(alert.labels.iter().map(|(k, v)| (k, v))),
         alert.severity,
         event.target,
         event.rule,
