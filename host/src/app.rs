@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::actions::{AuditLog, BreakerTrip, RealExecutor, Remediation};
 use crate::alerts::Tracker;
+use crate::clock;
 use crate::config::{Settings, TargetSpec};
 use crate::plugins::reload::{self, Change, StatusBoard};
 use crate::plugins::{
@@ -173,7 +174,7 @@ impl App {
             let about = if rule == HOST_RULE { target } else { rule };
             !configured.contains(about)
         };
-        for event in tracker.forget(unconfigured, sources::now_ms()) {
+        for event in tracker.forget(unconfigured, clock::now_ms()) {
             sink.alert(&event);
         }
         let reloader = reload::spawn(
@@ -225,7 +226,7 @@ impl App {
                     WorkerEvent::Evaluated(evaluation) => report(&mut sink, &mut tracker, &evaluation, Some(&actions)),
                     WorkerEvent::Stopped(rule) => {
                         if removed.remove(&rule) {
-                            let now = sources::now_ms();
+                            let now = clock::now_ms();
                             let gone = |r: &str, t: &str| r == &*rule || (r == HOST_RULE && t == &*rule);
                             for event in tracker.forget(gone, now) {
                                 sink.alert(&event);
@@ -255,13 +256,13 @@ impl App {
                     if let Some(trip) = feedback.breaker_opened {
                         open_breakers.insert(trip.action.clone());
                         let alert = breaker_alert(&trip);
-                        for event in tracker.observe(HOST_RULE, &breaker_target(&trip.action), &[alert], sources::now_ms()) {
+                        for event in tracker.observe(HOST_RULE, &breaker_target(&trip.action), &[alert], clock::now_ms()) {
                             sink.alert(&event);
                         }
                     }
                 }
                 _ = breaker_check.tick() => {
-                    let now = sources::now_ms();
+                    let now = clock::now_ms();
                     let still_open: HashSet<String> = remediation.open_breakers(now).into_iter().map(|trip| trip.action).collect();
                     for action in open_breakers.iter().filter(|action| !still_open.contains(*action)) {
                         for event in tracker.observe(HOST_RULE, &breaker_target(action), &[], now) {
@@ -475,7 +476,7 @@ impl Actions {
         let (rule, target, request) = (rule.clone(), target.to_string(), request.clone());
         tokio::spawn(async move {
             match remediation
-                .handle(&rule, &target, &request, sources::now_ms())
+                .handle(&rule, &target, &request, clock::now_ms())
                 .await
             {
                 Ok(handled) => {
@@ -515,7 +516,7 @@ fn start_remediation(settings: &Settings, state: &StateDb) -> anyhow::Result<Arc
     let executor =
         Arc::new(RealExecutor::new().context("cannot build the HTTP client for actions")?);
     let (remediation, interrupted) =
-        Remediation::start(settings.actions.clone(), audit, executor, sources::now_ms())
+        Remediation::start(settings.actions.clone(), audit, executor, clock::now_ms())
             .context("cannot read the audit log")?;
     for record in interrupted {
         tracing::warn!(

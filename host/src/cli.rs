@@ -267,8 +267,7 @@ fn audit(args: AuditArgs) -> anyhow::Result<()> {
     })?;
     let log = AuditLog::open(&state)?;
     let since_ms = args.since.map(|since| {
-        crate::sources::now_ms()
-            .saturating_sub(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+        crate::clock::now_ms().saturating_sub(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
     });
     let records = log.list(&AuditQuery {
         action: args.action,

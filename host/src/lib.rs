@@ -38,6 +38,7 @@ pub mod alerts;
 pub mod app;
 pub mod casefile;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod plugins;
 pub mod runtime;

@@ -26,11 +26,12 @@
 
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::gate::{HttpCall, Invocation, Reason, Run};
+use crate::clock::now_ms;
 use crate::runtime::{ActionOutcome, ActionStatus, Label};
 
 /// Most bytes of stdout, and of stderr, (or of an HTTP response body) kept.
@@ -174,15 +175,6 @@ impl Executor for RealExecutor {
             Invocation::Http(call) => run_http(&self.http, call, run.timeout).await,
         }
     }
-}
-
-/// Milliseconds since the Unix epoch, now.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
-        })
 }
 
 /// Runs `argv` directly (no shell) for at most `timeout`. `spawned` gets the

@@ -23,9 +23,9 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use super::{FailurePolicy, LoadedRule, content_hash};
+use crate::clock::now_ms;
 use crate::config::{RuleDir, RuleSource, RuleSpec};
 use crate::runtime::Runtime;
-use crate::sources::now_ms;
 use crate::state::StateDb;
 
 /// What the reloader asks the app to do.

@@ -10,7 +10,7 @@ mod local;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
@@ -18,6 +18,7 @@ use tokio::time::MissedTickBehavior;
 pub use http_json::{HttpJsonSource, flatten};
 pub use local::LocalSource;
 
+use crate::clock::now_ms;
 use crate::config::{TargetKind, TargetSpec};
 use crate::runtime::{Health, Label, Metric, Sample};
 
@@ -91,15 +92,6 @@ pub fn make_sample(
         labels: labels.to_vec(),
         recent_actions: Vec::new(),
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
-        })
 }
 
 fn describe(duration: Duration) -> String {
