@@ -14,6 +14,8 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The sha256 of a component, in hex: its identity for reloads and caches.
+pub use crate::hash::sha256_hex as content_hash;
 pub use subscription::Subscription;
 pub use worker::{Evaluation, FailurePolicy, RuleCounters, RuleHealth, RuleWorker, WorkerEvent};
 
@@ -49,15 +51,6 @@ pub struct RuleLoadError {
     pub origin: String,
     /// What is wrong.
     pub reason: String,
-}
-
-/// The sha256 of a component, in hex: its identity for reloads and caches.
-pub fn content_hash(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(bytes)
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
 }
 
 /// Reads, compiles, links and initialises a rule. Slow for big components:

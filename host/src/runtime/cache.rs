@@ -48,6 +48,8 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
+use crate::hash::{hex, sha256_hex};
+
 /// How much disk a cache's entries may take before the least recently used
 /// are evicted.
 pub const DEFAULT_BUDGET_BYTES: u64 = 1 << 30;
@@ -288,7 +290,7 @@ impl Key {
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let engine = hex(&hasher.0.finalize());
         // 64 bits tell engines apart; wasmtime checks the rest.
-        Key(format!("{}-{}", hex(&Sha256::digest(bytes)), &engine[..16]))
+        Key(format!("{}-{}", sha256_hex(bytes), &engine[..16]))
     }
 
     fn entry_name(&self, checksum: &str) -> String {
@@ -315,16 +317,6 @@ impl Hasher for Sha256Hasher {
     fn finish(&self) -> u64 {
         unreachable!("only the sha256 digest is used")
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(64), |mut out, byte| {
-            let _ = write!(out, "{byte:02x}");
-            out
-        })
 }
 
 /// Creates `dir` (and its parents); the directory itself readable and
@@ -481,7 +473,7 @@ mod tests {
         assert!(!first.cached);
         let entry = only_entry(&cache);
         let name = entry.file_name().and_then(|n| n.to_str()).expect("name");
-        let component_sha = hex(&Sha256::digest(THRESHOLD.wasm));
+        let component_sha = sha256_hex(THRESHOLD.wasm);
         assert!(name.starts_with(&component_sha), "{name}");
         assert!(name.ends_with(".cwasm"), "{name}");
 
