@@ -41,6 +41,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod hash;
+pub mod http;
 pub mod plugins;
 pub mod runtime;
 pub mod scaffold;

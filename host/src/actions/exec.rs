@@ -32,6 +32,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::gate::{HttpCall, Invocation, Reason, Run};
 use crate::clock::now_ms;
+use crate::http::read_body_capped;
 use crate::runtime::{ActionOutcome, ActionStatus, Label};
 
 /// Most bytes of stdout, and of stderr, (or of an HTTP response body) kept.
@@ -365,15 +366,9 @@ async fn run_http(client: &reqwest::Client, call: &HttpCall, timeout: Duration) 
     let exchange = async {
         let mut response = request.send().await?;
         let status = response.status();
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await? {
-            let room = MAX_OUTPUT_BYTES - body.len();
-            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            if body.len() == MAX_OUTPUT_BYTES {
-                break; // Dropping the response closes the connection.
-            }
-        }
-        Ok::<_, reqwest::Error>((status, body))
+        // The start is the excerpt; the rest is not read.
+        let body = read_body_capped(&mut response, MAX_OUTPUT_BYTES).await?;
+        Ok::<_, reqwest::Error>((status, body.bytes))
     };
     let (status, detail, output) = match tokio::time::timeout(timeout, exchange).await {
         Ok(Ok((code, body))) => {
