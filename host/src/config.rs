@@ -30,6 +30,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::actions::{ActionSpec, Mode, parse_actions};
+use crate::duration::TextDuration;
 use crate::plugins::{FailurePolicy, builtin};
 use crate::runtime::Limits;
 
@@ -557,18 +558,14 @@ impl RuleConfig {
     }
 }
 
-/// A duration written as text: `500ms`, `5s`, `1m 30s`.
+/// A [`TextDuration`] that must be longer than zero: every duration of the
+/// host's own settings (intervals, timeouts, backoffs) is one.
 #[derive(Clone, Copy)]
 struct ConfigDuration(Duration);
 
 impl<'de> Deserialize<'de> for ConfigDuration {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        let duration = humantime::parse_duration(&text).map_err(|error| {
-            serde::de::Error::custom(format!(
-                "invalid duration `{text}`: {error}; write e.g. \"5s\" or \"250ms\""
-            ))
-        })?;
+        let TextDuration(duration) = TextDuration::deserialize(deserializer)?;
         if duration.is_zero() {
             return Err(serde::de::Error::custom(
                 "a duration of zero is not allowed here",

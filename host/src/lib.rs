@@ -40,6 +40,7 @@ pub mod casefile;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod duration;
 pub mod hash;
 pub mod http;
 pub mod plugins;

@@ -38,6 +38,8 @@ use regex::Regex;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
+use crate::duration::TextDuration;
+
 /// How long an action may run when it does not set `timeout`.
 pub const DEFAULT_ACTION_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -328,29 +330,13 @@ struct BreakerConfig {
     window: TextDuration,
 }
 
-/// A duration written as text (`"250ms"`, `"5m"`); zero is allowed here and
-/// refused per field where it makes no sense.
-#[derive(Debug, Clone, Copy)]
-struct TextDuration(Duration);
-
-impl<'de> Deserialize<'de> for TextDuration {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(&text)
-            .map(TextDuration)
-            .map_err(|error| {
-                serde::de::Error::custom(format!(
-                    "invalid duration `{text}`: {error}; write e.g. \"10s\" or \"5m\""
-                ))
-            })
-    }
-}
-
-fn positive(field: &str, duration: TextDuration) -> Result<Duration, String> {
-    if duration.0.is_zero() {
+/// `duration`, unless it is zero: a timeout or window of zero makes no sense
+/// (a `cooldown` of zero does, and is not checked).
+fn positive(field: &str, TextDuration(duration): TextDuration) -> Result<Duration, String> {
+    if duration.is_zero() {
         Err(format!("`{field}` must be longer than zero"))
     } else {
-        Ok(duration.0)
+        Ok(duration)
     }
 }
 
@@ -437,7 +423,7 @@ impl ActionConfig {
             invocation,
             params,
             timeout,
-            cooldown: self.cooldown.map_or(Duration::ZERO, |d| d.0),
+            cooldown: self.cooldown.map_or(Duration::ZERO, TextDuration::get),
             limit,
             breaker,
             mode: self.mode.unwrap_or(global),
