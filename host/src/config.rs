@@ -31,6 +31,7 @@ use toml::Spanned;
 
 use crate::actions::{ActionSpec, Mode, parse_actions};
 use crate::duration::TextDuration;
+use crate::names::Syntax;
 use crate::plugins::{FailurePolicy, builtin};
 use crate::runtime::Limits;
 
@@ -409,12 +410,7 @@ impl TargetConfig {
 }
 
 fn check_label_name(name: &str) -> Result<(), String> {
-    let mut chars = name.chars();
-    let valid = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if valid {
+    if Syntax::Identifier.accepts(name) {
         Ok(())
     } else {
         Err(format!(

@@ -43,6 +43,7 @@ pub mod config;
 pub mod duration;
 pub mod hash;
 pub mod http;
+pub mod names;
 pub mod plugins;
 pub mod runtime;
 pub mod scaffold;

@@ -39,6 +39,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
 use crate::duration::TextDuration;
+use crate::names::Syntax;
 
 /// How long an action may run when it does not set `timeout`.
 pub const DEFAULT_ACTION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -203,7 +204,7 @@ impl Template {
             literal.push_str(&rest[..open]);
             let after = &rest[open + 1..];
             match after.find('}') {
-                Some(close) if is_identifier(&after[..close]) => {
+                Some(close) if Syntax::Identifier.accepts(&after[..close]) => {
                     if !literal.is_empty() {
                         segments.push(Segment::Literal(std::mem::take(&mut literal)));
                     }
@@ -259,15 +260,6 @@ impl fmt::Display for Template {
         }
         Ok(())
     }
-}
-
-/// `[A-Za-z_][A-Za-z0-9_]*`: param names and placeholders.
-pub(crate) fn is_identifier(text: &str) -> bool {
-    let mut chars = text.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// One `[actions.NAME]` table as written. Embed it in a config struct
@@ -353,11 +345,7 @@ impl ActionConfig {
     /// when it sets none. The error names the field; the caller adds the
     /// action's name and location.
     pub fn validate(self, name: &str, global: Mode) -> Result<ActionSpec, String> {
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
+        if !Syntax::Word.accepts(name) {
             return Err("the name must be letters, digits, `_` or `-`".into());
         }
         let params = self
@@ -434,7 +422,7 @@ impl ActionConfig {
 
 impl ParamConfig {
     fn validate(self, name: &str) -> Result<ParamSpec, String> {
-        if !is_identifier(name) {
+        if !Syntax::Identifier.accepts(name) {
             return Err(
                 "a param name is letters, digits and `_`, not starting with a digit".into(),
             );
