@@ -31,7 +31,7 @@ use toml::Spanned;
 
 use crate::actions::{ActionSpec, Mode, parse_actions};
 use crate::duration::TextDuration;
-use crate::names::Syntax;
+use crate::names::{ActionName, Syntax};
 use crate::plugins::{FailurePolicy, builtin};
 use crate::runtime::Limits;
 
@@ -61,7 +61,7 @@ pub struct Settings {
     /// Folders whose `.wasm` files are rules (already expanded into `rules`).
     pub rule_dirs: Vec<RuleDir>,
     /// Remediation the operator declared, by name. Rules can only ask.
-    pub actions: BTreeMap<String, ActionSpec>,
+    pub actions: BTreeMap<ActionName, ActionSpec>,
 }
 
 /// A folder of rules: every `*.wasm` file in it is a rule named after the

@@ -39,7 +39,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
 use crate::duration::TextDuration;
-use crate::names::Syntax;
+use crate::names::{ActionName, Syntax};
 
 /// How long an action may run when it does not set `timeout`.
 pub const DEFAULT_ACTION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -68,7 +68,7 @@ impl fmt::Display for Mode {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActionSpec {
     /// The name rules request it by (`restart`).
-    pub name: String,
+    pub name: ActionName,
     /// What runs.
     pub invocation: InvocationSpec,
     /// The params a request must give, each with what it accepts.
@@ -407,7 +407,7 @@ impl ActionConfig {
             }
         }
         Ok(ActionSpec {
-            name: name.to_string(),
+            name: name.into(),
             invocation,
             params,
             timeout,
@@ -545,7 +545,7 @@ fn check_placeholders(
 pub fn parse_actions(
     table: &toml::Table,
     global: Mode,
-) -> Result<BTreeMap<String, ActionSpec>, String> {
+) -> Result<BTreeMap<ActionName, ActionSpec>, String> {
     table
         .iter()
         .map(|(name, value)| {
@@ -555,7 +555,7 @@ pub fn parse_actions(
                 .try_into()
                 .map_err(|error: toml::de::Error| fail(error.message().trim_end().to_string()))?;
             let spec = config.validate(name, global).map_err(fail)?;
-            Ok((name.clone(), spec))
+            Ok((spec.name.clone(), spec))
         })
         .collect()
 }
@@ -564,7 +564,7 @@ pub fn parse_actions(
 mod tests {
     use super::*;
 
-    pub(crate) fn parse(text: &str) -> Result<BTreeMap<String, ActionSpec>, String> {
+    pub(crate) fn parse(text: &str) -> Result<BTreeMap<ActionName, ActionSpec>, String> {
         parse_actions(&text.parse::<toml::Table>().unwrap(), Mode::DryRun)
     }
 

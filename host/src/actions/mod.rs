@@ -63,6 +63,7 @@ pub use config::{ActionConfig, ActionSpec, Mode, parse_actions};
 pub use exec::{DryRunExecutor, Executor, Outcome, RealExecutor, Status};
 pub use gate::{BreakerTrip, Decision, Gate, Invocation, Reason, Run};
 
+use crate::names::ActionName;
 use crate::runtime::ActionRequest;
 
 /// The gate, the audit log and an executor, used together the only safe
@@ -90,7 +91,7 @@ impl Remediation {
     /// previous process left unfinished as interrupted (returned) and
     /// replays the history the gate needs from the audit log.
     pub fn start(
-        specs: BTreeMap<String, ActionSpec>,
+        specs: BTreeMap<ActionName, ActionSpec>,
         audit: AuditLog,
         executor: Arc<dyn Executor>,
         now_ms: u64,
@@ -182,7 +183,7 @@ impl Remediation {
     }
 
     /// Swaps the declared actions (config reload), keeping history.
-    pub fn reconfigure(&self, specs: BTreeMap<String, ActionSpec>) {
+    pub fn reconfigure(&self, specs: BTreeMap<ActionName, ActionSpec>) {
         self.gate().reconfigure(specs);
     }
 
@@ -270,7 +271,7 @@ mod tests {
         }
     }
 
-    fn specs(mode: &str) -> BTreeMap<String, ActionSpec> {
+    fn specs(mode: &str) -> BTreeMap<ActionName, ActionSpec> {
         let text = format!(
             r#"
             [restart]
