@@ -27,8 +27,8 @@ use serde::{Deserialize, Serialize};
 
 use super::config::Mode;
 use super::excerpt;
-use super::exec::{Outcome, Status};
-use super::gate::{Decision, MAX_PARAM_BYTES};
+use super::exec::Outcome;
+use super::gate::{Decision, MAX_PARAM_BYTES, Status};
 use crate::runtime::ActionRequest;
 use crate::state::StateDb;
 

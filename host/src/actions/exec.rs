@@ -30,10 +30,10 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::gate::{HttpCall, Invocation, Reason, Run};
+use super::gate::{HttpCall, Invocation, Reason, Run, Status};
 use crate::clock::now_ms;
 use crate::http::read_body_capped;
-use crate::runtime::{ActionOutcome, ActionStatus, Label};
+use crate::runtime::{ActionOutcome, Label};
 
 /// Most bytes of stdout, and of stderr, (or of an HTTP response body) kept.
 pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
@@ -41,46 +41,6 @@ pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
 /// How long output is still read after the process has exited (or was
 /// killed), when something it started keeps the pipe open.
 pub const OUTPUT_GRACE: Duration = Duration::from_millis(500);
-
-/// How a request ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Status {
-    /// It ran and reported success (exit status 0, HTTP 2xx).
-    Succeeded,
-    /// It ran and failed, or could not be started.
-    Failed,
-    /// It ran past its timeout and was stopped.
-    TimedOut,
-    /// Recorded, not run: the action is in dry-run mode.
-    DryRun,
-    /// The gate refused it.
-    Refused,
-}
-
-impl Status {
-    /// `succeeded`, `failed`, `timed-out`, `dry-run`, `refused`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Succeeded => "succeeded",
-            Status::Failed => "failed",
-            Status::TimedOut => "timed-out",
-            Status::DryRun => "dry-run",
-            Status::Refused => "refused",
-        }
-    }
-}
-
-impl From<Status> for ActionStatus {
-    fn from(status: Status) -> Self {
-        match status {
-            Status::Succeeded => ActionStatus::Succeeded,
-            Status::Failed => ActionStatus::Failed,
-            Status::TimedOut => ActionStatus::TimedOut,
-            Status::DryRun => ActionStatus::DryRun,
-            Status::Refused => ActionStatus::Refused,
-        }
-    }
-}
 
 /// What happened to one request.
 #[derive(Debug, Clone, PartialEq, Eq)]

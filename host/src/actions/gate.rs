@@ -40,12 +40,53 @@ use std::time::Duration;
 
 use super::config::{ActionSpec, InvocationSpec, Mode};
 use super::excerpt;
-use super::exec::Status;
 use crate::names::ActionName;
-use crate::runtime::ActionRequest;
+use crate::runtime::{ActionRequest, ActionStatus};
 
 /// Largest param value accepted, in bytes.
 pub const MAX_PARAM_BYTES: usize = 4 * 1024;
+
+/// How a request ended: what an executor reports, and what
+/// [`Gate::finished`] counts (here, below the executors, so that the gate
+/// does not depend on them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// It ran and reported success (exit status 0, HTTP 2xx).
+    Succeeded,
+    /// It ran and failed, or could not be started.
+    Failed,
+    /// It ran past its timeout and was stopped.
+    TimedOut,
+    /// Recorded, not run: the action is in dry-run mode.
+    DryRun,
+    /// The gate refused it.
+    Refused,
+}
+
+impl Status {
+    /// `succeeded`, `failed`, `timed-out`, `dry-run`, `refused`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::TimedOut => "timed-out",
+            Status::DryRun => "dry-run",
+            Status::Refused => "refused",
+        }
+    }
+}
+
+impl From<Status> for ActionStatus {
+    fn from(status: Status) -> Self {
+        match status {
+            Status::Succeeded => ActionStatus::Succeeded,
+            Status::Failed => ActionStatus::Failed,
+            Status::TimedOut => ActionStatus::TimedOut,
+            Status::DryRun => ActionStatus::DryRun,
+            Status::Refused => ActionStatus::Refused,
+        }
+    }
+}
 
 /// What the gate decided about one request.
 #[derive(Debug, Clone, PartialEq)]

@@ -60,8 +60,8 @@ pub use audit::{
     AuditDecision, AuditError, AuditLog, AuditOutcome, AuditQuery, AuditRecord, AuditStatus,
 };
 pub use config::{ActionConfig, ActionSpec, Mode, parse_actions};
-pub use exec::{DryRunExecutor, Executor, Outcome, RealExecutor, Status};
-pub use gate::{BreakerTrip, Decision, Gate, Invocation, Reason, Run};
+pub use exec::{DryRunExecutor, Executor, Outcome, RealExecutor};
+pub use gate::{BreakerTrip, Decision, Gate, Invocation, Reason, Run, Status};
 
 use crate::names::ActionName;
 use crate::runtime::ActionRequest;
