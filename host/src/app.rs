@@ -486,7 +486,7 @@ impl Actions {
                         action = %request.action,
                         audit_id = handled.audit_id,
                         status = ?handled.outcome.status,
-                        detail = %handled.outcome.detail,
+                        detail = %handled.outcome.report.detail,
                         "Action request handled."
                     );
                     let outcome = handled
