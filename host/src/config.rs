@@ -32,8 +32,7 @@ use toml::Spanned;
 use crate::actions::{ActionSpec, Mode, parse_actions};
 use crate::duration::TextDuration;
 use crate::names::{ActionName, Syntax};
-use crate::plugins::{FailurePolicy, builtin};
-use crate::runtime::Limits;
+use crate::runtime::{Limits, builtin};
 
 /// Poll interval when a target does not set one.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
@@ -141,6 +140,29 @@ pub struct RuleSpec {
     pub failure_policy: FailurePolicy,
     /// Where it was declared (`vigil.toml:12`), for error messages.
     pub origin: String,
+}
+
+/// When a failing rule is set aside, and for how long: the
+/// `quarantine_*` settings of a `[[rules]]` table. The rule's worker
+/// (`plugins`) applies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailurePolicy {
+    /// Failures in a row that quarantine the rule.
+    pub quarantine_after: u32,
+    /// The first quarantine's length; each next one doubles it.
+    pub initial_backoff: Duration,
+    /// The longest quarantine.
+    pub max_backoff: Duration,
+}
+
+impl Default for FailurePolicy {
+    fn default() -> Self {
+        FailurePolicy {
+            quarantine_after: 5,
+            initial_backoff: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(600),
+        }
+    }
 }
 
 /// Where a rule's component comes from.

@@ -5,7 +5,6 @@
 //! and where the config declares it. Nothing is half-loaded: a rule is
 //! either ready for samples or an error.
 
-pub mod builtin;
 pub mod reload;
 mod subscription;
 mod worker;
@@ -17,7 +16,13 @@ use std::time::Duration;
 /// The sha256 of a component, in hex: its identity for reloads and caches.
 pub use crate::hash::sha256_hex as content_hash;
 pub use subscription::Subscription;
-pub use worker::{Evaluation, FailurePolicy, RuleCounters, RuleHealth, RuleWorker, WorkerEvent};
+
+/// A rule's quarantine settings, parsed with the rest of its config.
+pub use crate::config::FailurePolicy;
+/// The rules embedded in the binary (they live in the runtime, below the
+/// config that names them).
+pub use crate::runtime::builtin;
+pub use worker::{Evaluation, RuleCounters, RuleHealth, RuleWorker, WorkerEvent};
 
 use crate::config::{RuleSource, RuleSpec};
 use crate::runtime::{LoadError, RuleInfo, RuleInstance, Runtime};

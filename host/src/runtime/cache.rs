@@ -334,7 +334,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::plugins::builtin::THRESHOLD;
+    use crate::runtime::builtin::THRESHOLD;
     use crate::runtime::{Limits, Metric, Prepared, RuleInstance, Runtime};
     use crate::sources::make_sample;
     use crate::state::StateDb;
