@@ -29,9 +29,9 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 
 use crate::alerts::{State, Tracker};
-use crate::config::{RuleSource, RuleSpec};
-use crate::plugins::{self, FailurePolicy, builtin};
-use crate::runtime::{Label, Limits, Metric, Runtime};
+use crate::config::{FailurePolicy, RuleSource, RuleSpec};
+use crate::plugins;
+use crate::runtime::{Label, Limits, Metric, Runtime, builtin};
 use crate::sources::make_sample;
 use crate::state::StateDb;
 

@@ -17,6 +17,7 @@ use std::str::FromStr;
 
 use anyhow::{Context, bail};
 
+use crate::names::Syntax;
 use crate::runtime::WIT_VERSION;
 
 /// The contract this host serves, copied into every project.
@@ -120,8 +121,9 @@ impl Lang {
     }
 }
 
-/// A rule's name: `[a-z][a-z0-9-]*`, so that it works unchanged as a folder,
-/// a crate, an npm package, a `.wasm` file and the name in `rule-info`.
+/// A rule project's name, [`Syntax::Slug`] (`[a-z][a-z0-9-]*`), so that it
+/// works unchanged as a folder, a crate, an npm package, a `.wasm` file and
+/// the name in `rule-info`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleName(String);
 
@@ -129,10 +131,7 @@ impl FromStr for RuleName {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let mut chars = text.chars();
-        let valid = chars.next().is_some_and(|first| first.is_ascii_lowercase())
-            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        if !valid {
+        if !Syntax::Slug.accepts(text) {
             return Err(format!(
                 "`{text}` is not a rule name\n\
                  hint: use lowercase letters, digits and `-`, starting with a letter, e.g. `disk-full`"

@@ -27,8 +27,8 @@ use serde::{Deserialize, Serialize};
 
 use super::config::Mode;
 use super::excerpt;
-use super::exec::{Outcome, Status};
-use super::gate::{Decision, MAX_PARAM_BYTES};
+use super::exec::{Outcome, RunReport};
+use super::gate::{Decision, MAX_PARAM_BYTES, Status};
 use crate::runtime::ActionRequest;
 use crate::state::StateDb;
 
@@ -63,8 +63,10 @@ pub struct AuditRecord {
     pub decision: AuditDecision,
     /// Where the request stands.
     pub status: AuditStatus,
-    /// How it ended; `None` while `started`.
-    pub outcome: Option<AuditOutcome>,
+    /// How it ended; `None` while `started`. The executor's report, so the
+    /// JSON has the same fields as before it was shared: `detail`,
+    /// `exit_code`, `output_excerpt`, `started_ms`, `finished_ms`.
+    pub outcome: Option<RunReport>,
 }
 
 /// The gate's decision, as recorded.
@@ -179,21 +181,6 @@ impl FromStr for AuditStatus {
     }
 }
 
-/// How a request ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditOutcome {
-    /// One line: exit status, HTTP status, refusal, interruption.
-    pub detail: String,
-    /// The process's exit code, if it exited.
-    pub exit_code: Option<i32>,
-    /// What the executor kept of its output.
-    pub output_excerpt: String,
-    /// When it started (ms since the Unix epoch).
-    pub started_ms: u64,
-    /// When it ended.
-    pub finished_ms: u64,
-}
-
 /// Which records [`AuditLog::list`] returns. Every filter set must match;
 /// `Default` matches everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -296,10 +283,10 @@ impl AuditLog {
                 (
                     AuditDecision::Refused {
                         code: reason.code().into(),
-                        message: outcome.detail.clone(),
+                        message: outcome.report.detail.clone(),
                     },
                     AuditStatus::Refused,
-                    Some(audit_outcome(&outcome)),
+                    Some(outcome.report),
                 )
             }
         };
@@ -343,7 +330,7 @@ impl AuditLog {
 
     /// Records how run `id` ended.
     pub fn record_outcome(&self, id: u64, outcome: &Outcome) -> Result<(), AuditError> {
-        self.finish(id, outcome.status.into(), audit_outcome(outcome))
+        self.finish(id, outcome.status.into(), outcome.report.clone())
     }
 
     /// Marks run `id`, found `started` after a restart, as `interrupted`.
@@ -352,15 +339,13 @@ impl AuditLog {
         self.finish(
             id,
             AuditStatus::Interrupted,
-            AuditOutcome {
-                detail: "interrupted: the host stopped before the run finished; whether it took \
-                         effect is unknown"
+            RunReport::note(
+                "interrupted: the host stopped before the run finished; whether it took effect \
+                 is unknown"
                     .into(),
-                exit_code: None,
-                output_excerpt: String::new(),
-                started_ms: record.requested_ms,
-                finished_ms: now_ms,
-            },
+                record.requested_ms,
+                now_ms,
+            ),
         )
     }
 
@@ -446,12 +431,7 @@ impl AuditLog {
         Ok(pruned)
     }
 
-    fn finish(
-        &self,
-        id: u64,
-        status: AuditStatus,
-        outcome: AuditOutcome,
-    ) -> Result<(), AuditError> {
+    fn finish(&self, id: u64, status: AuditStatus, outcome: RunReport) -> Result<(), AuditError> {
         let txn = self.db.begin_write()?;
         {
             let mut records = txn.open_table(RECORDS)?;
@@ -469,16 +449,6 @@ impl AuditLog {
         }
         txn.commit()?;
         Ok(())
-    }
-}
-
-fn audit_outcome(outcome: &Outcome) -> AuditOutcome {
-    AuditOutcome {
-        detail: outcome.detail.clone(),
-        exit_code: outcome.exit_code,
-        output_excerpt: outcome.output_excerpt.clone(),
-        started_ms: outcome.started_ms,
-        finished_ms: outcome.finished_ms,
     }
 }
 
@@ -524,11 +494,13 @@ mod tests {
     fn outcome(status: Status, at: u64) -> Outcome {
         Outcome {
             status,
-            detail: "exited with status 0".into(),
-            exit_code: Some(0),
-            output_excerpt: "restarted\n".into(),
-            started_ms: at,
-            finished_ms: at + 10,
+            report: RunReport {
+                detail: "exited with status 0".into(),
+                exit_code: Some(0),
+                output_excerpt: "restarted\n".into(),
+                started_ms: at,
+                finished_ms: at + 10,
+            },
         }
     }
 
@@ -704,6 +676,14 @@ mod tests {
                 .unwrap_err()
                 .contains("one of: started")
         );
+    }
+
+    #[test]
+    fn records_keep_their_json_now_that_the_executor_report_is_shared() {
+        let stored = r#"{"id":7,"requested_ms":1,"rule":"r","target":"t","action":"a","params":[],"reason":"","decision":{"kind":"refused","code":"cooldown","message":"m"},"status":"refused","outcome":{"detail":"m","exit_code":null,"output_excerpt":"","started_ms":1,"finished_ms":2}}"#;
+        let record = decode(7, stored.as_bytes()).unwrap();
+        assert_eq!(encode(&record), stored.as_bytes());
+        assert_eq!(record.outcome, Some(RunReport::note("m".into(), 1, 2)));
     }
 
     #[test]

@@ -38,6 +38,9 @@ use regex::Regex;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
+use crate::duration::TextDuration;
+use crate::names::{ActionName, Syntax};
+
 /// How long an action may run when it does not set `timeout`.
 pub const DEFAULT_ACTION_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -65,7 +68,7 @@ impl fmt::Display for Mode {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActionSpec {
     /// The name rules request it by (`restart`).
-    pub name: String,
+    pub name: ActionName,
     /// What runs.
     pub invocation: InvocationSpec,
     /// The params a request must give, each with what it accepts.
@@ -201,7 +204,7 @@ impl Template {
             literal.push_str(&rest[..open]);
             let after = &rest[open + 1..];
             match after.find('}') {
-                Some(close) if is_identifier(&after[..close]) => {
+                Some(close) if Syntax::Identifier.accepts(&after[..close]) => {
                     if !literal.is_empty() {
                         segments.push(Segment::Literal(std::mem::take(&mut literal)));
                     }
@@ -257,15 +260,6 @@ impl fmt::Display for Template {
         }
         Ok(())
     }
-}
-
-/// `[A-Za-z_][A-Za-z0-9_]*`: param names and placeholders.
-pub(crate) fn is_identifier(text: &str) -> bool {
-    let mut chars = text.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// One `[actions.NAME]` table as written. Embed it in a config struct
@@ -328,29 +322,13 @@ struct BreakerConfig {
     window: TextDuration,
 }
 
-/// A duration written as text (`"250ms"`, `"5m"`); zero is allowed here and
-/// refused per field where it makes no sense.
-#[derive(Debug, Clone, Copy)]
-struct TextDuration(Duration);
-
-impl<'de> Deserialize<'de> for TextDuration {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(&text)
-            .map(TextDuration)
-            .map_err(|error| {
-                serde::de::Error::custom(format!(
-                    "invalid duration `{text}`: {error}; write e.g. \"10s\" or \"5m\""
-                ))
-            })
-    }
-}
-
-fn positive(field: &str, duration: TextDuration) -> Result<Duration, String> {
-    if duration.0.is_zero() {
+/// `duration`, unless it is zero: a timeout or window of zero makes no sense
+/// (a `cooldown` of zero does, and is not checked).
+fn positive(field: &str, TextDuration(duration): TextDuration) -> Result<Duration, String> {
+    if duration.is_zero() {
         Err(format!("`{field}` must be longer than zero"))
     } else {
-        Ok(duration.0)
+        Ok(duration)
     }
 }
 
@@ -367,11 +345,7 @@ impl ActionConfig {
     /// when it sets none. The error names the field; the caller adds the
     /// action's name and location.
     pub fn validate(self, name: &str, global: Mode) -> Result<ActionSpec, String> {
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
+        if !Syntax::Word.accepts(name) {
             return Err("the name must be letters, digits, `_` or `-`".into());
         }
         let params = self
@@ -433,11 +407,11 @@ impl ActionConfig {
             }
         }
         Ok(ActionSpec {
-            name: name.to_string(),
+            name: name.into(),
             invocation,
             params,
             timeout,
-            cooldown: self.cooldown.map_or(Duration::ZERO, |d| d.0),
+            cooldown: self.cooldown.map_or(Duration::ZERO, TextDuration::get),
             limit,
             breaker,
             mode: self.mode.unwrap_or(global),
@@ -448,7 +422,7 @@ impl ActionConfig {
 
 impl ParamConfig {
     fn validate(self, name: &str) -> Result<ParamSpec, String> {
-        if !is_identifier(name) {
+        if !Syntax::Identifier.accepts(name) {
             return Err(
                 "a param name is letters, digits and `_`, not starting with a digit".into(),
             );
@@ -571,7 +545,7 @@ fn check_placeholders(
 pub fn parse_actions(
     table: &toml::Table,
     global: Mode,
-) -> Result<BTreeMap<String, ActionSpec>, String> {
+) -> Result<BTreeMap<ActionName, ActionSpec>, String> {
     table
         .iter()
         .map(|(name, value)| {
@@ -581,7 +555,7 @@ pub fn parse_actions(
                 .try_into()
                 .map_err(|error: toml::de::Error| fail(error.message().trim_end().to_string()))?;
             let spec = config.validate(name, global).map_err(fail)?;
-            Ok((name.clone(), spec))
+            Ok((spec.name.clone(), spec))
         })
         .collect()
 }
@@ -590,7 +564,7 @@ pub fn parse_actions(
 mod tests {
     use super::*;
 
-    pub(crate) fn parse(text: &str) -> Result<BTreeMap<String, ActionSpec>, String> {
+    pub(crate) fn parse(text: &str) -> Result<BTreeMap<ActionName, ActionSpec>, String> {
         parse_actions(&text.parse::<toml::Table>().unwrap(), Mode::DryRun)
     }
 

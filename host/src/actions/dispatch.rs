@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use super::{ActionSpec, AuditLog, BreakerTrip, RealExecutor, Remediation};
 use crate::clock::now_ms;
+use crate::names::ActionName;
 use crate::plugins::Evaluation;
 use crate::runtime::ActionOutcome;
 use crate::state::StateDb;
@@ -43,7 +44,10 @@ impl Dispatch {
     /// Opens the audit log in `state` and starts remediation with the
     /// declared `actions`. Runs a previous process left unfinished are
     /// marked interrupted and logged.
-    pub fn start(actions: BTreeMap<String, ActionSpec>, state: &StateDb) -> anyhow::Result<Self> {
+    pub fn start(
+        actions: BTreeMap<ActionName, ActionSpec>,
+        state: &StateDb,
+    ) -> anyhow::Result<Self> {
         let audit = AuditLog::open(state).context("cannot open the audit log")?;
         let executor =
             Arc::new(RealExecutor::new().context("cannot build the HTTP client for actions")?);
@@ -86,7 +90,7 @@ impl Dispatch {
                             action = %request.action,
                             audit_id = handled.audit_id,
                             status = ?handled.outcome.status,
-                            detail = %handled.outcome.detail,
+                            detail = %handled.outcome.report.detail,
                             "Action request handled."
                         );
                         let outcome = handled
@@ -125,7 +129,7 @@ impl Dispatch {
 
     /// Swaps the declared actions (a config reload); history and runs in
     /// flight are kept.
-    pub fn reconfigure(&self, actions: BTreeMap<String, ActionSpec>) {
+    pub fn reconfigure(&self, actions: BTreeMap<ActionName, ActionSpec>) {
         self.remediation.reconfigure(actions);
     }
 }

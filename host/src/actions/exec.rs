@@ -26,12 +26,15 @@
 
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::gate::{HttpCall, Invocation, Reason, Run};
-use crate::runtime::{ActionOutcome, ActionStatus, Label};
+use super::gate::{HttpCall, Invocation, Reason, Run, Status};
+use crate::clock::now_ms;
+use crate::http::read_body_capped;
+use crate::runtime::{ActionOutcome, Label};
 
 /// Most bytes of stdout, and of stderr, (or of an HTTP response body) kept.
 pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
@@ -40,51 +43,21 @@ pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
 /// killed), when something it started keeps the pipe open.
 pub const OUTPUT_GRACE: Duration = Duration::from_millis(500);
 
-/// How a request ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Status {
-    /// It ran and reported success (exit status 0, HTTP 2xx).
-    Succeeded,
-    /// It ran and failed, or could not be started.
-    Failed,
-    /// It ran past its timeout and was stopped.
-    TimedOut,
-    /// Recorded, not run: the action is in dry-run mode.
-    DryRun,
-    /// The gate refused it.
-    Refused,
-}
-
-impl Status {
-    /// `succeeded`, `failed`, `timed-out`, `dry-run`, `refused`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Succeeded => "succeeded",
-            Status::Failed => "failed",
-            Status::TimedOut => "timed-out",
-            Status::DryRun => "dry-run",
-            Status::Refused => "refused",
-        }
-    }
-}
-
-impl From<Status> for ActionStatus {
-    fn from(status: Status) -> Self {
-        match status {
-            Status::Succeeded => ActionStatus::Succeeded,
-            Status::Failed => ActionStatus::Failed,
-            Status::TimedOut => ActionStatus::TimedOut,
-            Status::DryRun => ActionStatus::DryRun,
-            Status::Refused => ActionStatus::Refused,
-        }
-    }
-}
-
 /// What happened to one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
     /// How it ended.
     pub status: Status,
+    /// What it left behind: the part the audit log keeps.
+    pub report: RunReport,
+}
+
+/// What a request left behind, whatever its status. An [`Outcome`] carries
+/// one; an audit record keeps it as its `outcome` beside the record's own
+/// status (which can also be `started` or `interrupted`, where no executor
+/// said how it ended).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunReport {
     /// One line for a human: the exit status, the HTTP status, the refusal.
     pub detail: String,
     /// The process's exit code; `None` for HTTP, a signal, or no process.
@@ -98,16 +71,25 @@ pub struct Outcome {
     pub finished_ms: u64,
 }
 
+impl RunReport {
+    /// A report of `detail` alone: nothing ran, nothing was printed.
+    pub fn note(detail: String, started_ms: u64, finished_ms: u64) -> Self {
+        RunReport {
+            detail,
+            exit_code: None,
+            output_excerpt: String::new(),
+            started_ms,
+            finished_ms,
+        }
+    }
+}
+
 impl Outcome {
     /// The outcome of a refused request.
     pub fn refused(reason: &Reason, now_ms: u64) -> Self {
         Outcome {
             status: Status::Refused,
-            detail: reason.to_string(),
-            exit_code: None,
-            output_excerpt: String::new(),
-            started_ms: now_ms,
-            finished_ms: now_ms,
+            report: RunReport::note(reason.to_string(), now_ms, now_ms),
         }
     }
 
@@ -117,8 +99,8 @@ impl Outcome {
             action: action.to_string(),
             params,
             status: self.status.into(),
-            detail: self.detail.clone(),
-            timestamp_ms: self.finished_ms,
+            detail: self.report.detail.clone(),
+            timestamp_ms: self.report.finished_ms,
         }
     }
 }
@@ -141,11 +123,7 @@ impl Executor for DryRunExecutor {
         let now = now_ms();
         Outcome {
             status: Status::DryRun,
-            detail: format!("dry-run: would run {}", run.invocation),
-            exit_code: None,
-            output_excerpt: String::new(),
-            started_ms: now,
-            finished_ms: now,
+            report: RunReport::note(format!("dry-run: would run {}", run.invocation), now, now),
         }
     }
 }
@@ -176,15 +154,6 @@ impl Executor for RealExecutor {
     }
 }
 
-/// Milliseconds since the Unix epoch, now.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
-        })
-}
-
 /// Runs `argv` directly (no shell) for at most `timeout`. `spawned` gets the
 /// child's pid (tests use it to check the process is gone).
 pub(crate) async fn run_command(
@@ -195,11 +164,13 @@ pub(crate) async fn run_command(
     let started_ms = now_ms();
     let ended = |status, detail: String, exit_code, output_excerpt| Outcome {
         status,
-        detail,
-        exit_code,
-        output_excerpt,
-        started_ms,
-        finished_ms: now_ms(),
+        report: RunReport {
+            detail,
+            exit_code,
+            output_excerpt,
+            started_ms,
+            finished_ms: now_ms(),
+        },
     };
     let Some((program, args)) = argv.split_first() else {
         return ended(Status::Failed, "empty argv".into(), None, String::new());
@@ -373,15 +344,9 @@ async fn run_http(client: &reqwest::Client, call: &HttpCall, timeout: Duration) 
     let exchange = async {
         let mut response = request.send().await?;
         let status = response.status();
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await? {
-            let room = MAX_OUTPUT_BYTES - body.len();
-            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            if body.len() == MAX_OUTPUT_BYTES {
-                break; // Dropping the response closes the connection.
-            }
-        }
-        Ok::<_, reqwest::Error>((status, body))
+        // The start is the excerpt; the rest is not read.
+        let body = read_body_capped(&mut response, MAX_OUTPUT_BYTES).await?;
+        Ok::<_, reqwest::Error>((status, body.bytes))
     };
     let (status, detail, output) = match tokio::time::timeout(timeout, exchange).await {
         Ok(Ok((code, body))) => {
@@ -414,11 +379,13 @@ async fn run_http(client: &reqwest::Client, call: &HttpCall, timeout: Duration) 
     };
     Outcome {
         status,
-        detail,
-        exit_code: None,
-        output_excerpt: output,
-        started_ms,
-        finished_ms: now_ms(),
+        report: RunReport {
+            detail,
+            exit_code: None,
+            output_excerpt: output,
+            started_ms,
+            finished_ms: now_ms(),
+        },
     }
 }
 
@@ -504,9 +471,9 @@ mod tests {
             );
             let outcome = executor.execute(&run).await;
             assert_eq!(outcome.status, Status::Succeeded, "{value:?}: {outcome:?}");
-            assert_eq!(outcome.exit_code, Some(0));
+            assert_eq!(outcome.report.exit_code, Some(0));
             assert_eq!(
-                argv_of(&outcome.output_excerpt),
+                argv_of(&outcome.report.output_excerpt),
                 [
                     value,
                     &format!("--name={value}"),
@@ -524,7 +491,7 @@ mod tests {
         let argv = ["/bin/sleep".to_string(), "30".to_string()];
         let outcome = run_command(&argv, Duration::from_millis(200), |p| pid = Some(p)).await;
         assert_eq!(outcome.status, Status::TimedOut, "{outcome:?}");
-        assert_eq!(outcome.detail, "did not finish within 200ms; killed");
+        assert_eq!(outcome.report.detail, "did not finish within 200ms; killed");
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "{:?}",
@@ -574,7 +541,7 @@ mod tests {
         ];
         let outcome = run_command(&argv, Duration::from_secs(5), |_| {}).await;
         assert_eq!(outcome.status, Status::Succeeded, "{outcome:?}");
-        let (kept, note) = outcome.output_excerpt.split_at(MAX_OUTPUT_BYTES);
+        let (kept, note) = outcome.report.output_excerpt.split_at(MAX_OUTPUT_BYTES);
         assert!(kept.bytes().all(|b| b == 0));
         assert_eq!(
             note,
@@ -595,13 +562,16 @@ mod tests {
         )
         .await;
         assert_eq!(outcome.status, Status::Failed);
-        assert_eq!(outcome.exit_code, Some(2));
-        assert_eq!(outcome.detail, "exited with status 2");
+        assert_eq!(outcome.report.exit_code, Some(2));
+        assert_eq!(outcome.report.detail, "exited with status 2");
         assert!(
-            outcome.output_excerpt.starts_with("--- stderr ---\n")
-                && outcome.output_excerpt.contains("nonexistent-vigil"),
+            outcome
+                .report
+                .output_excerpt
+                .starts_with("--- stderr ---\n")
+                && outcome.report.output_excerpt.contains("nonexistent-vigil"),
             "{}",
-            outcome.output_excerpt
+            outcome.report.output_excerpt
         );
 
         let outcome = run_command(
@@ -613,10 +583,11 @@ mod tests {
         assert_eq!(outcome.status, Status::Failed);
         assert!(
             outcome
+                .report
                 .detail
                 .starts_with("cannot start `/nonexistent/program`: "),
             "{}",
-            outcome.detail
+            outcome.report.detail
         );
     }
 
@@ -628,7 +599,7 @@ mod tests {
         let outcome = DryRunExecutor.execute(&run).await;
         assert_eq!(outcome.status, Status::DryRun);
         assert_eq!(
-            outcome.detail,
+            outcome.report.detail,
             format!(
                 "dry-run: would run [\"/usr/bin/touch\", {:?}]",
                 file.to_str().unwrap()
@@ -691,7 +662,10 @@ mod tests {
         let outcome = executor.execute(&http_run(port, "web 1/..")).await;
         assert_eq!(outcome.status, Status::Succeeded, "{outcome:?}");
         assert_eq!(
-            (outcome.detail.as_str(), outcome.output_excerpt.as_str()),
+            (
+                outcome.report.detail.as_str(),
+                outcome.report.output_excerpt.as_str()
+            ),
             ("HTTP 200 OK", "ok")
         );
         let received = received.await.unwrap();
@@ -711,7 +685,7 @@ mod tests {
         .await;
         let outcome = executor.execute(&http_run(port, "x")).await;
         assert_eq!(outcome.status, Status::Failed);
-        assert_eq!(outcome.detail, "HTTP 503 Service Unavailable");
+        assert_eq!(outcome.report.detail, "HTTP 503 Service Unavailable");
     }
 
     #[tokio::test]
@@ -721,7 +695,7 @@ mod tests {
         let started = Instant::now();
         let outcome = executor.execute(&http_run(port, "x")).await;
         assert_eq!(outcome.status, Status::TimedOut, "{outcome:?}");
-        assert_eq!(outcome.detail, "no complete answer within 300ms");
+        assert_eq!(outcome.report.detail, "no complete answer within 300ms");
         assert!(started.elapsed() < Duration::from_secs(2));
     }
 }

@@ -40,11 +40,53 @@ use std::time::Duration;
 
 use super::config::{ActionSpec, InvocationSpec, Mode};
 use super::excerpt;
-use super::exec::Status;
-use crate::runtime::ActionRequest;
+use crate::names::ActionName;
+use crate::runtime::{ActionRequest, ActionStatus};
 
 /// Largest param value accepted, in bytes.
 pub const MAX_PARAM_BYTES: usize = 4 * 1024;
+
+/// How a request ended: what an executor reports, and what
+/// [`Gate::finished`] counts (here, below the executors, so that the gate
+/// does not depend on them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// It ran and reported success (exit status 0, HTTP 2xx).
+    Succeeded,
+    /// It ran and failed, or could not be started.
+    Failed,
+    /// It ran past its timeout and was stopped.
+    TimedOut,
+    /// Recorded, not run: the action is in dry-run mode.
+    DryRun,
+    /// The gate refused it.
+    Refused,
+}
+
+impl Status {
+    /// `succeeded`, `failed`, `timed-out`, `dry-run`, `refused`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::TimedOut => "timed-out",
+            Status::DryRun => "dry-run",
+            Status::Refused => "refused",
+        }
+    }
+}
+
+impl From<Status> for ActionStatus {
+    fn from(status: Status) -> Self {
+        match status {
+            Status::Succeeded => ActionStatus::Succeeded,
+            Status::Failed => ActionStatus::Failed,
+            Status::TimedOut => ActionStatus::TimedOut,
+            Status::DryRun => ActionStatus::DryRun,
+            Status::Refused => ActionStatus::Refused,
+        }
+    }
+}
 
 /// What the gate decided about one request.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,7 +101,7 @@ pub enum Decision {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Run {
     /// The action's name.
-    pub action: String,
+    pub action: ActionName,
     /// The target it acts on.
     pub target: String,
     /// The params as validated, by name.
@@ -330,11 +372,11 @@ impl fmt::Display for BreakerTrip {
 /// The gate's memory: declared actions and what ran.
 #[derive(Debug, Default)]
 pub struct Gate {
-    specs: BTreeMap<String, ActionSpec>,
-    actions: HashMap<String, History>,
+    specs: BTreeMap<ActionName, ActionSpec>,
+    actions: HashMap<ActionName, History>,
     /// (action, target) -> the last run.
-    last: HashMap<(String, String), LastRun>,
-    in_flight: HashSet<(String, String)>,
+    last: HashMap<(ActionName, String), LastRun>,
+    in_flight: HashSet<(ActionName, String)>,
 }
 
 /// Per action: start times (for the limit), finish times of runs and of
@@ -358,7 +400,7 @@ struct LastRun {
 
 impl Gate {
     /// A gate for these actions, with no history.
-    pub fn new(specs: BTreeMap<String, ActionSpec>) -> Self {
+    pub fn new(specs: BTreeMap<ActionName, ActionSpec>) -> Self {
         Gate {
             specs,
             ..Gate::default()
@@ -367,12 +409,12 @@ impl Gate {
 
     /// Replaces the declared actions (a config reload). History, breakers
     /// and in-flight runs of actions that keep their name are kept.
-    pub fn reconfigure(&mut self, specs: BTreeMap<String, ActionSpec>) {
+    pub fn reconfigure(&mut self, specs: BTreeMap<ActionName, ActionSpec>) {
         self.specs = specs;
     }
 
     /// The declared actions.
-    pub fn specs(&self) -> &BTreeMap<String, ActionSpec> {
+    pub fn specs(&self) -> &BTreeMap<ActionName, ActionSpec> {
         &self.specs
     }
 
@@ -433,7 +475,7 @@ impl Gate {
         let params = check_params(spec, request)?;
         let invocation = build(spec, &params)?;
 
-        let key = (action.to_string(), target.to_string());
+        let key = (spec.name.clone(), target.to_string());
         if let Some(last) = self.last.get(&key) {
             let since = last.finished_ms.unwrap_or(last.started_ms);
             let ready = since.saturating_add(millis(spec.cooldown));
@@ -446,7 +488,7 @@ impl Gate {
                 });
             }
         }
-        let history = self.actions.entry(action.to_string()).or_default();
+        let history = self.actions.entry(spec.name.clone()).or_default();
         if let Some(limit) = spec.limit {
             let window = millis(limit.window);
             let recent: Vec<u64> = within(&history.started, window, now_ms).collect();
@@ -476,7 +518,7 @@ impl Gate {
             });
         }
         Ok(Run {
-            action: action.to_string(),
+            action: spec.name.clone(),
             target: target.to_string(),
             params,
             mode: spec.mode,
@@ -497,9 +539,9 @@ impl Gate {
         status: Status,
         now_ms: u64,
     ) -> Option<BreakerTrip> {
-        self.in_flight
-            .remove(&(action.to_string(), target.to_string()));
-        self.record_finish(action, target, status, now_ms)
+        let action = ActionName::from(action);
+        self.in_flight.remove(&(action.clone(), target.to_string()));
+        self.record_finish(&action, target, status, now_ms)
     }
 
     /// Feeds one past run (from the audit log, oldest first) into the
@@ -513,9 +555,10 @@ impl Gate {
         started_ms: u64,
         finished: Option<(Status, u64)>,
     ) {
-        self.record_start(action, target, started_ms);
+        let action = ActionName::from(action);
+        self.record_start(&action, target, started_ms);
         if let Some((status, finished_ms)) = finished {
-            self.record_finish(action, target, status, finished_ms);
+            self.record_finish(&action, target, status, finished_ms);
         }
     }
 
@@ -543,16 +586,16 @@ impl Gate {
     /// Whether a run of `action` for `target` is in flight.
     pub fn is_in_flight(&self, action: &str, target: &str) -> bool {
         self.in_flight
-            .contains(&(action.to_string(), target.to_string()))
+            .contains(&(ActionName::from(action), target.to_string()))
     }
 
-    fn record_start(&mut self, action: &str, target: &str, now_ms: u64) {
+    fn record_start(&mut self, action: &ActionName, target: &str, now_ms: u64) {
         let keep = self.keep_ms(action);
-        let history = self.actions.entry(action.to_string()).or_default();
+        let history = self.actions.entry(action.clone()).or_default();
         history.started.push_back(now_ms);
         prune(&mut history.started, keep, now_ms);
         self.last.insert(
-            (action.to_string(), target.to_string()),
+            (action.clone(), target.to_string()),
             LastRun {
                 started_ms: now_ms,
                 finished_ms: None,
@@ -562,12 +605,12 @@ impl Gate {
 
     fn record_finish(
         &mut self,
-        action: &str,
+        action: &ActionName,
         target: &str,
         status: Status,
         now_ms: u64,
     ) -> Option<BreakerTrip> {
-        let key = (action.to_string(), target.to_string());
+        let key = (action.clone(), target.to_string());
         if let Some(last) = self.last.get_mut(&key) {
             last.finished_ms = Some(now_ms);
         }
@@ -576,7 +619,7 @@ impl Gate {
         }
         let keep = self.keep_ms(action);
         let policy = self.specs.get(action).and_then(|spec| spec.breaker);
-        let history = self.actions.entry(action.to_string()).or_default();
+        let history = self.actions.entry(action.clone()).or_default();
         history.finished.push_back(now_ms);
         prune(&mut history.finished, keep, now_ms);
         if matches!(status, Status::Failed | Status::TimedOut) {
@@ -647,7 +690,7 @@ fn check_params(
     request: &ActionRequest,
 ) -> Result<BTreeMap<String, String>, Reason> {
     let fail = |param: &str, problem| Reason::InvalidParam {
-        action: spec.name.clone(),
+        action: spec.name.to_string(),
         param: param.to_string(),
         problem,
     };
@@ -695,7 +738,7 @@ fn build(spec: &ActionSpec, params: &BTreeMap<String, String>) -> Result<Invocat
         InvocationSpec::Http(http) => {
             let text = http.url.render(params, percent_encode);
             let url = reqwest::Url::parse(&text).map_err(|error| Reason::InvalidParam {
-                action: spec.name.clone(),
+                action: spec.name.to_string(),
                 param: http.url.params().next().unwrap_or("").to_string(),
                 problem: ParamProblem::BreaksUrl {
                     error: error.to_string(),

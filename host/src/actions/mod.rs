@@ -57,13 +57,12 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-pub use audit::{
-    AuditDecision, AuditError, AuditLog, AuditOutcome, AuditQuery, AuditRecord, AuditStatus,
-};
+pub use audit::{AuditDecision, AuditError, AuditLog, AuditQuery, AuditRecord, AuditStatus};
 pub use config::{ActionConfig, ActionSpec, Mode, parse_actions};
-pub use exec::{DryRunExecutor, Executor, Outcome, RealExecutor, Status};
-pub use gate::{BreakerTrip, Decision, Gate, Invocation, Reason, Run};
+pub use exec::{DryRunExecutor, Executor, Outcome, RealExecutor, RunReport};
+pub use gate::{BreakerTrip, Decision, Gate, Invocation, Reason, Run, Status};
 
+use crate::names::ActionName;
 use crate::runtime::ActionRequest;
 
 /// The gate, the audit log and an executor, used together the only safe
@@ -91,7 +90,7 @@ impl Remediation {
     /// previous process left unfinished as interrupted (returned) and
     /// replays the history the gate needs from the audit log.
     pub fn start(
-        specs: BTreeMap<String, ActionSpec>,
+        specs: BTreeMap<ActionName, ActionSpec>,
         audit: AuditLog,
         executor: Arc<dyn Executor>,
         now_ms: u64,
@@ -170,7 +169,10 @@ impl Remediation {
         };
         guard.done = true;
         // The gate's clock, advanced by how long the run took.
-        let took = outcome.finished_ms.saturating_sub(outcome.started_ms);
+        let took = outcome
+            .report
+            .finished_ms
+            .saturating_sub(outcome.report.started_ms);
         let breaker_opened =
             self.gate()
                 .finished(&run.action, &run.target, outcome.status, now_ms + took);
@@ -183,7 +185,7 @@ impl Remediation {
     }
 
     /// Swaps the declared actions (config reload), keeping history.
-    pub fn reconfigure(&self, specs: BTreeMap<String, ActionSpec>) {
+    pub fn reconfigure(&self, specs: BTreeMap<ActionName, ActionSpec>) {
         self.gate().reconfigure(specs);
     }
 
@@ -262,16 +264,18 @@ mod tests {
             self.0.fetch_add(1, Ordering::SeqCst);
             Outcome {
                 status: Status::Failed,
-                detail: "exited with status 1".into(),
-                exit_code: Some(1),
-                output_excerpt: String::new(),
-                started_ms: 5_000,
-                finished_ms: 5_010,
+                report: RunReport {
+                    detail: "exited with status 1".into(),
+                    exit_code: Some(1),
+                    output_excerpt: String::new(),
+                    started_ms: 5_000,
+                    finished_ms: 5_010,
+                },
             }
         }
     }
 
-    fn specs(mode: &str) -> BTreeMap<String, ActionSpec> {
+    fn specs(mode: &str) -> BTreeMap<ActionName, ActionSpec> {
         let text = format!(
             r#"
             [restart]
@@ -323,7 +327,7 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(third.outcome.status, Status::Refused);
-            assert!(third.outcome.detail.starts_with("breaker open: "));
+            assert!(third.outcome.report.detail.starts_with("breaker open: "));
             assert_eq!(executor.0.load(Ordering::SeqCst), 2);
             let record = remediation.audit().get(second.audit_id).unwrap().unwrap();
             assert_eq!(record.status, AuditStatus::Failed);
@@ -355,7 +359,7 @@ mod tests {
             .unwrap();
         assert_eq!(handled.outcome.status, Status::DryRun);
         assert_eq!(
-            handled.outcome.detail,
+            handled.outcome.report.detail,
             r#"dry-run: would run ["/usr/bin/systemctl", "restart", "nginx"]"#
         );
         assert_eq!(executor.0.load(Ordering::SeqCst), 0);

@@ -35,8 +35,9 @@ mod watch;
 pub use watch::ConfigWatch;
 
 use crate::actions::{ActionSpec, Mode, parse_actions};
-use crate::plugins::{FailurePolicy, builtin};
-use crate::runtime::Limits;
+use crate::duration::TextDuration;
+use crate::names::{ActionName, Syntax};
+use crate::runtime::{Limits, builtin};
 
 /// Poll interval when a target does not set one.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
@@ -67,7 +68,7 @@ pub struct Settings {
     /// Folders whose `.wasm` files are rules (already expanded into `rules`).
     pub rule_dirs: Vec<RuleDir>,
     /// Remediation the operator declared, by name. Rules can only ask.
-    pub actions: BTreeMap<String, ActionSpec>,
+    pub actions: BTreeMap<ActionName, ActionSpec>,
     /// At shutdown, how long rules may go on evaluating what is queued, and
     /// sinks delivering what waits, before the rest is counted and dropped.
     pub shutdown_grace: Duration,
@@ -150,6 +151,29 @@ pub struct RuleSpec {
     pub failure_policy: FailurePolicy,
     /// Where it was declared (`vigil.toml:12`), for error messages.
     pub origin: String,
+}
+
+/// When a failing rule is set aside, and for how long: the
+/// `quarantine_*` settings of a `[[rules]]` table. The rule's worker
+/// (`plugins`) applies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailurePolicy {
+    /// Failures in a row that quarantine the rule.
+    pub quarantine_after: u32,
+    /// The first quarantine's length; each next one doubles it.
+    pub initial_backoff: Duration,
+    /// The longest quarantine.
+    pub max_backoff: Duration,
+}
+
+impl Default for FailurePolicy {
+    fn default() -> Self {
+        FailurePolicy {
+            quarantine_after: 5,
+            initial_backoff: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(600),
+        }
+    }
 }
 
 /// Where a rule's component comes from.
@@ -422,12 +446,7 @@ impl TargetConfig {
 }
 
 fn check_label_name(name: &str) -> Result<(), String> {
-    let mut chars = name.chars();
-    let valid = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if valid {
+    if Syntax::Identifier.accepts(name) {
         Ok(())
     } else {
         Err(format!(
@@ -571,18 +590,14 @@ impl RuleConfig {
     }
 }
 
-/// A duration written as text: `500ms`, `5s`, `1m 30s`.
+/// A [`TextDuration`] that must be longer than zero: every duration of the
+/// host's own settings (intervals, timeouts, backoffs) is one.
 #[derive(Clone, Copy)]
 struct ConfigDuration(Duration);
 
 impl<'de> Deserialize<'de> for ConfigDuration {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        let duration = humantime::parse_duration(&text).map_err(|error| {
-            serde::de::Error::custom(format!(
-                "invalid duration `{text}`: {error}; write e.g. \"5s\" or \"250ms\""
-            ))
-        })?;
+        let TextDuration(duration) = TextDuration::deserialize(deserializer)?;
         if duration.is_zero() {
             return Err(serde::de::Error::custom(
                 "a duration of zero is not allowed here",

@@ -5,7 +5,6 @@
 //! and where the config declares it. Nothing is half-loaded: a rule is
 //! either ready for samples or an error.
 
-pub mod builtin;
 pub mod reload;
 mod subscription;
 mod worker;
@@ -14,10 +13,18 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The sha256 of a component, in hex: its identity for reloads and caches.
+pub use crate::hash::sha256_hex as content_hash;
 pub use subscription::Subscription;
+
+/// A rule's quarantine settings, parsed with the rest of its config.
+pub use crate::config::FailurePolicy;
+/// The rules embedded in the binary (they live in the runtime, below the
+/// config that names them).
+pub use crate::runtime::builtin;
 pub use worker::{
-    Evaluation, FailurePolicy, QUEUE, Refused, RuleBoard, RuleCounters, RuleHealth, RuleWorker,
-    Stopping, WorkerEvent,
+    Evaluation, QUEUE, Refused, RuleBoard, RuleCounters, RuleHealth, RuleWorker, Stopping,
+    WorkerEvent,
 };
 
 use crate::config::{RuleSource, RuleSpec};
@@ -52,15 +59,6 @@ pub struct RuleLoadError {
     pub origin: String,
     /// What is wrong.
     pub reason: String,
-}
-
-/// The sha256 of a component, in hex: its identity for reloads and caches.
-pub fn content_hash(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(bytes)
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
 }
 
 /// Reads, compiles, links and initialises a rule. Slow for big components:

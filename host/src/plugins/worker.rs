@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::{LoadedRule, Subscription};
+use crate::config::FailurePolicy;
 use crate::runtime::{ActionOutcome, CallError, RuleInstance, Sample, Verdict};
 
 /// Samples waiting for one rule; more are dropped for this rule.
@@ -35,27 +36,6 @@ pub const QUEUE: usize = 1024;
 const MAX_PENDING_FEEDBACK: usize = 1024;
 /// Outcomes kept for one target until its next sample (the newest).
 const MAX_FEEDBACK_PER_TARGET: usize = 32;
-
-/// When a failing rule is set aside, and for how long.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FailurePolicy {
-    /// Failures in a row that quarantine the rule.
-    pub quarantine_after: u32,
-    /// The first quarantine's length; each next one doubles it.
-    pub initial_backoff: Duration,
-    /// The longest quarantine.
-    pub max_backoff: Duration,
-}
-
-impl Default for FailurePolicy {
-    fn default() -> Self {
-        FailurePolicy {
-            quarantine_after: 5,
-            initial_backoff: Duration::from_secs(10),
-            max_backoff: Duration::from_secs(600),
-        }
-    }
-}
 
 /// Where a rule stands after an evaluation.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -48,6 +48,8 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
+use crate::hash::{hex, sha256_hex};
+
 /// How much disk a cache's entries may take before the least recently used
 /// are evicted.
 pub const DEFAULT_BUDGET_BYTES: u64 = 1 << 30;
@@ -288,7 +290,7 @@ impl Key {
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let engine = hex(&hasher.0.finalize());
         // 64 bits tell engines apart; wasmtime checks the rest.
-        Key(format!("{}-{}", hex(&Sha256::digest(bytes)), &engine[..16]))
+        Key(format!("{}-{}", sha256_hex(bytes), &engine[..16]))
     }
 
     fn entry_name(&self, checksum: &str) -> String {
@@ -317,16 +319,6 @@ impl Hasher for Sha256Hasher {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(64), |mut out, byte| {
-            let _ = write!(out, "{byte:02x}");
-            out
-        })
-}
-
 /// Creates `dir` (and its parents); the directory itself readable and
 /// writable by its owner only, as it holds code the host will run.
 fn create_private_dir(dir: &Path) -> io::Result<()> {
@@ -342,7 +334,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::plugins::builtin::THRESHOLD;
+    use crate::runtime::builtin::THRESHOLD;
     use crate::runtime::{Limits, Metric, Prepared, RuleInstance, Runtime};
     use crate::sources::make_sample;
     use crate::state::StateDb;
@@ -481,7 +473,7 @@ mod tests {
         assert!(!first.cached);
         let entry = only_entry(&cache);
         let name = entry.file_name().and_then(|n| n.to_str()).expect("name");
-        let component_sha = hex(&Sha256::digest(THRESHOLD.wasm));
+        let component_sha = sha256_hex(THRESHOLD.wasm);
         assert!(name.starts_with(&component_sha), "{name}");
         assert!(name.ends_with(".cwasm"), "{name}");
 

@@ -301,7 +301,7 @@ mod tests {
     fn an_instance_reports_the_linear_memory_it_holds() {
         let runtime = Runtime::new().unwrap();
         let prepared = runtime
-            .prepare(crate::plugins::builtin::THRESHOLD.wasm)
+            .prepare(crate::runtime::builtin::THRESHOLD.wasm)
             .unwrap();
         let state = crate::state::StateDb::in_memory()
             .unwrap()

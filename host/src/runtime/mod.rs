@@ -15,6 +15,7 @@
 //!   random numbers (see [`sandbox`]).
 
 mod bindings;
+pub mod builtin;
 mod cache;
 mod component;
 mod host;

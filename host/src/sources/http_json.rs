@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::{Source, describe};
+use crate::http::read_body_capped;
 use crate::runtime::Metric;
 
 /// Most metrics taken from one body; past this the body is refused, since a
@@ -57,18 +58,13 @@ impl HttpJsonSource {
         {
             return Err(self.too_large());
         }
-        let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
+        let body = read_body_capped(&mut response, self.max_body_bytes)
             .await
-            .map_err(|error| self.describe_error(&error))?
-        {
-            if body.len() + chunk.len() > self.max_body_bytes {
-                return Err(self.too_large());
-            }
-            body.extend_from_slice(&chunk);
+            .map_err(|error| self.describe_error(&error))?;
+        if body.truncated {
+            return Err(self.too_large());
         }
-        Ok(body)
+        Ok(body.bytes)
     }
 
     fn too_large(&self) -> String {

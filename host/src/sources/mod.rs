@@ -20,6 +20,7 @@ pub use http_json::{HttpJsonSource, flatten};
 pub use local::LocalSource;
 pub use pollers::Pollers;
 
+use crate::clock::now_ms;
 use crate::config::{TargetKind, TargetSpec};
 use crate::runtime::{Health, Label, Metric, Sample};
 
@@ -67,7 +68,7 @@ async fn run<S: Source>(target: TargetSpec, mut source: S, samples: mpsc::Sender
         if let Err(reason) = &result {
             tracing::warn!(target = %target.name, reason, "Target is down.");
         }
-        let sample = make_sample(&target.name, &labels, result, crate::clock::now_ms());
+        let sample = make_sample(&target.name, &labels, result, now_ms());
         if samples.send(Arc::new(sample)).await.is_err() {
             return;
         }

@@ -1,4 +1,6 @@
-//! Rules embedded in the binary, built from `plugins/` by `build.rs`.
+//! Rules embedded in the binary, built from `plugins/` by `build.rs`. They
+//! sit here, with the engine, so that the config can name them without
+//! depending on the rule workers.
 
 /// An embedded rule.
 #[derive(Debug)]
