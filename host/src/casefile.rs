@@ -28,7 +28,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
-use crate::alerts::{State, Tracker};
+use crate::alerts::{State, Tracker, format_labels};
 use crate::config::{FailurePolicy, RuleSource, RuleSpec};
 use crate::plugins;
 use crate::runtime::{Label, Limits, Metric, Runtime, builtin};
@@ -105,7 +105,10 @@ impl ExpectedAlert {
                 labels,
                 severity,
             } => {
-                let labels = labels.as_ref().map(format_labels).unwrap_or_default();
+                let labels = labels
+                    .as_ref()
+                    .map(|l| format_labels(l))
+                    .unwrap_or_default();
                 let severity = severity
                     .as_ref()
                     .map(|s| format!(" [{s}]"))
@@ -132,14 +135,6 @@ impl Got {
             self.severity
         )
     }
-}
-
-fn format_labels(labels: &BTreeMap<String, String>) -> String {
-    if labels.is_empty() {
-        return String::new();
-    }
-    let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
-    format!("{{{}}}", pairs.join(", "))
 }
 
 /// Expands promtool-style series notation into one value (or none) per step.
@@ -301,11 +296,7 @@ pub fn run(path: &Path, runtime: &Runtime, out: &mut impl std::io::Write) -> any
                 severity: alert.severity.to_string(),
             })
             .collect();
-        let requested: Vec<&str> = verdict
-            .actions
-            .iter()
-            .map(|action| action.action.as_str())
-            .collect();
+        let requested = verdict.action_names();
         for expect in expects {
             let mut lines = Vec::new();
             for wanted in &expect.alerts {

@@ -189,3 +189,21 @@ fn deadline_ticks(timeout: Duration) -> u64 {
     let tick = EPOCH_TICK.as_nanos();
     u64::try_from(timeout.as_nanos().div_ceil(tick)).unwrap_or(u64::MAX / 2) + 1
 }
+
+impl Verdict {
+    /// The names of the alerts it reports, in order.
+    pub fn alert_names(&self) -> Vec<&str> {
+        self.alerts
+            .iter()
+            .map(|alert| alert.name.as_str())
+            .collect()
+    }
+
+    /// The names of the actions it asks for, in order.
+    pub fn action_names(&self) -> Vec<&str> {
+        self.actions
+            .iter()
+            .map(|action| action.action.as_str())
+            .collect()
+    }
+}

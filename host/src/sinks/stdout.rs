@@ -122,14 +122,7 @@ fn evaluation_text(evaluation: &Evaluation) -> String {
     };
     let said = match &evaluation.result {
         Ok(verdict) if verdict.alerts.is_empty() => "no alerts".to_string(),
-        Ok(verdict) => {
-            let names: Vec<&str> = verdict
-                .alerts
-                .iter()
-                .map(|alert| alert.name.as_str())
-                .collect();
-            format!("alerts: {}", names.join(", "))
-        }
+        Ok(verdict) => format!("alerts: {}", verdict.alert_names().join(", ")),
         Err(error @ crate::runtime::CallError::Quarantined(_)) => format!("skipped, {error}"),
         Err(error) => format!("FAILED: {error}"),
     };
@@ -166,18 +159,8 @@ fn evaluation_json(evaluation: &Evaluation) -> Value {
     }
     match &evaluation.result {
         Ok(verdict) => {
-            let alerts: Vec<&str> = verdict
-                .alerts
-                .iter()
-                .map(|alert| alert.name.as_str())
-                .collect();
-            let actions: Vec<&str> = verdict
-                .actions
-                .iter()
-                .map(|action| action.action.as_str())
-                .collect();
-            line["alerts"] = json!(alerts);
-            line["actions"] = json!(actions);
+            line["alerts"] = json!(verdict.alert_names());
+            line["actions"] = json!(verdict.action_names());
         }
         Err(error) => {
             line["error"] = json!(error.to_string());
