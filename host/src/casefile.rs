@@ -107,7 +107,7 @@ impl ExpectedAlert {
             } => {
                 let labels = labels
                     .as_ref()
-                    .map(|l| format_labels(l))
+                    .map(format_labels)
                     .unwrap_or_default();
                 let severity = severity
                     .as_ref()
