@@ -28,7 +28,7 @@ fn load(c: &mut Criterion) {
     let spec = Settings::local_default().rules.remove(0);
     let specs: Vec<RuleSpec> = (0..RULES)
         .map(|i| RuleSpec {
-            name: format!("threshold-{i}"),
+            name: format!("threshold-{i}").into(),
             ..spec.clone()
         })
         .collect();

@@ -27,6 +27,7 @@ use crate::actions::dispatch::Dispatch;
 use crate::alerts::Alerting;
 use crate::clock::now_ms;
 use crate::config::{ConfigWatch, Settings};
+use crate::names::RuleName;
 use crate::plugins::reload::{self, Change, ReloaderHandle, StatusBoard};
 use crate::plugins::{self, RuleBoard, Stopping, WorkerEvent};
 use crate::routing::{Router, RouterStats};
@@ -64,7 +65,7 @@ pub struct App {
 pub struct Stopped {
     /// Per rule, samples that were queued but not evaluated because the
     /// grace period ran out (only rules that left some).
-    pub abandoned: BTreeMap<Arc<str>, u64>,
+    pub abandoned: BTreeMap<RuleName, u64>,
     /// Per sink, events still queued when it was cut off.
     pub undelivered: Vec<(Arc<str>, usize)>,
 }
@@ -285,7 +286,7 @@ async fn stop(
         router.route(sample);
     }
     let stopping: Vec<Stopping> = router.close();
-    let mut running: HashSet<Arc<str>> = stopping
+    let mut running: HashSet<RuleName> = stopping
         .iter()
         .map(|worker| worker.name().clone())
         .collect();

@@ -30,6 +30,7 @@ use serde::Deserialize;
 
 use crate::alerts::{State, Tracker, format_labels};
 use crate::config::{FailurePolicy, RuleSource, RuleSpec};
+use crate::names::{RuleName, TargetName};
 use crate::plugins;
 use crate::runtime::{Label, Limits, Metric, Runtime, builtin};
 use crate::sources::make_sample;
@@ -105,10 +106,7 @@ impl ExpectedAlert {
                 labels,
                 severity,
             } => {
-                let labels = labels
-                    .as_ref()
-                    .map(format_labels)
-                    .unwrap_or_default();
+                let labels = labels.as_ref().map(format_labels).unwrap_or_default();
                 let severity = severity
                     .as_ref()
                     .map(|s| format!(" [{s}]"))
@@ -223,6 +221,7 @@ pub fn run(path: &Path, runtime: &Runtime, out: &mut impl std::io::Write) -> any
     };
     let interval_ms = u64::try_from(interval.as_millis())?;
     let target = file.target.unwrap_or_else(|| "test".into());
+    let (rule_name, target_name) = (RuleName::from("rule"), TargetName::from(target.as_str()));
 
     let mut series = Vec::new();
     for (name, values) in &file.series {
@@ -283,7 +282,7 @@ pub fn run(path: &Path, runtime: &Runtime, out: &mut impl std::io::Write) -> any
             .instance
             .evaluate(&sample)
             .with_context(|| format!("step {step}: the rule failed"))?;
-        tracker.observe("rule", &target, &verdict.alerts, at_ms);
+        tracker.observe(&rule_name, &target_name, &verdict.alerts, at_ms);
         let Some(expects) = expectations.get(&step) else {
             continue;
         };

@@ -22,7 +22,8 @@
 //! let verdict = rule.instance.evaluate(&sample)?;
 //!
 //! let mut tracker = Tracker::default();
-//! let events = tracker.observe("threshold", "web-01", &verdict.alerts, sample.timestamp_ms);
+//! let (rule_name, target) = ("threshold".into(), "web-01".into());
+//! let events = tracker.observe(&rule_name, &target, &verdict.alerts, sample.timestamp_ms);
 //! assert_eq!(events[0].status, Status::Firing);
 //! assert_eq!(events[0].alert.name, "CpuUsageHigh");
 //! assert_eq!(events[0].alert.summary, "cpu_usage is 91.0, above 80");

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
 
+use crate::names::RuleName;
 use crate::plugins::{
     FailurePolicy, LoadedRule, Refused, RuleBoard, RuleWorker, Stopping, WorkerEvent,
 };
@@ -37,13 +38,13 @@ pub struct RouterStats {
 
 /// The routing stage and the rule workers behind it.
 pub struct Router {
-    workers: BTreeMap<Arc<str>, RuleWorker>,
+    workers: BTreeMap<RuleName, RuleWorker>,
     board: RuleBoard,
     results: mpsc::Sender<WorkerEvent>,
     /// Samples dropped per rule since the last [`Router::tick`].
-    dropping: BTreeMap<Arc<str>, u64>,
+    dropping: BTreeMap<RuleName, u64>,
     /// Rules removed whose worker has not reported `Stopped` yet.
-    removed: HashSet<Arc<str>>,
+    removed: HashSet<RuleName>,
     stats: Arc<RouterStats>,
 }
 
@@ -74,7 +75,7 @@ impl Router {
     /// Offers `sample` to every rule that selects it, never waiting.
     /// Returns the rules that just started dropping samples (the first drop
     /// since the last tick), for the host's `RuleOverloaded` alert.
-    pub fn route(&mut self, sample: Arc<Sample>) -> Vec<Arc<str>> {
+    pub fn route(&mut self, sample: Arc<Sample>) -> Vec<RuleName> {
         self.stats.samples.fetch_add(1, Ordering::Relaxed);
         let mut started = Vec::new();
         for (name, worker) in &self.workers {
@@ -102,7 +103,7 @@ impl Router {
 
     /// The samples each rule dropped since the last tick (only rules that
     /// dropped any), and a fresh count from now on.
-    pub fn tick(&mut self) -> BTreeMap<Arc<str>, u64> {
+    pub fn tick(&mut self) -> BTreeMap<RuleName, u64> {
         let dropped = std::mem::take(&mut self.dropping);
         for (rule, count) in &dropped {
             tracing::warn!(rule = %rule, dropped = count, "Samples dropped for a rule that is not keeping up.");

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use super::{ActionSpec, AuditLog, BreakerTrip, RealExecutor, Remediation};
 use crate::clock::now_ms;
 use crate::names::ActionName;
+use crate::names::RuleName;
 use crate::plugins::Evaluation;
 use crate::runtime::ActionOutcome;
 use crate::state::StateDb;
@@ -24,7 +25,7 @@ const OUTCOMES: usize = 1024;
 #[derive(Debug)]
 pub struct Feedback {
     /// The rule that asked.
-    pub rule: Arc<str>,
+    pub rule: RuleName,
     /// The target it asked about.
     pub target: String,
     /// What became of the request.

@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use super::config::{ActionSpec, InvocationSpec, Mode};
 use super::excerpt;
-use crate::names::ActionName;
+use crate::names::{ActionName, TargetName};
 use crate::runtime::{ActionRequest, ActionStatus};
 
 /// Largest param value accepted, in bytes.
@@ -375,8 +375,8 @@ pub struct Gate {
     specs: BTreeMap<ActionName, ActionSpec>,
     actions: HashMap<ActionName, History>,
     /// (action, target) -> the last run.
-    last: HashMap<(ActionName, String), LastRun>,
-    in_flight: HashSet<(ActionName, String)>,
+    last: HashMap<(ActionName, TargetName), LastRun>,
+    in_flight: HashSet<(ActionName, TargetName)>,
 }
 
 /// Per action: start times (for the limit), finish times of runs and of
@@ -448,7 +448,7 @@ impl Gate {
             Ok(run) => {
                 self.record_start(&run.action, target, now_ms);
                 self.in_flight
-                    .insert((run.action.clone(), target.to_string()));
+                    .insert((run.action.clone(), TargetName::from(target)));
                 Decision::Run(run)
             }
             Err(reason) => Decision::Refuse(reason),
@@ -475,7 +475,7 @@ impl Gate {
         let params = check_params(spec, request)?;
         let invocation = build(spec, &params)?;
 
-        let key = (spec.name.clone(), target.to_string());
+        let key = (spec.name.clone(), TargetName::from(target));
         if let Some(last) = self.last.get(&key) {
             let since = last.finished_ms.unwrap_or(last.started_ms);
             let ready = since.saturating_add(millis(spec.cooldown));
@@ -540,7 +540,8 @@ impl Gate {
         now_ms: u64,
     ) -> Option<BreakerTrip> {
         let action = ActionName::from(action);
-        self.in_flight.remove(&(action.clone(), target.to_string()));
+        self.in_flight
+            .remove(&(action.clone(), TargetName::from(target)));
         self.record_finish(&action, target, status, now_ms)
     }
 
@@ -586,7 +587,7 @@ impl Gate {
     /// Whether a run of `action` for `target` is in flight.
     pub fn is_in_flight(&self, action: &str, target: &str) -> bool {
         self.in_flight
-            .contains(&(ActionName::from(action), target.to_string()))
+            .contains(&(ActionName::from(action), TargetName::from(target)))
     }
 
     fn record_start(&mut self, action: &ActionName, target: &str, now_ms: u64) {
@@ -595,7 +596,7 @@ impl Gate {
         history.started.push_back(now_ms);
         prune(&mut history.started, keep, now_ms);
         self.last.insert(
-            (action.clone(), target.to_string()),
+            (action.clone(), TargetName::from(target)),
             LastRun {
                 started_ms: now_ms,
                 finished_ms: None,
@@ -610,7 +611,7 @@ impl Gate {
         status: Status,
         now_ms: u64,
     ) -> Option<BreakerTrip> {
-        let key = (action.clone(), target.to_string());
+        let key = (action.clone(), TargetName::from(target));
         if let Some(last) = self.last.get_mut(&key) {
             last.finished_ms = Some(now_ms);
         }

@@ -19,6 +19,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::names::{RuleName, TargetName};
 use crate::runtime::{self, Label};
 
 /// A stable identity for an alert: rule, target, name and identity labels.
@@ -135,9 +136,9 @@ pub struct AlertEvent {
     /// Firing or resolved.
     pub status: Status,
     /// The rule that reported it.
-    pub rule: String,
+    pub rule: RuleName,
     /// The target it is about.
-    pub target: String,
+    pub target: TargetName,
     /// The alert as last reported.
     pub alert: TrackedAlert,
     /// When the transition happened (the sample's timestamp).
@@ -171,8 +172,8 @@ impl Group {
 /// transitions to announce, firing ones first in the order reported.
 pub fn step(
     group: &mut Group,
-    rule: &str,
-    target: &str,
+    rule: &RuleName,
+    target: &TargetName,
     reported: &[runtime::Alert],
     now_ms: u64,
 ) -> Vec<AlertEvent> {
@@ -229,11 +230,17 @@ pub fn step(
     events
 }
 
-fn event(status: Status, rule: &str, target: &str, alert: &TrackedAlert, at_ms: u64) -> AlertEvent {
+fn event(
+    status: Status,
+    rule: &RuleName,
+    target: &TargetName,
+    alert: &TrackedAlert,
+    at_ms: u64,
+) -> AlertEvent {
     AlertEvent {
         status,
-        rule: rule.to_string(),
-        target: target.to_string(),
+        rule: rule.clone(),
+        target: target.clone(),
         alert: alert.clone(),
         at_ms,
     }
@@ -280,7 +287,7 @@ mod tests {
         let mut all = Vec::new();
         for (second, verdict) in verdicts.iter().enumerate() {
             let now = second as u64 * 1000;
-            for event in step(&mut group, "r", "t", verdict, now) {
+            for event in step(&mut group, &"r".into(), &"t".into(), verdict, now) {
                 all.push((now, event.status, event.alert.name));
             }
         }
@@ -348,7 +355,13 @@ mod tests {
         }];
         let mut var = root.clone();
         var.labels[0].value = "/var".into();
-        let events = step(&mut group, "r", "t", &[root.clone(), var.clone()], 0);
+        let events = step(
+            &mut group,
+            &"r".into(),
+            &"t".into(),
+            &[root.clone(), var.clone()],
+            0,
+        );
         assert_eq!(
             statuses(&events),
             [(Status::Firing, "DiskFull"), (Status::Firing, "DiskFull")]
@@ -360,7 +373,10 @@ mod tests {
             value: "x".into(),
         }];
         root.summary = "new words".into();
-        assert_eq!(step(&mut group, "r", "t", &[root, var], 1000), []);
+        assert_eq!(
+            step(&mut group, &"r".into(), &"t".into(), &[root, var], 1000),
+            []
+        );
         let summaries: Vec<&str> = group.alerts().map(|a| a.summary.as_str()).collect();
         assert!(summaries.contains(&"new words"));
     }
@@ -368,7 +384,13 @@ mod tests {
     #[test]
     fn duplicates_in_one_verdict_count_once() {
         let mut group = Group::default();
-        let events = step(&mut group, "r", "t", &[alert("A", 0), alert("A", 0)], 0);
+        let events = step(
+            &mut group,
+            &"r".into(),
+            &"t".into(),
+            &[alert("A", 0), alert("A", 0)],
+            0,
+        );
         assert_eq!(events.len(), 1);
     }
 
@@ -415,7 +437,7 @@ mod tests {
                 value: "1".into(),
             },
         ];
-        let events = step(&mut group, "r", "t", &[unordered], 0);
+        let events = step(&mut group, &"r".into(), &"t".into(), &[unordered], 0);
         assert_eq!(events[0].alert.fingerprint, a);
     }
 }

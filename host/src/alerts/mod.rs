@@ -16,6 +16,7 @@ pub use host::{HOST_RULE, HOST_TARGET, HostAlerts};
 pub use lifecycle::{AlertEvent, Fingerprint, Severity, State, Status, TrackedAlert};
 pub use stage::Alerting;
 
+use crate::names::{RuleName, TargetName};
 use crate::runtime::Alert;
 use crate::state::{StateDb, StateError};
 
@@ -26,7 +27,7 @@ use crate::state::{StateDb, StateError};
 /// a firing alert again nor forgets a pending one's start.
 #[derive(Default)]
 pub struct Tracker {
-    groups: HashMap<(String, String), lifecycle::Group>,
+    groups: HashMap<(RuleName, TargetName), lifecycle::Group>,
     store: Option<StateDb>,
 }
 
@@ -38,7 +39,7 @@ impl Tracker {
         for (rule, target, bytes) in store.alert_groups()? {
             match serde_json::from_slice::<lifecycle::Group>(&bytes) {
                 Ok(group) => {
-                    groups.insert((rule, target), group);
+                    groups.insert((RuleName::from(rule), TargetName::from(target)), group);
                 }
                 Err(error) => {
                     tracing::warn!(rule, target, %error, "Dropped an unreadable saved alert group.")
@@ -55,12 +56,12 @@ impl Tracker {
     /// tracked state and returns the transitions to announce.
     pub fn observe(
         &mut self,
-        rule: &str,
-        target: &str,
+        rule: &RuleName,
+        target: &TargetName,
         alerts: &[Alert],
         now_ms: u64,
     ) -> Vec<AlertEvent> {
-        let key = (rule.to_string(), target.to_string());
+        let key = (rule.clone(), target.clone());
         let group = self.groups.entry(key.clone()).or_default();
         let before = group.shape();
         let events = lifecycle::step(group, rule, target, alerts, now_ms);
@@ -75,7 +76,7 @@ impl Tracker {
         events
     }
 
-    fn save(&self, key: &(String, String)) {
+    fn save(&self, key: &(RuleName, TargetName)) {
         let Some(store) = &self.store else { return };
         let group = self
             .groups
@@ -89,7 +90,11 @@ impl Tracker {
 
     /// Drops every group whose (rule, target) matches, announcing each of
     /// its firing alerts as resolved at `now_ms`: for a rule that is gone.
-    pub fn forget(&mut self, matches: impl Fn(&str, &str) -> bool, now_ms: u64) -> Vec<AlertEvent> {
+    pub fn forget(
+        &mut self,
+        matches: impl Fn(&RuleName, &TargetName) -> bool,
+        now_ms: u64,
+    ) -> Vec<AlertEvent> {
         let mut events = Vec::new();
         let mut gone = Vec::new();
         self.groups.retain(|(rule, target), group| {
@@ -115,9 +120,13 @@ impl Tracker {
     }
 
     /// The alerts tracked for (`rule`, `target`), pending and firing.
-    pub fn group(&self, rule: &str, target: &str) -> impl Iterator<Item = &TrackedAlert> {
+    pub fn group(
+        &self,
+        rule: &RuleName,
+        target: &TargetName,
+    ) -> impl Iterator<Item = &TrackedAlert> {
         self.groups
-            .get(&(rule.to_string(), target.to_string()))
+            .get(&(rule.clone(), target.clone()))
             .into_iter()
             .flat_map(|group| group.alerts())
     }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use super::host::{HOST_RULE, HOST_TARGET, HostAlerts};
 use super::{AlertEvent, Tracker};
 use crate::actions::BreakerTrip;
+use crate::names::{RuleName, TargetName};
 use crate::plugins::Evaluation;
 use crate::runtime::CallError;
 use crate::sinks::Delivery;
@@ -18,6 +19,9 @@ use crate::state::{StateDb, StateError};
 
 /// Alert state and the way out to the sinks.
 pub struct Alerting {
+    /// [`HOST_RULE`] and [`HOST_TARGET`], typed once.
+    host_rule: RuleName,
+    host_target: TargetName,
     tracker: Tracker,
     host: HostAlerts,
     delivery: Delivery,
@@ -34,12 +38,15 @@ impl Alerting {
         now_ms: u64,
     ) -> Result<Self, StateError> {
         let mut tracker = Tracker::persistent(store)?;
-        let host = HostAlerts::restore(tracker.group(HOST_RULE, HOST_TARGET), configured);
+        let (host_rule, host_target) = (RuleName::from(HOST_RULE), TargetName::from(HOST_TARGET));
+        let host = HostAlerts::restore(tracker.group(&host_rule, &host_target), configured);
         let gone = tracker.forget(
-            |rule, _| rule != HOST_RULE && !configured.contains(rule),
+            |rule, _| *rule != host_rule && !configured.contains(rule.as_str()),
             now_ms,
         );
         let mut alerting = Alerting {
+            host_rule,
+            host_target,
             tracker,
             host,
             delivery,
@@ -63,7 +70,7 @@ impl Alerting {
             Ok(verdict) => {
                 let events = self.tracker.observe(
                     &evaluation.rule,
-                    &sample.target,
+                    &TargetName::from(sample.target.as_str()),
                     &verdict.alerts,
                     sample.timestamp_ms,
                 );
@@ -84,7 +91,7 @@ impl Alerting {
     }
 
     /// These rules just started dropping samples.
-    pub fn rules_overloaded(&mut self, rules: Vec<Arc<str>>, now_ms: u64) {
+    pub fn rules_overloaded(&mut self, rules: Vec<RuleName>, now_ms: u64) {
         if self.host.rules_overloaded(rules.iter().map(|rule| &**rule)) {
             self.observe_host(now_ms);
         }
@@ -92,7 +99,7 @@ impl Alerting {
 
     /// The periodic check: `dropped` is what each rule dropped since the
     /// last tick, `open` the breakers open now.
-    pub fn tick(&mut self, dropped: &BTreeMap<Arc<str>, u64>, open: &[BreakerTrip], now_ms: u64) {
+    pub fn tick(&mut self, dropped: &BTreeMap<RuleName, u64>, open: &[BreakerTrip], now_ms: u64) {
         let dropping: BTreeSet<&str> = dropped.keys().map(|rule| &**rule).collect();
         self.host.tick(&dropping, open);
         self.host.rules_overloaded(dropping);
@@ -123,7 +130,7 @@ impl Alerting {
         let alerts = self.host.alerts();
         let events = self
             .tracker
-            .observe(HOST_RULE, HOST_TARGET, &alerts, now_ms);
+            .observe(&self.host_rule, &self.host_target, &alerts, now_ms);
         self.send(events);
     }
 

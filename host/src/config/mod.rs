@@ -36,7 +36,7 @@ pub use watch::ConfigWatch;
 
 use crate::actions::{ActionSpec, Mode, parse_actions};
 use crate::duration::TextDuration;
-use crate::names::{ActionName, Syntax};
+use crate::names::{ActionName, RuleName, Syntax, TargetName};
 use crate::runtime::{Limits, builtin};
 
 /// Poll interval when a target does not set one.
@@ -98,7 +98,7 @@ impl RuleDir {
             .filter_map(|file| {
                 let name = file.file_stem()?.to_string_lossy().into_owned();
                 Some(RuleSpec {
-                    name,
+                    name: name.into(),
                     source: RuleSource::File(file),
                     ..self.template.clone()
                 })
@@ -111,7 +111,7 @@ impl RuleDir {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TargetSpec {
     /// Unique name, sent to rules as `sample.target`.
-    pub name: String,
+    pub name: TargetName,
     /// Labels sent with every sample, sorted by name.
     pub labels: BTreeMap<String, String>,
     /// Time between the starts of two polls.
@@ -140,7 +140,7 @@ pub enum TargetKind {
 #[derive(Debug, Clone)]
 pub struct RuleSpec {
     /// Unique name: the rule's log tag and state namespace.
-    pub name: String,
+    pub name: RuleName,
     /// Where its component comes from.
     pub source: RuleSource,
     /// Its `config` table, as the JSON text `configure` receives.
@@ -325,7 +325,7 @@ impl Settings {
         };
         for (name, action) in &actions {
             for rule in &action.allowed_rules {
-                if !names.contains(rule) && rule_dirs.is_empty() {
+                if !names.contains(rule.as_str()) && rule_dirs.is_empty() {
                     tracing::warn!(action = %name, rule, "An action allows a rule that is not configured.");
                 }
             }
@@ -437,7 +437,7 @@ impl TargetConfig {
             }
         };
         Ok(TargetSpec {
-            name: self.name,
+            name: self.name.into(),
             labels: self.labels,
             interval,
             kind,
@@ -580,7 +580,7 @@ impl RuleConfig {
             format!("rule `{name}`: its config cannot be passed as JSON: {error}")
         })?;
         Ok(RuleSpec {
-            name,
+            name: name.into(),
             source,
             config_json,
             limits,

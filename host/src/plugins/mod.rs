@@ -10,7 +10,6 @@ mod subscription;
 mod worker;
 
 use std::borrow::Cow;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// The sha256 of a component, in hex: its identity for reloads and caches.
@@ -28,13 +27,14 @@ pub use worker::{
 };
 
 use crate::config::{RuleSource, RuleSpec};
+use crate::names::RuleName;
 use crate::runtime::{LoadError, RuleInfo, RuleInstance, Runtime};
 use crate::state::StateDb;
 
 /// A rule ready to evaluate samples.
 pub struct LoadedRule {
     /// Its name from the config.
-    pub name: Arc<str>,
+    pub name: RuleName,
     /// What it said about itself in `configure`.
     pub info: RuleInfo,
     /// The metrics it asked for.
@@ -52,7 +52,7 @@ pub struct LoadedRule {
 #[error("rule `{name}` ({file}, declared at {origin}): {reason}")]
 pub struct RuleLoadError {
     /// The rule's name.
-    pub name: String,
+    pub name: RuleName,
     /// Its file or builtin name.
     pub file: String,
     /// Where the config declares it.

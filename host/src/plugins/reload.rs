@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use super::{FailurePolicy, LoadedRule, content_hash};
 use crate::clock::now_ms;
 use crate::config::{RuleDir, RuleSource, RuleSpec};
+use crate::names::RuleName;
 use crate::runtime::Runtime;
 use crate::state::StateDb;
 use crate::watch::{DebouncedWatch, folder_of};
@@ -33,7 +34,7 @@ pub enum Change {
     Install(Box<LoadedRule>, FailurePolicy),
     /// The rule's file is gone, or the config dropped it: stop it and
     /// resolve its alerts.
-    Remove(Arc<str>),
+    Remove(RuleName),
 }
 
 /// What the app asks the reloader to do.

@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 
 use super::{LoadedRule, Subscription};
 use crate::config::FailurePolicy;
+use crate::names::RuleName;
 use crate::runtime::{ActionOutcome, CallError, RuleInstance, Sample, Verdict};
 
 /// Samples waiting for one rule; more are dropped for this rule.
@@ -62,7 +63,7 @@ pub enum RuleHealth {
 #[derive(Debug)]
 pub struct Evaluation {
     /// The rule's name.
-    pub rule: Arc<str>,
+    pub rule: RuleName,
     /// The version of the rule that evaluated it: 1 at start, +1 per reload.
     pub version: u64,
     /// The sample as the rule saw it (only its subscribed metrics).
@@ -84,7 +85,7 @@ pub enum WorkerEvent {
     /// from it.
     Stopped {
         /// The rule.
-        rule: Arc<str>,
+        rule: RuleName,
         /// Samples that were queued but not evaluated because the host
         /// was shutting down and the grace period ran out.
         abandoned: u64,
@@ -139,12 +140,12 @@ impl RuleCounters {
 /// (the API, tests). A rule keeps its counters across reloads.
 #[derive(Debug, Clone, Default)]
 pub struct RuleBoard(
-    Arc<std::sync::Mutex<std::collections::BTreeMap<Arc<str>, Arc<RuleCounters>>>>,
+    Arc<std::sync::Mutex<std::collections::BTreeMap<RuleName, Arc<RuleCounters>>>>,
 );
 
 impl RuleBoard {
     /// The counters of `rule`, created on first use.
-    pub fn counters(&self, rule: &Arc<str>) -> Arc<RuleCounters> {
+    pub fn counters(&self, rule: &RuleName) -> Arc<RuleCounters> {
         let mut board = self.0.lock().expect("rule board lock");
         board.entry(rule.clone()).or_default().clone()
     }
@@ -155,7 +156,7 @@ impl RuleBoard {
     }
 
     /// Every rule's counters, by name.
-    pub fn snapshot(&self) -> Vec<(Arc<str>, Arc<RuleCounters>)> {
+    pub fn snapshot(&self) -> Vec<(RuleName, Arc<RuleCounters>)> {
         let board = self.0.lock().expect("rule board lock");
         board
             .iter()
@@ -166,7 +167,7 @@ impl RuleBoard {
 
 /// A rule's worker thread and the queues that feed it.
 pub struct RuleWorker {
-    name: Arc<str>,
+    name: RuleName,
     samples: mpsc::Sender<Arc<Sample>>,
     control: side::Sender<Control>,
     /// Outcomes sent but not yet taken by the thread.
@@ -261,7 +262,7 @@ impl RuleWorker {
     }
 
     /// The rule's name.
-    pub fn name(&self) -> &Arc<str> {
+    pub fn name(&self) -> &RuleName {
         &self.name
     }
 
@@ -321,14 +322,14 @@ impl RuleWorker {
 
 /// A worker whose queue is closed, finishing what was queued.
 pub struct Stopping {
-    name: Arc<str>,
+    name: RuleName,
     abandon: Arc<AtomicBool>,
     thread: JoinHandle<()>,
 }
 
 impl Stopping {
     /// The rule's name.
-    pub fn name(&self) -> &Arc<str> {
+    pub fn name(&self) -> &RuleName {
         &self.name
     }
 
@@ -350,7 +351,7 @@ impl Stopping {
 
 /// What the worker thread owns.
 struct Worker {
-    name: Arc<str>,
+    name: RuleName,
     /// Action outcomes waiting for the next sample of their target.
     feedback: HashMap<String, VecDeque<ActionOutcome>>,
     version: u64,

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::config::TargetSpec;
+use crate::names::TargetName;
 use crate::runtime::Sample;
 
 /// One polling task per target, by name, all sending to one queue.
 pub struct Pollers {
-    running: HashMap<String, (TargetSpec, tokio::task::JoinHandle<()>)>,
+    running: HashMap<TargetName, (TargetSpec, tokio::task::JoinHandle<()>)>,
     samples: mpsc::Sender<Arc<Sample>>,
 }
 
