@@ -14,7 +14,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use criterion::{BenchmarkId, Criterion, criterion_main};
+use criterion::{BenchmarkId, Criterion};
 use vigil::config::Settings;
 use vigil::plugins::{self, LoadedRule};
 use vigil::runtime::Runtime;
@@ -219,20 +219,13 @@ fn after_idle<E: std::fmt::Debug>(
     total
 }
 
-fn config() -> Criterion {
+fn main() {
     // Two shared cores: keep runs short.
-    Criterion::default()
+    let mut criterion = Criterion::default()
         .warm_up_time(Duration::from_secs(2))
         .measurement_time(Duration::from_secs(5))
         .sample_size(50)
+        .configure_from_args();
+    wasm_vs_native(&mut criterion);
+    criterion.final_summary();
 }
-
-mod group {
-    // `criterion_group!` makes an undocumented `pub fn`; keep it private.
-    criterion::criterion_group! {
-        name = benches;
-        config = super::config();
-        targets = super::wasm_vs_native
-    }
-}
-criterion_main!(group::benches);

@@ -9,7 +9,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{Criterion, SamplingMode, criterion_main};
+use criterion::{Criterion, SamplingMode};
 use vigil::config::{RuleSpec, Settings};
 use vigil::plugins::{self, builtin};
 use vigil::runtime::{CompileCache, Runtime};
@@ -84,20 +84,14 @@ fn load(c: &mut Criterion) {
     group.finish();
 }
 
-fn config() -> Criterion {
-    // Two cores shared with other builds: keep runs short.
-    Criterion::default()
+fn main() {
+    // Two cores shared with other builds: keep runs short, and few: each
+    // iteration loads every rule.
+    let mut criterion = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .sample_size(10)
+        .configure_from_args();
+    load(&mut criterion);
+    criterion.final_summary();
 }
-
-mod group {
-    // `criterion_group!` makes an undocumented `pub fn`; keep it private.
-    criterion::criterion_group! {
-        name = benches;
-        config = super::config();
-        targets = super::load
-    }
-}
-criterion_main!(group::benches);

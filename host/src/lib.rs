@@ -31,25 +31,40 @@
 //! # }
 //! ```
 //!
-//! The modules follow the data flow: [`sources`] → [`plugins`] (on the
-//! [`runtime`]) → [`alerts`] → [`sinks`], wired together by [`app`].
+//! The modules follow the data flow (see `docs/ARCHITECTURE.md`):
+//!
+//! - the pipeline: [`sources`] → [`routing`] → [`plugins`] (rule workers, on
+//!   the [`runtime`]) → [`alerts`] → [`sinks`], wired together by [`app`];
+//! - beside it: [`actions`] (remediation the rules ask for), [`state`] (the
+//!   one database), [`config`] (settings and their reload);
+//! - shared by all: [`names`], [`clock`], [`duration`], [`hash`], [`http`],
+//!   [`watch`];
+//! - the rule authors' tools: [`cli`], [`casefile`] (`vigil test`),
+//!   [`scaffold`] (`vigil new`).
 
-pub mod actions;
+// The pipeline, in the order a sample travels.
 pub mod alerts;
 pub mod app;
-pub mod casefile;
-pub mod cli;
-pub mod clock;
+pub mod plugins;
+pub mod routing;
+pub mod runtime;
+pub mod sinks;
+pub mod sources;
+
+// Beside the pipeline.
+pub mod actions;
 pub mod config;
+pub mod state;
+
+// Shared by every stage.
+pub mod clock;
 pub mod duration;
 pub mod hash;
 pub mod http;
 pub mod names;
-pub mod plugins;
-pub mod routing;
-pub mod runtime;
-pub mod scaffold;
-pub mod sinks;
-pub mod sources;
-pub mod state;
 pub mod watch;
+
+// The command line and the rule authors' tools.
+pub mod casefile;
+pub mod cli;
+pub mod scaffold;

@@ -214,3 +214,107 @@ fn breaker_open(trip: &BreakerTrip) -> Alert {
         keep_firing_for_ms: 0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actions::gate::BreakerCause;
+    use crate::runtime::CallError;
+
+    fn names(host: &HostAlerts) -> Vec<String> {
+        host.alerts()
+            .iter()
+            .map(|alert| format!("{}{{{}}}", alert.name, alert.labels[0].value))
+            .collect()
+    }
+
+    fn quarantined() -> RuleHealth {
+        RuleHealth::Quarantined {
+            consecutive: 5,
+            last_error: CallError::Trap("boom".into()),
+            retry_in: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn rule_failing_holds_from_quarantine_until_a_success() {
+        let mut host = HostAlerts::default();
+        assert!(!host.rule_health("a", &RuleHealth::Failing { consecutive: 1 }));
+        assert!(host.rule_health("a", &quarantined()));
+        assert!(
+            !host.rule_health("a", &quarantined()),
+            "same alert, no change"
+        );
+        // A failure on probation keeps it; a success ends it.
+        assert!(!host.rule_health("a", &RuleHealth::Failing { consecutive: 6 }));
+        assert_eq!(names(&host), ["RuleFailing{a}"]);
+        assert!(host.rule_health("a", &RuleHealth::Healthy));
+        assert!(host.alerts().is_empty());
+    }
+
+    #[test]
+    fn overload_and_breakers_clear_on_the_tick_after_they_stop() {
+        let mut host = HostAlerts::default();
+        assert!(host.rules_overloaded(["slow"]));
+        assert!(!host.rules_overloaded(["slow"]));
+        let trip = BreakerTrip {
+            action: "restart".into(),
+            cause: BreakerCause::Failures(3),
+            window: Duration::from_secs(3600),
+            opened_ms: 0,
+            until_ms: 3_600_000,
+        };
+        host.breaker_opened(&trip);
+        // Still dropping, breaker still open: both stay.
+        host.tick(&BTreeSet::from(["slow"]), std::slice::from_ref(&trip));
+        assert_eq!(
+            names(&host),
+            ["RemediationBreakerOpen{restart}", "RuleOverloaded{slow}"]
+        );
+        let overload = &host.alerts()[1];
+        assert_eq!(
+            overload.keep_firing_for_ms,
+            OVERLOAD_HOLD.as_millis() as u64
+        );
+        host.tick(&BTreeSet::new(), &[]);
+        assert!(host.alerts().is_empty());
+    }
+
+    #[test]
+    fn a_restart_keeps_what_is_about_configured_rules_and_breakers() {
+        let mut before = HostAlerts::default();
+        before.rule_health("kept", &quarantined());
+        before.rule_health("dropped", &quarantined());
+        before.rules_overloaded(["kept"]);
+        let tracked: Vec<TrackedAlert> = before
+            .alerts()
+            .into_iter()
+            .map(|alert| {
+                let labels = vec![(alert.labels[0].name.clone(), alert.labels[0].value.clone())];
+                TrackedAlert {
+                    fingerprint: super::super::Fingerprint::of(
+                        "vigil",
+                        "vigil",
+                        &alert.name,
+                        &labels,
+                    ),
+                    name: alert.name,
+                    severity: super::super::Severity::Critical,
+                    summary: alert.summary,
+                    labels,
+                    annotations: vec![],
+                    for_ms: 0,
+                    keep_firing_for_ms: alert.keep_firing_for_ms,
+                    state: super::super::State::Firing,
+                    active_since_ms: 0,
+                    last_seen_ms: 0,
+                }
+            })
+            .collect();
+        let after = HostAlerts::restore(tracked.iter(), &HashSet::from(["kept"]));
+        assert_eq!(names(&after), ["RuleFailing{kept}", "RuleOverloaded{kept}"]);
+        let mut after = after;
+        after.rule_gone("kept");
+        assert!(after.alerts().is_empty());
+    }
+}
