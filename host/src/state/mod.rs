@@ -7,6 +7,7 @@
 //! fully evaluated. Sizes are capped per key, per value and per rule.
 
 mod alerts;
+mod audit;
 mod rules;
 
 use std::path::Path;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 
 use redb::Database;
 
+pub use audit::{AuditTable, Finish};
 pub use rules::{MAX_KEY_BYTES, MAX_RULE_BYTES, MAX_VALUE_BYTES, PendingWrites, RuleState};
 
 /// Why the state store failed.
@@ -53,13 +55,10 @@ impl StateDb {
         let txn = db.begin_write()?;
         txn.open_table(rules::TABLE)?;
         txn.open_table(alerts::ALERT_GROUPS)?;
+        txn.open_table(audit::RECORDS)?;
+        txn.open_table(audit::UNFINISHED)?;
+        txn.open_table(audit::META)?;
         txn.commit()?;
         Ok(StateDb { db: Arc::new(db) })
-    }
-
-    /// The database itself, for other tables in the same file (the
-    /// remediation audit log, `actions::audit`).
-    pub(crate) fn database(&self) -> Arc<Database> {
-        self.db.clone()
     }
 }
