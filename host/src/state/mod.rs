@@ -8,6 +8,7 @@
 
 mod alerts;
 mod audit;
+mod data_dir;
 mod rules;
 
 use std::path::Path;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use redb::Database;
 
 pub use audit::{AuditTable, Finish};
+pub use data_dir::{DataDir, DataDirError};
 pub use rules::{MAX_KEY_BYTES, MAX_RULE_BYTES, MAX_VALUE_BYTES, PendingWrites, RuleState};
 
 /// Why the state store failed.
