@@ -21,9 +21,10 @@
 //! keeps bytes and ids; what a record says, its JSON and the queries are
 //! this module's.
 
-use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
 
 use super::config::Mode;
 use super::excerpt;
@@ -241,9 +242,9 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
-    /// The audit log in `state`'s database (which created its tables when
-    /// it opened). Does not fail today; a `Result` so a check at open (a
-    /// format version, say) does not change every caller.
+    /// The audit log in `state`'s database. Never fails today (the state
+    /// database creates the tables when it opens); it returns a `Result` so
+    /// callers need not change if opening grows a check.
     pub fn open(state: &StateDb) -> Result<Self, AuditError> {
         Ok(AuditLog {
             table: state.audit(),
