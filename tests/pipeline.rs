@@ -19,6 +19,7 @@ use vigil::config::Settings;
 use vigil::runtime::{Metric, Sample};
 use vigil::sinks::{ChannelSink, Delivered, Delivery, Sink, SinkError, SinkOptions};
 use vigil::sources::make_sample;
+use vigil::state::DataDir;
 
 /// Long enough for anything a loaded 2-core machine does; only reached
 /// when the awaited event never comes.
@@ -97,7 +98,9 @@ async fn a_source_feeds_the_router_and_a_sink_receives_every_event_in_order() {
         ..SinkOptions::default()
     };
     delivery.add("test", sink, options);
-    let app = App::build(scripted(), data.path(), delivery).await.unwrap();
+    let app = App::build(scripted(), &DataDir::new(data.path()), delivery)
+        .await
+        .unwrap();
     let source = app.samples();
     let running = start(app);
 
@@ -164,7 +167,9 @@ async fn a_sink_that_blocks_delays_neither_evaluation_nor_the_other_sinks() {
     );
     let (sink, mut received) = ChannelSink::new(4096);
     delivery.add("free", sink, SinkOptions::default());
-    let app = App::build(scripted(), data.path(), delivery).await.unwrap();
+    let app = App::build(scripted(), &DataDir::new(data.path()), delivery)
+        .await
+        .unwrap();
     let board = app.rules();
     let source = app.samples();
     let running = start(app);
@@ -247,7 +252,7 @@ fn a_slow_rule_drops_its_own_samples_and_never_holds_up_the_others() {
         let mut delivery = Delivery::new();
         let (sink, mut received) = ChannelSink::new(4096);
         delivery.add("test", sink, SinkOptions::default());
-        let app = App::build(settings, &dir.path().join("data"), delivery)
+        let app = App::build(settings, &DataDir::new(dir.path().join("data")), delivery)
             .await
             .unwrap();
         let (board, stats) = (app.rules(), app.router_stats());

@@ -16,11 +16,11 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use tokio::sync::mpsc;
 
 use crate::actions::dispatch::Dispatch;
@@ -31,10 +31,10 @@ use crate::names::RuleName;
 use crate::plugins::reload::{self, Change, ReloaderHandle, StatusBoard};
 use crate::plugins::{self, RuleBoard, Stopping, WorkerEvent};
 use crate::routing::{Router, RouterStats};
-use crate::runtime::{CompileCache, Runtime, Sample};
+use crate::runtime::{Runtime, Sample};
 use crate::sinks::Delivery;
 use crate::sources::Pollers;
-use crate::state::StateDb;
+use crate::state::DataDir;
 
 /// Samples in flight between the sources and the router.
 const SAMPLE_QUEUE: usize = 1024;
@@ -77,23 +77,14 @@ impl App {
     /// [`App::run`].
     pub async fn build(
         settings: Settings,
-        data_dir: &Path,
+        data_dir: &DataDir,
         delivery: Delivery,
     ) -> anyhow::Result<App> {
-        std::fs::create_dir_all(data_dir).with_context(|| {
-            format!("cannot create the data directory `{}`", data_dir.display())
-        })?;
-        let db_path = data_dir.join("state.redb");
-        let state = StateDb::open(&db_path).with_context(|| {
-            format!(
-                "cannot open the state database `{}`\nhint: is another vigil using this data directory? \
-                 Give each its own with --data-dir",
-                db_path.display()
-            )
-        })?;
-        // Compiled rules are kept in `<data_dir>/cache`, so a restart loads
-        // them in milliseconds instead of compiling them again.
-        let runtime = Runtime::new()?.with_compile_cache(CompileCache::new(data_dir.join("cache")));
+        data_dir.create()?;
+        let state = data_dir.open_state()?;
+        // Compiled rules are kept in the data directory's cache, so a
+        // restart loads them in milliseconds instead of compiling them again.
+        let runtime = Runtime::new()?.with_compile_cache(data_dir.cache());
         let dispatch = Dispatch::start(settings.actions.clone(), &state)?;
         let specs = settings.rules.clone();
         let (loader_runtime, loader_state) = (runtime.clone(), state.clone());
@@ -331,17 +322,4 @@ async fn stop(
         "Stopped."
     );
     stopped
-}
-
-/// Where durable state goes when neither `--data-dir` nor the config says:
-/// `$XDG_STATE_HOME/vigil`, else `~/.local/state/vigil`, else `./vigil-data`.
-pub fn default_data_dir() -> PathBuf {
-    let non_empty = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty());
-    if let Some(state) = non_empty("XDG_STATE_HOME") {
-        return PathBuf::from(state).join("vigil");
-    }
-    if let Some(home) = non_empty("HOME") {
-        return PathBuf::from(home).join(".local/state/vigil");
-    }
-    PathBuf::from("vigil-data")
 }

@@ -9,10 +9,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::app::{self, App};
+use crate::app::App;
 use crate::config::Settings;
 use crate::scaffold::{self, Lang, RuleName};
 use crate::sinks::{Delivery, Format, SinkOptions, StdoutSink};
+use crate::state::DataDir;
 
 /// Vigil: a monitoring host that runs your rules as sandboxed WebAssembly.
 #[derive(Debug, Parser)]
@@ -168,9 +169,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check(args) => check(args),
         Command::New(args) => new(args),
         Command::Test(args) => {
-            let data_dir = args.data_dir.unwrap_or_else(app::default_data_dir);
-            let runtime = crate::runtime::Runtime::new()?
-                .with_compile_cache(crate::runtime::CompileCache::new(data_dir.join("cache")));
+            let data_dir = args
+                .data_dir
+                .map_or_else(DataDir::default_location, DataDir::new);
+            let runtime = crate::runtime::Runtime::new()?.with_compile_cache(data_dir.cache());
             let mut passed = true;
             for path in &args.cases {
                 passed &= crate::casefile::run(path, &runtime, &mut std::io::stdout().lock())?;
@@ -191,7 +193,7 @@ fn run_monitor(args: RunArgs) -> anyhow::Result<()> {
     let data_dir = args
         .data_dir
         .or_else(|| settings.data_dir.clone())
-        .unwrap_or_else(app::default_data_dir);
+        .map_or_else(DataDir::default_location, DataDir::new);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let evaluations = match args.evaluations {
         Some(choice) => choice == Evaluations::Show,
@@ -276,20 +278,10 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
 
 fn audit(args: AuditArgs) -> anyhow::Result<()> {
     use crate::actions::{AuditLog, AuditQuery};
-    let data_dir = args.data_dir.unwrap_or_else(app::default_data_dir);
-    let path = data_dir.join("state.redb");
-    if !path.exists() {
-        anyhow::bail!(
-            "no state database at `{}`\nhint: pass the --data-dir vigil runs with",
-            path.display()
-        );
-    }
-    let state = crate::state::StateDb::open(&path).with_context(|| {
-        format!(
-            "cannot open `{}`\nhint: stop the vigil using it first; the database allows one process at a time",
-            path.display()
-        )
-    })?;
+    let data_dir = args
+        .data_dir
+        .map_or_else(DataDir::default_location, DataDir::new);
+    let state = data_dir.open_existing_state()?;
     let log = AuditLog::open(&state)?;
     let since_ms = args.since.map(|since| {
         crate::clock::now_ms().saturating_sub(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))

@@ -1,5 +1,6 @@
 //! The audit log: every action request, what the gate decided, and how the
-//! run ended, in the host's redb database (the same file as rule state).
+//! run ended, in the host's state database (the same file as rule state;
+//! the tables are `state::AuditTable`'s).
 //!
 //! Guarantees:
 //! - **Written before and after.** [`AuditLog::record_decision`] commits
@@ -16,13 +17,13 @@
 //!   what the executor kept (64 KiB each of stdout and stderr).
 //!
 //! Records are stored as JSON (table `action_audit`, key: the id) so new
-//! optional fields can be added without migrating old records.
+//! optional fields can be added without migrating old records. The storage
+//! keeps bytes and ids; what a record says, its JSON and the queries are
+//! this module's.
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::config::Mode;
@@ -30,14 +31,7 @@ use super::excerpt;
 use super::exec::{Outcome, RunReport};
 use super::gate::{Decision, MAX_PARAM_BYTES, Status};
 use crate::runtime::ActionRequest;
-use crate::state::StateDb;
-
-/// id -> record (JSON).
-const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("action_audit");
-/// ids of records still `started`.
-const UNFINISHED: TableDefinition<u64, ()> = TableDefinition::new("action_audit_unfinished");
-/// `next_id` -> the id the next record gets.
-const META: TableDefinition<&str, u64> = TableDefinition::new("action_audit_meta");
+use crate::state::{AuditTable, Finish, StateDb, StateError};
 
 const MAX_NAME_BYTES: usize = 256;
 const MAX_REASON_BYTES: usize = 4 * 1024;
@@ -214,9 +208,9 @@ impl AuditQuery {
 /// Why the audit log failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
-    /// The database failed (disk full, corrupt file, ...).
+    /// The state database failed (disk full, corrupt file, ...).
     #[error("audit log: {0}")]
-    Database(String),
+    State(StateError),
     /// A stored record does not decode.
     #[error("audit log: record {id} cannot be read: {error}")]
     Corrupt {
@@ -233,28 +227,28 @@ pub enum AuditError {
     AlreadyFinished(u64),
 }
 
-impl<E: Into<redb::Error>> From<E> for AuditError {
-    fn from(error: E) -> Self {
-        AuditError::Database(error.into().to_string())
+// Not `#[from]`: that would make the `StateError` the source as well, and
+// a chain printed with `{:#}` would say it twice.
+impl From<StateError> for AuditError {
+    fn from(error: StateError) -> Self {
+        AuditError::State(error)
     }
 }
 
 /// The audit log, in the host's state database. Cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
-    db: Arc<Database>,
+    table: AuditTable,
 }
 
 impl AuditLog {
-    /// Opens the audit tables in `state`'s database, creating them if needed.
+    /// The audit log in `state`'s database. Never fails today (the state
+    /// database creates the tables when it opens); it returns a `Result` so
+    /// callers need not change if opening grows a check.
     pub fn open(state: &StateDb) -> Result<Self, AuditError> {
-        let db = state.database();
-        let txn = db.begin_write()?;
-        txn.open_table(RECORDS)?;
-        txn.open_table(UNFINISHED)?;
-        txn.open_table(META)?;
-        txn.commit()?;
-        Ok(AuditLog { db })
+        Ok(AuditLog {
+            table: state.audit(),
+        })
     }
 
     /// Records a request and the gate's decision; returns the record's id.
@@ -291,6 +285,7 @@ impl AuditLog {
             }
         };
         let name = |text: &str| excerpt(text, MAX_NAME_BYTES).into_owned();
+        let started = status == AuditStatus::Started;
         let mut record = AuditRecord {
             id: 0,
             requested_ms: now_ms,
@@ -312,41 +307,29 @@ impl AuditLog {
             status,
             outcome,
         };
-        let txn = self.db.begin_write()?;
-        {
-            let mut meta = txn.open_table(META)?;
-            let id = meta.get("next_id")?.map_or(1, |next| next.value());
-            meta.insert("next_id", id + 1)?;
+        Ok(self.table.append(started, |id| {
             record.id = id;
-            txn.open_table(RECORDS)?
-                .insert(id, encode(&record).as_slice())?;
-            if record.status == AuditStatus::Started {
-                txn.open_table(UNFINISHED)?.insert(id, ())?;
-            }
-        }
-        txn.commit()?;
-        Ok(record.id)
+            encode(&record)
+        })?)
     }
 
     /// Records how run `id` ended.
     pub fn record_outcome(&self, id: u64, outcome: &Outcome) -> Result<(), AuditError> {
-        self.finish(id, outcome.status.into(), outcome.report.clone())
+        self.finish(id, |_| (outcome.status.into(), outcome.report.clone()))
     }
 
     /// Marks run `id`, found `started` after a restart, as `interrupted`.
     pub fn mark_interrupted(&self, id: u64, now_ms: u64) -> Result<(), AuditError> {
-        let record = self.get(id)?.ok_or(AuditError::NotFound(id))?;
-        self.finish(
-            id,
-            AuditStatus::Interrupted,
-            RunReport::note(
+        self.finish(id, |record| {
+            let report = RunReport::note(
                 "interrupted: the host stopped before the run finished; whether it took effect \
                  is unknown"
                     .into(),
                 record.requested_ms,
                 now_ms,
-            ),
-        )
+            );
+            (AuditStatus::Interrupted, report)
+        })
     }
 
     /// Marks every `started` run `interrupted` and returns them as they
@@ -363,40 +346,31 @@ impl AuditLog {
 
     /// Runs recorded `started` and not finished, oldest first.
     pub fn unfinished(&self) -> Result<Vec<AuditRecord>, AuditError> {
-        let txn = self.db.begin_read()?;
-        let open = txn.open_table(UNFINISHED)?;
-        let records = txn.open_table(RECORDS)?;
-        let mut unfinished = Vec::new();
-        for entry in open.iter()? {
-            let id = entry?.0.value();
-            let bytes = records.get(id)?.ok_or(AuditError::NotFound(id))?;
-            unfinished.push(decode(id, bytes.value())?);
-        }
-        Ok(unfinished)
+        self.table
+            .unfinished()?
+            .into_iter()
+            .map(|(id, bytes)| decode(id, &bytes))
+            .collect()
     }
 
     /// One record.
     pub fn get(&self, id: u64) -> Result<Option<AuditRecord>, AuditError> {
-        let txn = self.db.begin_read()?;
-        let records = txn.open_table(RECORDS)?;
-        records
+        self.table
             .get(id)?
-            .map(|bytes| decode(id, bytes.value()))
+            .map(|bytes| decode(id, &bytes))
             .transpose()
     }
 
     /// Records matching `query`, newest first.
     pub fn list(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, AuditError> {
-        let txn = self.db.begin_read()?;
-        let records = txn.open_table(RECORDS)?;
         let limit = query.limit.unwrap_or(usize::MAX);
         let mut found = Vec::new();
-        for entry in records.iter()?.rev() {
+        for entry in self.table.newest_first()? {
             if found.len() >= limit {
                 break;
             }
             let (id, bytes) = entry?;
-            let record = decode(id.value(), bytes.value())?;
+            let record = decode(id, &bytes)?;
             if query.matches(&record) {
                 found.push(record);
             }
@@ -407,48 +381,30 @@ impl AuditLog {
     /// Deletes finished records requested before `before_ms` (retention);
     /// returns how many. `started` records are kept whatever their age.
     pub fn prune(&self, before_ms: u64) -> Result<usize, AuditError> {
-        let txn = self.db.begin_write()?;
-        let mut pruned = 0;
-        {
-            let mut records = txn.open_table(RECORDS)?;
-            let mut old = Vec::new();
-            for entry in records.iter()? {
-                let (id, bytes) = entry?;
-                let record = decode(id.value(), bytes.value())?;
-                if record.requested_ms >= before_ms {
-                    continue;
-                }
-                if record.status != AuditStatus::Started {
-                    old.push(record.id);
-                }
-            }
-            for id in old {
-                records.remove(id)?;
-                pruned += 1;
-            }
-        }
-        txn.commit()?;
-        Ok(pruned)
+        self.table
+            .prune(before_ms, |id, bytes| Ok(decode(id, bytes)?.requested_ms))
     }
 
-    fn finish(&self, id: u64, status: AuditStatus, outcome: RunReport) -> Result<(), AuditError> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut records = txn.open_table(RECORDS)?;
-            let mut record = match records.get(id)? {
-                Some(bytes) => decode(id, bytes.value())?,
-                None => return Err(AuditError::NotFound(id)),
-            };
-            if record.status != AuditStatus::Started {
-                return Err(AuditError::AlreadyFinished(id));
-            }
+    /// Gives `started` record `id` the status and report `end` makes of
+    /// it, in one transaction (the storage knows which records are
+    /// unfinished).
+    fn finish(
+        &self,
+        id: u64,
+        end: impl FnOnce(&AuditRecord) -> (AuditStatus, RunReport),
+    ) -> Result<(), AuditError> {
+        let finish = self.table.finish(id, |bytes| {
+            let mut record = decode(id, bytes)?;
+            let (status, report) = end(&record);
             record.status = status;
-            record.outcome = Some(outcome);
-            records.insert(id, encode(&record).as_slice())?;
-            txn.open_table(UNFINISHED)?.remove(id)?;
+            record.outcome = Some(report);
+            Ok::<_, AuditError>(encode(&record))
+        })?;
+        match finish {
+            Finish::Done => Ok(()),
+            Finish::NotFound => Err(AuditError::NotFound(id)),
+            Finish::AlreadyFinished => Err(AuditError::AlreadyFinished(id)),
         }
-        txn.commit()?;
-        Ok(())
     }
 }
 

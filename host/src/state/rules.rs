@@ -1,22 +1,16 @@
-//! Durable key-value state for rules, in one embedded database file.
-//!
-//! Each rule sees only its own namespace. Writes a rule makes during a call
-//! are buffered and committed in one transaction when the call returns, and
-//! dropped when it fails, so what is stored always matches a sample that was
-//! fully evaluated. Sizes are capped per key, per value and per rule.
+//! Rule key-value state: each rule sees only its own namespace, a call's
+//! writes are buffered ([`PendingWrites`]) and committed in one transaction
+//! when it returns, and sizes are capped per key, per value and per rule.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, TableDefinition};
+
+use super::{StateDb, StateError};
 
 /// (rule namespace, key) -> value.
-const TABLE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("rule_state");
-
-/// (rule, target) -> the alert group, as JSON. Written when an alert starts,
-/// fires or ends, so a restart neither re-fires nor forgets an alert.
-const ALERT_GROUPS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("alert_groups");
+pub(super) const TABLE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("rule_state");
 
 /// Longest key a rule may use, in bytes.
 pub const MAX_KEY_BYTES: usize = 256;
@@ -28,85 +22,7 @@ pub const MAX_RULE_BYTES: usize = 1024 * 1024;
 /// Writes buffered during one call: `None` deletes the key.
 pub type PendingWrites = BTreeMap<String, Option<Vec<u8>>>;
 
-/// Why the state store failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    /// The database itself failed (disk full, corrupt file, ...).
-    #[error("state database: {0}")]
-    Database(String),
-}
-
-impl<E: Into<redb::Error>> From<E> for StateError {
-    fn from(error: E) -> Self {
-        StateError::Database(error.into().to_string())
-    }
-}
-
-/// The database holding every rule's state.
-#[derive(Clone)]
-pub struct StateDb {
-    db: Arc<Database>,
-}
-
 impl StateDb {
-    /// Opens (or creates) the database file.
-    pub fn open(path: &Path) -> Result<Self, StateError> {
-        Self::init(Database::create(path)?)
-    }
-
-    /// A database that lives in memory only: for tests, benchmarks and
-    /// one-off checks.
-    pub fn in_memory() -> Result<Self, StateError> {
-        let backend = redb::backends::InMemoryBackend::new();
-        Self::init(redb::Builder::new().create_with_backend(backend)?)
-    }
-
-    fn init(db: Database) -> Result<Self, StateError> {
-        let txn = db.begin_write()?;
-        txn.open_table(TABLE)?;
-        txn.open_table(ALERT_GROUPS)?;
-        txn.commit()?;
-        Ok(StateDb { db: Arc::new(db) })
-    }
-
-    /// The database itself, for other tables in the same file (the
-    /// remediation audit log, `actions::audit`).
-    pub(crate) fn database(&self) -> Arc<Database> {
-        self.db.clone()
-    }
-
-    /// Stores one (rule, target) alert group; `None` removes it.
-    pub fn save_alert_group(
-        &self,
-        rule: &str,
-        target: &str,
-        group: Option<&[u8]>,
-    ) -> Result<(), StateError> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut table = txn.open_table(ALERT_GROUPS)?;
-            match group {
-                Some(bytes) => table.insert((rule, target), bytes)?,
-                None => table.remove((rule, target))?,
-            };
-        }
-        txn.commit()?;
-        Ok(())
-    }
-
-    /// Every stored alert group: (rule, target, JSON).
-    pub fn alert_groups(&self) -> Result<Vec<(String, String, Vec<u8>)>, StateError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(ALERT_GROUPS)?;
-        let mut groups = Vec::new();
-        for entry in table.iter()? {
-            let (key, value) = entry?;
-            let (rule, target) = key.value();
-            groups.push((rule.to_string(), target.to_string(), value.value().to_vec()));
-        }
-        Ok(groups)
-    }
-
     /// The state of one rule.
     pub fn rule(&self, namespace: &str) -> Result<RuleState, StateError> {
         let state = RuleState {
