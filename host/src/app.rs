@@ -31,7 +31,7 @@ use crate::names::RuleName;
 use crate::plugins::reload::{self, Change, ReloaderHandle, StatusBoard};
 use crate::plugins::{self, RuleBoard, Stopping, WorkerEvent};
 use crate::routing::{Router, RouterStats};
-use crate::runtime::{Runtime, Sample};
+use crate::runtime::{CompileCache, Runtime, Sample};
 use crate::sinks::Delivery;
 use crate::sources::Pollers;
 use crate::state::DataDir;
@@ -84,7 +84,7 @@ impl App {
         let state = data_dir.open_state()?;
         // Compiled rules are kept in the data directory's cache, so a
         // restart loads them in milliseconds instead of compiling them again.
-        let runtime = Runtime::new()?.with_compile_cache(data_dir.cache());
+        let runtime = Runtime::new()?.with_compile_cache(CompileCache::new(data_dir.cache_dir()));
         let dispatch = Dispatch::start(settings.actions.clone(), &state)?;
         let specs = settings.rules.clone();
         let (loader_runtime, loader_state) = (runtime.clone(), state.clone());

@@ -172,7 +172,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let data_dir = args
                 .data_dir
                 .map_or_else(DataDir::default_location, DataDir::new);
-            let runtime = crate::runtime::Runtime::new()?.with_compile_cache(data_dir.cache());
+            let runtime = crate::runtime::Runtime::new()?
+                .with_compile_cache(crate::runtime::CompileCache::new(data_dir.cache_dir()));
             let mut passed = true;
             for path in &args.cases {
                 passed &= crate::casefile::run(path, &runtime, &mut std::io::stdout().lock())?;

@@ -95,6 +95,10 @@ impl StatusBoard {
     }
 }
 
+/// How many times a file that failed to load and changed meanwhile is read
+/// again before its failure is reported.
+const MAX_REREADS: u32 = 10;
+
 /// A rule the reloader looks after.
 struct Watched {
     spec: RuleSpec,
@@ -350,7 +354,7 @@ impl Reloader {
         if rule.hash.as_deref() == Some(content_hash(&bytes).as_str()) {
             return Ok(());
         }
-        self.install(index, bytes).await
+        self.install(index, bytes, Some(&path)).await
     }
 
     /// Applies the rules of a reloaded config.
@@ -410,7 +414,7 @@ impl Reloader {
                     }
                 },
             };
-            self.install(index, bytes).await?;
+            self.install(index, bytes, None).await?;
         }
         if let Err(error) = self.watch_directories() {
             tracing::error!(%error, "Rule files added by the config are not watched.");
@@ -420,19 +424,45 @@ impl Reloader {
 
     /// Loads `bytes` as the next version of rule `index` and offers it to
     /// the app; a failure is logged and recorded, and the running version
-    /// stays.
-    async fn install(&mut self, index: usize, bytes: Vec<u8>) -> Result<(), Closed> {
+    /// stays. When the bytes were read from `file` and do not load, the file
+    /// is read again after the debounce: content that changed meanwhile was
+    /// caught mid-write (a busy machine can pause a writer for longer than
+    /// the debounce), so the new content is tried instead of refusing a
+    /// version nobody meant to deploy.
+    async fn install(
+        &mut self,
+        index: usize,
+        mut bytes: Vec<u8>,
+        file: Option<&Path>,
+    ) -> Result<(), Closed> {
+        let name = self.watched[index].spec.name.clone();
+        let mut rereads = 0;
+        let (loaded, hash) = loop {
+            let hash = content_hash(&bytes);
+            let (runtime, state) = (self.runtime.clone(), self.state.clone());
+            let spec = self.watched[index].spec.clone();
+            // Compiling can take seconds: off the async workers. The bytes
+            // read are the ones loaded, so the hash matches what runs.
+            let loaded = tokio::task::spawn_blocking(move || {
+                super::load_bytes(&runtime, &state, &spec, bytes.into())
+            })
+            .await
+            .map_err(|_| Closed)?;
+            let Some(file) = file.filter(|_| loaded.is_err() && rereads < MAX_REREADS) else {
+                break (loaded, hash);
+            };
+            tokio::time::sleep(self.debounce).await;
+            settle(file, self.debounce).await;
+            match std::fs::read(file) {
+                Ok(again) if !again.is_empty() && content_hash(&again) != hash => {
+                    tracing::debug!(rule = %name, "Rule file changed while it was loaded; loading it again.");
+                    bytes = again;
+                    rereads += 1;
+                }
+                _ => break (loaded, hash),
+            }
+        };
         let rule = &mut self.watched[index];
-        let name = rule.spec.name.clone();
-        let hash = content_hash(&bytes);
-        let (runtime, state, spec) = (self.runtime.clone(), self.state.clone(), rule.spec.clone());
-        // Compiling can take seconds: off the async workers. The bytes read
-        // are the ones loaded, so the hash matches what runs.
-        let loaded = tokio::task::spawn_blocking(move || {
-            super::load_bytes(&runtime, &state, &spec, bytes.into())
-        })
-        .await
-        .map_err(|_| Closed)?;
         match loaded {
             Ok(mut loaded) => {
                 rule.version += 1;

@@ -10,7 +10,6 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use super::{StateDb, StateError};
-use crate::runtime::CompileCache;
 
 /// The state database's file name in the data directory.
 const STATE_FILE: &str = "state.redb";
@@ -114,9 +113,11 @@ impl DataDir {
         StateDb::open(&path).map_err(|error| DataDirError::Busy { path, error })
     }
 
-    /// The compile cache in `<dir>/cache` (created when first written).
-    pub fn cache(&self) -> CompileCache {
-        CompileCache::new(self.path.join(CACHE_DIR))
+    /// The compile cache's folder, `<dir>/cache` (created when first
+    /// written): give it to `runtime::CompileCache::new`. A path, not the
+    /// cache, so storage does not depend on the runtime it serves.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.path.join(CACHE_DIR)
     }
 
     fn state_path(&self) -> PathBuf {
@@ -190,7 +191,7 @@ mod tests {
             "{error}"
         );
         assert!(error.starts_with("cannot open `"), "{error}");
-        assert_eq!(data.cache().dir(), dir.path().join("data/cache"));
+        assert_eq!(data.cache_dir(), dir.path().join("data/cache"));
     }
 
     #[test]
