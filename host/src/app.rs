@@ -49,7 +49,7 @@ pub struct App {
     settings: Settings,
     router: Router,
     results: mpsc::Receiver<WorkerEvent>,
-    alerting: Alerting,
+    alerting: Alerting<Delivery>,
     dispatch: Dispatch,
     reloader: ReloaderHandle,
     changes: mpsc::UnboundedReceiver<Change>,
@@ -268,7 +268,7 @@ impl App {
 async fn stop(
     mut router: Router,
     mut results: mpsc::Receiver<WorkerEvent>,
-    mut alerting: Alerting,
+    mut alerting: Alerting<Delivery>,
     mut samples: mpsc::Receiver<Arc<Sample>>,
     grace: Duration,
 ) -> Stopped {

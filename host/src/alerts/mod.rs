@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 pub use host::{HOST_RULE, HOST_TARGET, HostAlerts};
 pub use lifecycle::{AlertEvent, Fingerprint, Severity, State, Status, TrackedAlert};
-pub use stage::Alerting;
+pub use stage::{Alerting, Outlet};
 
 use crate::names::{RuleName, TargetName};
 use crate::runtime::Alert;

@@ -2,8 +2,8 @@
 //!
 //! It folds each verdict into the [`Tracker`], keeps the host's own alerts
 //! ([`HostAlerts`]) in step with what the other stages report, and offers
-//! every transition to the sinks. It never waits: the sinks have queues of
-//! their own.
+//! every transition to its [`Outlet`] (the sinks' delivery stage, which
+//! implements it). It never waits: the sinks have queues of their own.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
@@ -14,27 +14,38 @@ use crate::actions::BreakerTrip;
 use crate::names::{RuleName, TargetName};
 use crate::plugins::Evaluation;
 use crate::runtime::CallError;
-use crate::sinks::Delivery;
 use crate::state::{StateDb, StateError};
 
+/// Where the alert stage hands what it produces. `sinks::Delivery` is the
+/// one the host uses; the trait keeps this stage from depending on the
+/// stage after it.
+pub trait Outlet: Send {
+    /// Takes one alert event; must not wait.
+    fn alert(&self, event: AlertEvent);
+    /// Takes one evaluation, for those who want them; must not wait.
+    fn evaluation(&self, evaluation: &Arc<Evaluation>);
+    /// Whether anyone wants evaluations at all.
+    fn wants_evaluations(&self) -> bool;
+}
+
 /// Alert state and the way out to the sinks.
-pub struct Alerting {
+pub struct Alerting<O: Outlet> {
     /// [`HOST_RULE`] and [`HOST_TARGET`], typed once.
     host_rule: RuleName,
     host_target: TargetName,
     tracker: Tracker,
     host: HostAlerts,
-    delivery: Delivery,
+    delivery: O,
 }
 
-impl Alerting {
+impl<O: Outlet> Alerting<O> {
     /// Starts from the alerts saved in `store`. Alerts of rules not in
     /// `configured` resolve now; the host's own alerts about rules that are
     /// still configured carry on.
     pub fn start(
         store: StateDb,
         configured: &HashSet<&str>,
-        delivery: Delivery,
+        delivery: O,
         now_ms: u64,
     ) -> Result<Self, StateError> {
         let mut tracker = Tracker::persistent(store)?;
@@ -122,7 +133,7 @@ impl Alerting {
     }
 
     /// Hands the delivery stage over, for shutdown.
-    pub fn into_delivery(self) -> Delivery {
+    pub fn into_delivery(self) -> O {
         self.delivery
     }
 

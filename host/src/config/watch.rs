@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::Settings;
-use crate::plugins::content_hash;
+use crate::hash::sha256_hex as content_hash;
 use crate::watch::{DebouncedWatch, folder_of};
 
 /// Where the next config comes from: the file (watched) and `SIGHUP`.

@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 pub use channel::{ChannelSink, Delivered};
 pub use stdout::{Format, StdoutSink};
 
-use crate::alerts::AlertEvent;
+use crate::alerts::{AlertEvent, Outlet};
 use crate::plugins::Evaluation;
 
 /// Events waiting for one sink before new ones are dropped.
@@ -195,6 +195,20 @@ impl Delivery {
             }
         }
         left
+    }
+}
+
+impl Outlet for Delivery {
+    fn alert(&self, event: AlertEvent) {
+        Delivery::alert(self, event);
+    }
+
+    fn evaluation(&self, evaluation: &Arc<Evaluation>) {
+        Delivery::evaluation(self, evaluation);
+    }
+
+    fn wants_evaluations(&self) -> bool {
+        Delivery::wants_evaluations(self)
     }
 }
 
