@@ -37,7 +37,7 @@ interval = "50ms"
 builtin = "threshold"
 $extra
 TOML
-    timeout "$duration" "$vigil" run --config "$work/$name.toml" --format json \
+    timeout "$duration" "$vigil" run --config "$work/$name.toml" --format json --evaluations show \
         --data-dir "$work/data-$name" 2>/dev/null > "$work/$name.jsonl" || true
     python3 - "$name" "$work/$name.jsonl" <<'PY'
 import json, sys

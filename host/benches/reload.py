@@ -46,6 +46,7 @@ with open(config, "w") as f:
 
 vigil = subprocess.Popen(
     [os.path.join(root, "target/release/vigil"), "run", "--config", config, "--format", "json",
+     "--evaluations", "show",
      "--data-dir", os.path.join(work, "data")],
     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 versions = queue.Queue()
