@@ -25,7 +25,6 @@ fn with_no_config_it_watches_this_machine_within_10s() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let started = Instant::now();
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -37,7 +36,6 @@ fn with_no_config_it_watches_this_machine_within_10s() {
     let _ = child.kill();
     let _ = child.wait();
     let line = line.expect("an evaluation line within 10s");
-    assert!(started.elapsed() < Duration::from_secs(10));
     assert!(
         line.contains(" eval     local/threshold up: cpu_usage="),
         "{line}"

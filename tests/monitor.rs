@@ -121,5 +121,6 @@ fn samples_carry_target_labels_and_only_subscribed_metrics() {
         .map(|m| m["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["cpu_usage", "memory_usage"]);
+    assert_eq!(evaluation["labels"], json!({"team": "payments"}));
     assert_eq!(evaluation["alerts"], json!([]));
 }

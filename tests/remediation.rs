@@ -85,7 +85,9 @@ cooldown = "1s"
 fn enforce_runs_argv_literally_and_the_outcome_reaches_the_rule() {
     let hostile = "; rm -rf / $(id) `id`\nnext line --flag";
     let Setup {
-        mut vigil, data, ..
+        mut vigil,
+        data,
+        _server,
     } = setup(
         "remediation_mode = \"enforce\"",
         &asking("asker", "record", hostile),
@@ -113,7 +115,9 @@ fn dry_run_decides_and_records_but_runs_nothing() {
     let actions = "[actions.touch]\ncommand = [\"/usr/bin/touch\", \"{value}\"]\nparams = { value = { pattern = \".*\" } }\nallowed_rules = [\"asker\"]\n";
     // No remediation_mode: dry-run is the default.
     let Setup {
-        mut vigil, data, ..
+        mut vigil,
+        data,
+        _server,
     } = setup(
         "",
         &asking("asker", "touch", &file.display().to_string()),
@@ -132,7 +136,7 @@ fn dry_run_decides_and_records_but_runs_nothing() {
     assert!(!file.exists(), "a dry run touched the file");
     let records = audit(data.path(), &["--action", "touch"]);
     assert!(
-        records.iter().all(|r| r["status"] == "dry-run"),
+        !records.is_empty() && records.iter().all(|r| r["status"] == "dry-run"),
         "{records:?}"
     );
 }
@@ -141,7 +145,9 @@ fn dry_run_decides_and_records_but_runs_nothing() {
 fn the_gate_refuses_with_the_first_reason_and_tells_the_rule() {
     let rules = [
         asking("asker", "nope", "x"),
-        asking("stranger", "record", "x"),
+        // Not allowed to ask for `strict` *and* a param that fails its
+        // pattern: the first check in order gives the reason.
+        asking("stranger", "strict", "; rm -rf /"),
         asking("asker2", "strict", "; rm -rf /"),
     ]
     .concat();
@@ -149,13 +155,15 @@ fn the_gate_refuses_with_the_first_reason_and_tells_the_rule() {
         "{RECORD}\n[actions.strict]\ncommand = [\"/usr/bin/printf\", \"{{value}}\"]\nparams = {{ value = {{ pattern = \"[a-z]+\" }} }}\nallowed_rules = [\"asker2\"]\n"
     );
     let Setup {
-        mut vigil, data, ..
+        mut vigil,
+        data,
+        _server,
     } = setup("remediation_mode = \"enforce\"", &rules, &actions);
     let expected = [
         ("asker", "action `nope` is not declared"),
         (
             "stranger",
-            "rule `stranger` may not request `record` (it is not in the action's allowed_rules)",
+            "rule `stranger` may not request `strict` (it is not in the action's allowed_rules)",
         ),
         ("asker2", "`strict` param `value` \"; rm -rf /\" is not"),
     ];
@@ -177,38 +185,61 @@ fn the_gate_refuses_with_the_first_reason_and_tells_the_rule() {
 
 #[test]
 fn cooldown_lets_one_run_through_per_target_and_window() {
+    // Two targets asking on every sample; an hour of cooldown, so however
+    // slow the machine, each target gets exactly one run.
+    let other = StatusServer::start();
+    other.set("status", Behavior::json(json!({"cpu_usage": 10})));
+    let second = format!(
+        "[[targets]]\nname = \"web-02\"\nkind = \"http-json\"\nurl = \"{}\"\ninterval = \"100ms\"\n",
+        other.url("status")
+    );
+    let rules = format!("{second}{}", asking("asker", "record", "x"));
     let Setup {
-        mut vigil, data, ..
+        mut vigil,
+        data,
+        _server,
     } = setup(
         "remediation_mode = \"enforce\"",
-        &asking("asker", "record", "x"),
-        RECORD,
+        &rules,
+        &RECORD.replace("cooldown = \"1s\"", "cooldown = \"1h\""),
     );
-    feedback(&mut vigil, "asker", "Succeeded");
-    vigil.collect_for(Duration::from_millis(700));
+    // A run, then a cooldown refusal, on each target (in any order).
+    let seen = std::cell::RefCell::new(std::collections::HashSet::new());
+    vigil.wait_for(
+        "a run and a cooldown refusal on each target",
+        Duration::from_secs(20),
+        |v| {
+            let cooling = v["summary"].as_str().is_some_and(|s| s.contains("cool"));
+            for status in ["Succeeded", "Refused"] {
+                if common::is_alert(v, "firing", status) && (status == "Succeeded" || cooling) {
+                    let target = v["target"].as_str().unwrap().to_string();
+                    seen.borrow_mut().insert((target, status));
+                }
+            }
+            seen.borrow().len() == 4
+        },
+    );
     vigil.terminate();
     let records = audit(data.path(), &[]);
-    let ran = records
-        .iter()
-        .filter(|r| r["status"] == "succeeded")
-        .count();
-    let cooling = records
-        .iter()
-        .filter(|r| {
-            r["outcome"]["detail"]
-                .as_str()
-                .is_some_and(|d| d.contains("cool"))
-        })
-        .count();
-    assert_eq!(ran, 1, "{records:#?}");
-    assert!(cooling >= 3, "only {cooling} requests met the cooldown");
+    for target in ["web-01", "web-02"] {
+        let of = |status: &str| {
+            records
+                .iter()
+                .filter(|r| r["target"] == target && r["status"] == status)
+                .count()
+        };
+        assert_eq!(of("succeeded"), 1, "{target}: {records:#?}");
+        assert!(of("refused") >= 1, "{target}: {records:#?}");
+    }
 }
 
 #[test]
 fn a_run_cut_short_by_a_crash_shows_as_interrupted_after_restart() {
     let actions = "[actions.slow]\ncommand = [\"/usr/bin/sleep\", \"{value}\"]\nparams = { value = { values = [\"5\"] } }\nallowed_rules = [\"asker\"]\ntimeout = \"60s\"\ncooldown = \"1h\"\n";
     let Setup {
-        mut vigil, data, ..
+        mut vigil,
+        data,
+        _server,
     } = setup(
         "remediation_mode = \"enforce\"",
         &asking("asker", "slow", "5"),
@@ -255,7 +286,9 @@ fn a_run_cut_short_by_a_crash_shows_as_interrupted_after_restart() {
 fn a_tripped_breaker_stops_the_action_and_raises_an_alert() {
     let actions = "[actions.broken]\ncommand = [\"/usr/bin/false\", \"{value}\"]\nparams = { value = { pattern = \".*\" } }\nallowed_rules = [\"asker\"]\nbreaker = { failures = 2, window = \"1h\" }\n";
     let Setup {
-        mut vigil, data, ..
+        mut vigil,
+        data,
+        _server,
     } = setup(
         "remediation_mode = \"enforce\"",
         &asking("asker", "broken", "x"),

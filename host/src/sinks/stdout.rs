@@ -148,6 +148,7 @@ fn evaluation_json(evaluation: &Evaluation) -> Value {
         "time": time(sample.timestamp_ms),
         "timestamp_ms": sample.timestamp_ms,
         "target": sample.target,
+        "labels": label_map(&sample.labels),
         "rule": &*evaluation.rule,
         "rule_version": evaluation.version,
         "health": match &sample.health { Health::Up => "up", Health::Down(_) => "down" },
