@@ -101,12 +101,17 @@ fn threshold_evaluates_real_samples(lang: Lang, watching: &str) {
         "status",
         Behavior::json(json!({"cpu_usage": 95, "memory_usage": 20})),
     );
-    let mut vigil = Vigil::start(&format!(
-        "{}\n[[rules]]\nname = \"threshold_x\"\npath = \"{}\"\nconfig = {{ thresholds = {{ cpu_usage = 80, memory_usage = 80 }} }}\n",
-        web_target(&server.url("status")),
-        toml_path(&rule)
-    ));
-    // Compiling an 18 MB Python component takes seconds the first time.
+    // The data directory `vigil test` just used: its compile cache has the
+    // component, so it is not compiled a second time (seconds for Python).
+    let mut vigil = Vigil::start_with_data_dir(
+        &format!(
+            "{}\n[[rules]]\nname = \"threshold_x\"\npath = \"{}\"\nconfig = {{ thresholds = {{ cpu_usage = 80, memory_usage = 80 }} }}\n",
+            web_target(&server.url("status")),
+            toml_path(&rule)
+        ),
+        &rule.with_file_name("vigil-data"),
+        tempfile::tempdir().unwrap(),
+    );
     let fired = vigil.wait_for("CpuUsageHigh", Duration::from_secs(60), |v| {
         is_alert(v, "firing", "CpuUsageHigh")
     });
@@ -114,6 +119,11 @@ fn threshold_evaluates_real_samples(lang: Lang, watching: &str) {
     assert_eq!(fired["summary"], "cpu_usage is 95.0, above 80");
     assert_eq!(fired["labels"], json!({"metric": "cpu_usage"}));
     assert!(vigil.stderr().contains(watching), "{}", vigil.stderr());
+    assert!(
+        vigil.stderr().contains("compiled=\"from cache\""),
+        "{}",
+        vigil.stderr()
+    );
 
     server.set(
         "status",
@@ -148,11 +158,16 @@ fn window_survives_a_hot_reload(lang: Lang) {
     std::fs::copy(&built, &rule).unwrap();
     let server = StatusServer::start();
     server.set("status", Behavior::json(json!({"cpu_usage": 95})));
-    let mut vigil = Vigil::start(&format!(
-        "{}\n[[rules]]\nname = \"sustained\"\npath = \"{}\"\nconfig = {{ metric = \"cpu_usage\", above = 80, n = 3, m = 3 }}\n",
-        web_target(&server.url("status")),
-        toml_path(&rule)
-    ));
+    // Shares the compile cache `vigil test` filled (see above).
+    let mut vigil = Vigil::start_with_data_dir(
+        &format!(
+            "{}\n[[rules]]\nname = \"sustained\"\npath = \"{}\"\nconfig = {{ metric = \"cpu_usage\", above = 80, n = 3, m = 3 }}\n",
+            web_target(&server.url("status")),
+            toml_path(&rule)
+        ),
+        &built.with_file_name("vigil-data"),
+        tempfile::tempdir().unwrap(),
+    );
     let fired = vigil.wait_for("CpuUsageSustained", Duration::from_secs(60), |v| {
         is_alert(v, "firing", "CpuUsageSustained")
     });

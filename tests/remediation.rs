@@ -235,21 +235,35 @@ fn cooldown_lets_one_run_through_per_target_and_window() {
 
 #[test]
 fn a_run_cut_short_by_a_crash_shows_as_interrupted_after_restart() {
-    let actions = "[actions.slow]\ncommand = [\"/usr/bin/sleep\", \"{value}\"]\nparams = { value = { values = [\"5\"] } }\nallowed_rules = [\"asker\"]\ntimeout = \"60s\"\ncooldown = \"1h\"\n";
+    // An unusual duration, to find the process by its command line.
+    let actions = "[actions.slow]\ncommand = [\"/usr/bin/sleep\", \"{value}\"]\nparams = { value = { values = [\"5.0713\"] } }\nallowed_rules = [\"asker\"]\ntimeout = \"60s\"\ncooldown = \"1h\"\n";
     let Setup {
         mut vigil,
         data,
         _server,
     } = setup(
         "remediation_mode = \"enforce\"",
-        &asking("asker", "slow", "5"),
+        &asking("asker", "slow", "5.0713"),
         actions,
     );
-    // Let the run start, then kill vigil without a chance to finish it.
-    vigil.wait_for("the request", Duration::from_secs(10), |v| {
-        common::is_evaluation(v, "web-01") && v["actions"] == json!(["slow"])
-    });
-    vigil.collect_for(Duration::from_millis(500));
+    // Let the run start (the audit record is written before the process
+    // is), then kill vigil without a chance to finish it.
+    let running = || {
+        std::fs::read_dir("/proc").unwrap().any(|entry| {
+            entry
+                .ok()
+                .and_then(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+                .is_some_and(|cmdline| cmdline == b"/usr/bin/sleep\x005.0713\x00")
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the action never started"
+        );
+        vigil.collect_for(Duration::from_millis(20));
+    }
     drop(vigil); // SIGKILL
 
     let records = audit(data.path(), &["--status", "started"]);
@@ -265,7 +279,7 @@ fn a_run_cut_short_by_a_crash_shows_as_interrupted_after_restart() {
     let config = format!(
         "{}\n{}\n{actions}",
         web_target(&server.url("status")),
-        asking("asker", "slow", "5")
+        asking("asker", "slow", "5.0713")
     );
     let mut again = Vigil::start_with_data_dir(&config, data.path(), tempfile::tempdir().unwrap());
     again.wait_for("an evaluation", Duration::from_secs(10), |v| {
@@ -300,7 +314,11 @@ fn a_tripped_breaker_stops_the_action_and_raises_an_alert() {
     assert_eq!(alert["rule"], "vigil");
     assert_eq!(alert["labels"], json!({"action": "broken"}));
     assert_eq!(alert["severity"], "critical");
-    vigil.collect_for(Duration::from_millis(500));
+    // The next request meets the open breaker, and the rule hears of it.
+    vigil.wait_for("a refusal by the breaker", Duration::from_secs(10), |v| {
+        common::is_alert(v, "firing", "Refused")
+            && v["summary"].as_str().is_some_and(|s| s.contains("breaker"))
+    });
     vigil.terminate();
     let records = audit(data.path(), &["--action", "broken"]);
     assert_eq!(
