@@ -482,6 +482,50 @@ fn a_config_edit_changes_only_what_it_changes() {
 }
 
 #[test]
+fn a_rule_config_refused_by_configure_on_reload_leaves_the_old_version_serving() {
+    let server = StatusServer::start();
+    server.set("a", Behavior::json(json!({"cpu_usage": 60})));
+    let good = config(&server, &["a"], 80);
+    let mut vigil = Vigil::start(&good);
+    vigil.wait_for("an evaluation of a", Duration::from_secs(10), |v| {
+        is_evaluation(v, "a")
+    });
+    // Valid TOML, a valid host config, but `configure` refuses it.
+    let refused = good.replace(
+        "thresholds = { cpu_usage = 80 }",
+        "thresholds = { cpu_usage = { severity = \"info\" } }",
+    );
+    assert_ne!(refused, good);
+    write_renaming(&vigil.config_path(), refused.as_bytes());
+    wait_log(&mut vigil, "Rule reload refused", 1);
+    let log = vigil.stderr();
+    let line = log
+        .lines()
+        .find(|line| line.contains("Rule reload refused"))
+        .unwrap();
+    assert!(
+        line.contains("rule `threshold` (builtin:threshold"),
+        "{line}"
+    );
+    assert!(line.contains("give `above`, `below` or both"), "{line}");
+    // Version 1 goes on evaluating.
+    let refused_at = vigil.count(|v| is_evaluation(v, "a"));
+    vigil.wait_for(
+        "an evaluation after the refusal",
+        Duration::from_secs(10),
+        |v| is_evaluation(v, "a"),
+    );
+    assert!(vigil.count(|v| is_evaluation(v, "a")) > refused_at);
+    assert!(
+        vigil
+            .seen
+            .iter()
+            .filter(|v| is_evaluation(v, "a"))
+            .all(|v| v["rule_version"] == 1 && v.get("error").is_none())
+    );
+}
+
+#[test]
 fn a_broken_config_edit_is_refused_and_sighup_reloads() {
     let server = StatusServer::start();
     server.set("a", Behavior::json(json!({"cpu_usage": 60})));
