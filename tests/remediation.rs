@@ -230,7 +230,33 @@ fn cooldown_lets_one_run_through_per_target_and_window() {
         };
         assert_eq!(of("succeeded"), 1, "{target}: {records:#?}");
         assert!(of("refused") >= 1, "{target}: {records:#?}");
+        // The run's outcome reached this target's next sample, and only it:
+        // one `Succeeded` feedback per target.
+        let told =
+            vigil.count(|v| common::is_alert(v, "firing", "Succeeded") && v["target"] == target);
+        assert_eq!(told, 1, "{target}");
     }
+}
+
+#[test]
+fn a_run_past_its_timeout_is_killed_and_audited_as_timed_out() {
+    let actions = "[actions.hang]\ncommand = [\"/usr/bin/sleep\", \"{value}\"]\nparams = { value = { values = [\"30\"] } }\nallowed_rules = [\"asker\"]\ntimeout = \"200ms\"\ncooldown = \"1h\"\n";
+    let Setup {
+        mut vigil,
+        data,
+        _server,
+    } = setup(
+        "remediation_mode = \"enforce\"",
+        &asking("asker", "hang", "30"),
+        actions,
+    );
+    let told = feedback(&mut vigil, "asker", "TimedOut");
+    assert_eq!(told["labels"]["action"], "hang");
+    vigil.terminate();
+    let records = audit(data.path(), &["--status", "timed-out"]);
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(records[0]["action"], "hang");
+    assert_eq!(records[0]["target"], "web-01");
 }
 
 #[test]

@@ -145,3 +145,42 @@ fn alerts_of_a_rule_dropped_from_the_config_resolve_at_start() {
     );
     assert_eq!(resolved["rule"], "cpu");
 }
+
+#[test]
+fn two_rules_from_the_same_component_never_see_each_others_state() {
+    // The same counter under two names, the second added once the first
+    // has counted to five: were the state shared, the second would start
+    // counting where the first is.
+    let server = StatusServer::start();
+    server.set("status", Behavior::json(json!({"cpu_usage": 1})));
+    let counter = toml_path(&fixture("fixture_counter"));
+    let rule = |name: &str| format!("[[rules]]\nname = \"{name}\"\npath = \"{counter}\"\n");
+    let target = web_target(&server.url("status"));
+    let mut vigil = Vigil::start(&format!("{target}\n{}", rule("one")));
+    let reached = |name: &'static str, n: u64| {
+        move |v: &Value| v["rule"] == name && count(v).is_some_and(|count| count >= n)
+    };
+    vigil.wait_for(
+        "five counts of one",
+        Duration::from_secs(30),
+        reached("one", 5),
+    );
+    let config = format!("{target}\n{}{}", rule("one"), rule("two"));
+    std::fs::write(vigil.config_path(), config).unwrap();
+    vigil.wait_for(
+        "three counts of two",
+        Duration::from_secs(30),
+        reached("two", 3),
+    );
+    vigil.terminate();
+    for name in ["one", "two"] {
+        let counts: Vec<u64> = vigil
+            .seen
+            .iter()
+            .filter(|v| v["rule"] == name)
+            .filter_map(count)
+            .collect();
+        let expected: Vec<u64> = (1..=counts.len() as u64).collect();
+        assert_eq!(counts, expected, "rule `{name}` did not count on its own");
+    }
+}
