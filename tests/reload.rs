@@ -455,6 +455,17 @@ fn a_config_edit_changes_only_what_it_changes() {
             .any(|v| is_evaluation(v, "a") && v["rule_version"] == 2)
     );
 
+    // Change b's interval: b's poller restarts, a's does not.
+    let changed = config(&server, &["a", "b"], 50);
+    let at = changed.rfind("interval = \"20ms\"").unwrap();
+    let changed = format!(
+        "{}interval = \"30ms\"{}",
+        &changed[..at],
+        &changed[at + "interval = \"20ms\"".len()..]
+    );
+    write_renaming(&vigil.config_path(), changed.as_bytes());
+    wait_log(&mut vigil, "Target changed; polling restarts. target=b", 1);
+
     // Remove b: its polling stops.
     write_renaming(&vigil.config_path(), config(&server, &["a"], 50).as_bytes());
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -472,12 +483,15 @@ fn a_config_edit_changes_only_what_it_changes() {
     );
 
     let log = vigil.stderr();
-    assert_eq!(log.matches("Config reloaded.").count(), 2, "{log}");
+    assert_eq!(log.matches("Config reloaded.").count(), 3, "{log}");
     assert!(
         log.contains("Target added; polling starts. target=b"),
         "{log}"
     );
-    assert!(!log.contains("Target changed"), "a was restarted:\n{log}");
+    assert!(
+        !log.contains("polling restarts. target=a"),
+        "a was restarted:\n{log}"
+    );
     assert_eq!(vigil.count(|v| is_alert(v, "firing", "CpuUsageHigh")), 1);
 }
 

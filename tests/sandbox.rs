@@ -383,3 +383,23 @@ fn a_failing_rule_is_quarantined_with_backoff_and_alerts_once() {
     // The second quarantine is twice as long: about 6 samples, not 3.
     assert!(runs[3].1 > runs[1].1, "backoff did not grow: {runs:?}");
 }
+
+#[test]
+fn quarantine_backoff_doubles_up_to_its_maximum() {
+    // Every call panics; one failure quarantines. 1s, then 2s, then never
+    // more than the 2s maximum.
+    let quarantines = |vigil: &Vigil| vigil.stderr().matches("Rule quarantined.").count();
+    let (vigil, _server) = attack_until(
+        r#"{ attack = "panic" }"#,
+        "quarantine_after = 1\nquarantine_backoff = \"1s\"\nquarantine_max_backoff = \"2s\"",
+        |vigil| quarantines(vigil) >= 4,
+    );
+    let log = vigil.stderr();
+    let backoffs: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("Rule quarantined."))
+        .filter_map(|line| line.split("retry_in=").nth(1)?.split_whitespace().next())
+        .collect();
+    assert!(backoffs.len() >= 4, "{log}");
+    assert_eq!(backoffs[..4], ["1s", "2s", "2s", "2s"], "{log}");
+}

@@ -9,6 +9,11 @@
 //! Touched paths are collected in a set until `debounce` passes without a
 //! new event, then handed over as one batch. Memory is bounded by the
 //! number of distinct paths touched, however many events arrive.
+//!
+//! The quiet period is timed by a task of its own, so [`DebouncedWatch::next`]
+//! is cancel-safe: a `select!` that drops it whenever a sample arrives
+//! (every few milliseconds) neither restarts the quiet period nor loses a
+//! batch.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -16,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 
 /// Paths touched since the last batch, shared with notify's callback.
 #[derive(Default)]
@@ -29,13 +34,20 @@ struct Touched {
 pub struct DebouncedWatch {
     // Dropping the watcher ends the watch.
     watcher: notify::RecommendedWatcher,
-    touched: Arc<Touched>,
     watching: HashSet<PathBuf>,
-    debounce: Duration,
+    batches: mpsc::Receiver<HashSet<PathBuf>>,
+    debouncer: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for DebouncedWatch {
+    fn drop(&mut self) {
+        self.debouncer.abort();
+    }
 }
 
 impl DebouncedWatch {
-    /// A watch with nothing watched yet.
+    /// A watch with nothing watched yet. Starts its debounce task: call it
+    /// inside a tokio runtime.
     pub fn new(debounce: Duration) -> anyhow::Result<Self> {
         let touched = Arc::new(Touched::default());
         let sink = touched.clone();
@@ -47,11 +59,16 @@ impl DebouncedWatch {
                 }
                 Err(error) => tracing::warn!(%error, "File watch error."),
             })?;
+        // Batches are rare (a person or a deploy changing files); the
+        // debounce task waits when the reader is this far behind, and the
+        // paths touched meanwhile gather in the next batch.
+        let (ready, batches) = mpsc::channel(4);
+        let debouncer = tokio::spawn(debounce_batches(touched, debounce, ready));
         Ok(DebouncedWatch {
             watcher,
-            touched,
             watching: HashSet::new(),
-            debounce,
+            batches,
+            debouncer,
         })
     }
 
@@ -67,26 +84,34 @@ impl DebouncedWatch {
         Ok(())
     }
 
-    /// The next batch: waits for an event, then for `debounce` without one,
-    /// and returns every path touched meanwhile (the folder itself for some
-    /// events).
+    /// The next batch: every path touched before a quiet spell of
+    /// `debounce` (the folder itself for some events). Cancel-safe.
     pub async fn next(&mut self) -> HashSet<PathBuf> {
-        loop {
-            // Paths may be waiting already (a caller that gave up on an
-            // earlier `next` leaves them here).
-            let waiting = !self.touched.paths.lock().expect("watch lock").is_empty();
-            if !waiting {
-                self.touched.arrived.notified().await;
-            }
-            // Quiet spell: every new event restarts the wait.
-            while tokio::time::timeout(self.debounce, self.touched.arrived.notified())
-                .await
-                .is_ok()
-            {}
-            let batch = std::mem::take(&mut *self.touched.paths.lock().expect("watch lock"));
-            if !batch.is_empty() {
-                return batch;
-            }
+        match self.batches.recv().await {
+            Some(batch) => batch,
+            // The debounce task is gone only when this watch is dropped.
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Waits for an event, then for `debounce` without one, and hands over
+/// every path touched meanwhile; until the watch is dropped.
+async fn debounce_batches(
+    touched: Arc<Touched>,
+    debounce: Duration,
+    ready: mpsc::Sender<HashSet<PathBuf>>,
+) {
+    loop {
+        touched.arrived.notified().await;
+        // Quiet spell: every new event restarts the wait.
+        while tokio::time::timeout(debounce, touched.arrived.notified())
+            .await
+            .is_ok()
+        {}
+        let batch = std::mem::take(&mut *touched.paths.lock().expect("watch lock"));
+        if !batch.is_empty() && ready.send(batch).await.is_err() {
+            return;
         }
     }
 }
@@ -120,6 +145,30 @@ mod tests {
                 .await
                 .unwrap_or_else(|_| panic!("no batch with {wanted:?}; seen {seen:?}"));
             seen.extend(batch);
+        }
+    }
+
+    /// Regression test: in the app's `select!`, a sample every few
+    /// milliseconds drops `next` long before a 50 ms quiet spell ends; the
+    /// batch must arrive anyway (it never did when `next` timed the spell).
+    #[tokio::test]
+    async fn a_batch_arrives_even_when_next_is_dropped_over_and_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut watch = DebouncedWatch::new(Duration::from_millis(50)).unwrap();
+        watch.watch(dir.path()).unwrap();
+        std::fs::write(dir.path().join("vigil.toml"), "x").unwrap();
+        let mut ticks = tokio::time::interval(Duration::from_millis(5));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            tokio::select! {
+                batch = watch.next() => {
+                    assert!(batch.contains(&dir.path().join("vigil.toml")), "{batch:?}");
+                    return;
+                }
+                _ = ticks.tick() => {
+                    assert!(tokio::time::Instant::now() < deadline, "no batch while next kept being dropped");
+                }
+            }
         }
     }
 
