@@ -188,7 +188,8 @@ impl App {
     }
 
     /// Polls, evaluates and reports until `shutdown` completes, then stops
-    /// (see [`App::stop`]).
+    /// in bounded time (see [`Settings::shutdown_grace`]) and says what it
+    /// left undone.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<Stopped> {
         let App {
             settings,
