@@ -540,6 +540,30 @@ fn a_rule_config_refused_by_configure_on_reload_leaves_the_old_version_serving()
 }
 
 #[test]
+fn new_limits_in_the_config_reload_the_rule() {
+    let server = StatusServer::start();
+    server.set("a", Behavior::json(json!({"cpu_usage": 60})));
+    let good = config(&server, &["a"], 80);
+    let mut vigil = Vigil::start(&good);
+    vigil.wait_for("an evaluation of a", Duration::from_secs(10), |v| {
+        is_evaluation(v, "a")
+    });
+    // Same component, same config, a new deadline: a new version.
+    write_renaming(
+        &vigil.config_path(),
+        format!("{good}timeout = \"50ms\"\n").as_bytes(),
+    );
+    vigil.wait_for("version 2", Duration::from_secs(10), |v| {
+        is_evaluation(v, "a") && v["rule_version"] == 2
+    });
+    let log = vigil.stderr();
+    assert!(
+        log.contains("Rule changed in the config; reloading it. rule=threshold"),
+        "{log}"
+    );
+}
+
+#[test]
 fn a_broken_config_edit_is_refused_and_sighup_reloads() {
     let server = StatusServer::start();
     server.set("a", Behavior::json(json!({"cpu_usage": 60})));
