@@ -410,6 +410,19 @@ fn a_pending_for_survives_a_swap() {
     assert_eq!(version(firing_evaluation), 2);
 }
 
+/// Vigil polling target `a` (cpu_usage 60) with the bundled rule alerting
+/// above 80, once it has evaluated `a`; also the config it runs with.
+fn watching_a() -> (StatusServer, Vigil, String) {
+    let server = StatusServer::start();
+    server.set("a", Behavior::json(json!({"cpu_usage": 60})));
+    let good = config(&server, &["a"], 80);
+    let mut vigil = Vigil::start(&good);
+    vigil.wait_for("an evaluation of a", Duration::from_secs(10), |v| {
+        is_evaluation(v, "a")
+    });
+    (server, vigil, good)
+}
+
 /// A config with the given targets (route names of `server`) and the
 /// bundled rule alerting above `cpu`.
 fn config(server: &StatusServer, targets: &[&str], cpu: u32) -> String {
@@ -497,13 +510,7 @@ fn a_config_edit_changes_only_what_it_changes() {
 
 #[test]
 fn a_rule_config_refused_by_configure_on_reload_leaves_the_old_version_serving() {
-    let server = StatusServer::start();
-    server.set("a", Behavior::json(json!({"cpu_usage": 60})));
-    let good = config(&server, &["a"], 80);
-    let mut vigil = Vigil::start(&good);
-    vigil.wait_for("an evaluation of a", Duration::from_secs(10), |v| {
-        is_evaluation(v, "a")
-    });
+    let (_server, mut vigil, good) = watching_a();
     // Valid TOML, a valid host config, but `configure` refuses it.
     let refused = good.replace(
         "thresholds = { cpu_usage = 80 }",
@@ -541,13 +548,7 @@ fn a_rule_config_refused_by_configure_on_reload_leaves_the_old_version_serving()
 
 #[test]
 fn new_limits_in_the_config_reload_the_rule() {
-    let server = StatusServer::start();
-    server.set("a", Behavior::json(json!({"cpu_usage": 60})));
-    let good = config(&server, &["a"], 80);
-    let mut vigil = Vigil::start(&good);
-    vigil.wait_for("an evaluation of a", Duration::from_secs(10), |v| {
-        is_evaluation(v, "a")
-    });
+    let (_server, mut vigil, good) = watching_a();
     // Same component, same config, a new deadline: a new version.
     write_renaming(
         &vigil.config_path(),
@@ -565,13 +566,7 @@ fn new_limits_in_the_config_reload_the_rule() {
 
 #[test]
 fn a_broken_config_edit_is_refused_and_sighup_reloads() {
-    let server = StatusServer::start();
-    server.set("a", Behavior::json(json!({"cpu_usage": 60})));
-    let good = config(&server, &["a"], 80);
-    let mut vigil = Vigil::start(&good);
-    vigil.wait_for("an evaluation of a", Duration::from_secs(10), |v| {
-        is_evaluation(v, "a")
-    });
+    let (server, mut vigil, good) = watching_a();
 
     let broken = good.replace("interval = \"20ms\"", "interval = \"soon\"");
     std::fs::write(vigil.config_path(), &broken).unwrap();

@@ -43,6 +43,11 @@ fn setup(head: &str, rules: &str, actions: &str) -> Setup {
     }
 }
 
+/// [`setup`] with `remediation_mode = "enforce"`.
+fn enforcing(rules: &str, actions: &str) -> Setup {
+    setup("remediation_mode = \"enforce\"", rules, actions)
+}
+
 /// `vigil audit` over a stopped vigil's data directory, as JSON records.
 fn audit(data: &Path, filters: &[&str]) -> Vec<Value> {
     let output = Command::new(env!("CARGO_BIN_EXE_vigil"))
@@ -88,11 +93,7 @@ fn enforce_runs_argv_literally_and_the_outcome_reaches_the_rule() {
         mut vigil,
         data,
         _server,
-    } = setup(
-        "remediation_mode = \"enforce\"",
-        &asking("asker", "record", hostile),
-        RECORD,
-    );
+    } = enforcing(&asking("asker", "record", hostile), RECORD);
     let done = feedback(&mut vigil, "asker", "Succeeded");
     assert_eq!(done["labels"]["action"], "record");
     vigil.terminate();
@@ -198,8 +199,7 @@ fn cooldown_lets_one_run_through_per_target_and_window() {
         mut vigil,
         data,
         _server,
-    } = setup(
-        "remediation_mode = \"enforce\"",
+    } = enforcing(
         &rules,
         &RECORD.replace("cooldown = \"1s\"", "cooldown = \"1h\""),
     );
@@ -245,11 +245,7 @@ fn a_run_past_its_timeout_is_killed_and_audited_as_timed_out() {
         mut vigil,
         data,
         _server,
-    } = setup(
-        "remediation_mode = \"enforce\"",
-        &asking("asker", "hang", "30"),
-        actions,
-    );
+    } = enforcing(&asking("asker", "hang", "30"), actions);
     let told = feedback(&mut vigil, "asker", "TimedOut");
     assert_eq!(told["labels"]["action"], "hang");
     vigil.terminate();
@@ -267,11 +263,7 @@ fn a_run_cut_short_by_a_crash_shows_as_interrupted_after_restart() {
         mut vigil,
         data,
         _server,
-    } = setup(
-        "remediation_mode = \"enforce\"",
-        &asking("asker", "slow", "5.0713"),
-        actions,
-    );
+    } = enforcing(&asking("asker", "slow", "5.0713"), actions);
     // Let the run start (the audit record is written before the process
     // is), then kill vigil without a chance to finish it.
     let running = || {
@@ -329,11 +321,7 @@ fn a_tripped_breaker_stops_the_action_and_raises_an_alert() {
         mut vigil,
         data,
         _server,
-    } = setup(
-        "remediation_mode = \"enforce\"",
-        &asking("asker", "broken", "x"),
-        actions,
-    );
+    } = enforcing(&asking("asker", "broken", "x"), actions);
     let alert = vigil.wait_for("RemediationBreakerOpen", Duration::from_secs(10), |v| {
         common::is_alert(v, "firing", "RemediationBreakerOpen")
     });
