@@ -233,7 +233,9 @@ fn a_rule_that_loops_in_configure_is_refused_at_its_deadline() {
     ));
     assert!(
         stderr.contains("rule `stuck` (")
-            && stderr.contains("`configure` failed: timeout: exceeded its 300ms deadline"),
+            && stderr.contains(
+                "`configure` failed: timeout: exceeded its 300ms deadline (raise `init_timeout`)"
+            ),
         "{stderr}"
     );
 }

@@ -43,14 +43,20 @@ max_memory_mib = 16
         rule_is("fixture_spin"),
     );
     assert_eq!(spin["error_kind"], "timeout");
-    assert_eq!(spin["error"], "timeout: exceeded its 50ms deadline");
+    assert_eq!(
+        spin["error"],
+        "timeout: exceeded its 50ms deadline (raise `timeout`)"
+    );
     let hog = vigil.wait_for(
         "a hog evaluation",
         Duration::from_secs(10),
         rule_is("fixture_hog"),
     );
     assert_eq!(hog["error_kind"], "memory_limit");
-    assert_eq!(hog["error"], "memory limit: tried to use more than 16 MiB");
+    assert_eq!(
+        hog["error"],
+        "memory limit: tried to use more than 16 MiB of linear memory and tables (raise `max_memory_mib`)"
+    );
 
     // Each runaway fails on fresh instances until quarantine sets it aside
     // (after 5 failures in a row); the well-behaved rule carries on.
@@ -223,7 +229,7 @@ fn a_million_alerts_hit_the_memory_cap() {
         first_error(&vigil),
         (
             "memory_limit".into(),
-            "memory limit: tried to use more than 128 MiB".into()
+            "memory limit: tried to use more than 128 MiB of linear memory and tables (raise `max_memory_mib`)".into()
         )
     );
 }
@@ -235,7 +241,7 @@ fn too_many_alerts_are_refused_as_too_large() {
         first_error(&vigil),
         (
             "verdict_too_large".into(),
-            "verdict too large: 5000 alerts (limit 1000)".into()
+            "verdict too large: 5000 alerts (limit 1000; raise `max_alerts`)".into()
         )
     );
     assert_eq!(vigil.count(|v| common::is_alert(v, "firing", "Flood")), 0);
@@ -248,26 +254,31 @@ fn a_100_mb_summary_is_never_copied_out() {
         first_error(&vigil),
         (
             "verdict_too_large".into(),
-            "verdict too large: the rule returned more data than the host copies out of one call (about 1330176 bytes)".into()
+            "verdict too large: more than about 1330176 bytes, the most the host copies out of one call (raise `max_verdict_bytes`)".into()
         )
     );
     assert_eq!(vigil.count(|v| common::is_alert(v, "firing", "Huge")), 0);
 }
 
 #[test]
-fn a_log_flood_is_cut_to_the_rate_limit() {
+fn a_log_flood_is_cut_to_the_rate_limit_shared_by_log_stdout_and_stderr() {
     let (vigil, _server) = attack("log-flood", "log_lines_per_second = 50");
     let log = vigil.stderr();
-    let flooded = log
-        .lines()
-        .filter(|line| line.contains("flood line"))
-        .count();
-    // A burst of 100, then 50 per second for the few seconds it ran.
+    let lines = |marker: &str| log.lines().filter(|line| line.contains(marker)).count();
+    let (stdout, stderr) = (lines("stdout flood line"), lines("stderr flood line"));
+    let host = lines("flood line") - stdout - stderr;
+    let flooded = host + stdout + stderr;
+    // One budget for the three: a burst of 100, then 50 per second for the
+    // few seconds it ran.
     assert!(
         flooded <= 100 + 50 * 5,
-        "{flooded} flood lines reached the log"
+        "{flooded} flood lines reached the log ({host} log, {stdout} stdout, {stderr} stderr)"
     );
     assert!(flooded >= 100, "only {flooded} flood lines reached the log");
+    assert!(
+        host > 0 && stdout > 0 && stderr > 0,
+        "every stream logs within the budget: {host} log, {stdout} stdout, {stderr} stderr"
+    );
     assert!(log.contains("Rule log lines dropped"), "{log}");
 }
 
@@ -314,7 +325,9 @@ fn files_env_network_and_names_are_out_of_reach() {
         [
             expect("File", "denied: No such file or directory (os error 44)"),
             expect("Env", "0 variables"),
+            expect("Args", "0 arguments"),
             expect("Tcp", "denied: Permission denied (os error 2)"),
+            expect("Udp", "denied: Permission denied (os error 2)"),
             expect(
                 "Dns",
                 "denied: failed to lookup address information: Non-recoverable error"
@@ -402,4 +415,260 @@ fn quarantine_backoff_doubles_up_to_its_maximum() {
         .collect();
     assert!(backoffs.len() >= 4, "{log}");
     assert_eq!(backoffs[..4], ["1s", "2s", "2s", "2s"], "{log}");
+}
+
+/// The most the host process may hold while a rule capped at 32 MiB attacks
+/// it. The host runs in about 36 MiB here (wasmtime, the bundled rule,
+/// buffers); buffering what the attacks ask for would take 100 MB more.
+const HOST_RSS_BOUND: u64 = 96 * 1024 * 1024;
+
+/// Runs an attack with the hostile rule capped at 32 MiB and checks that the
+/// host's peak RSS stayed under [`HOST_RSS_BOUND`] while it ran.
+fn bounded_attack(config: &str, extra: &str) -> (Vigil, StatusServer) {
+    let extra = format!("max_memory_mib = 32\n{extra}");
+    let peak = std::cell::Cell::new(0);
+    let (vigil, server) = attack_until(config, &extra, |vigil| {
+        peak.set(vigil.peak_rss());
+        hostile_lines(vigil) >= HOSTILE_SAMPLES
+    });
+    let peak = peak.get();
+    assert!(
+        peak < HOST_RSS_BOUND,
+        "the host's peak RSS was {} MiB",
+        peak >> 20
+    );
+    (vigil, server)
+}
+
+/// The summary of the hostile rule's first `name` alert.
+fn summary(vigil: &Vigil, name: &str) -> String {
+    vigil
+        .seen
+        .iter()
+        .find(|v| v["type"] == "alert" && v["rule"] == "hostile" && v["name"] == name)
+        .and_then(|v| v["summary"].as_str())
+        .unwrap_or_else(|| panic!("no {name} alert"))
+        .to_string()
+}
+
+#[test]
+fn a_state_value_over_64_kib_is_refused_to_the_rule() {
+    let (vigil, _server) = attack("state-huge", "");
+    assert_eq!(
+        summary(&vigil, "StateHuge"),
+        "state value for `big` is 102400 bytes; the limit is 65536"
+    );
+}
+
+#[test]
+fn one_call_buffers_at_most_1000_state_writes() {
+    let (vigil, _server) = bounded_attack(r#"{ attack = "state-set-flood" }"#, "");
+    assert_eq!(
+        summary(&vigil, "StateFlood"),
+        "one call may change at most 1000 state keys (a fixed limit); `key-1000` would be one \
+         more: keep fewer keys, e.g. one JSON value"
+    );
+}
+
+#[test]
+fn a_state_delete_flood_traps_at_the_same_limit() {
+    let (vigil, _server) = bounded_attack(r#"{ attack = "state-delete-flood" }"#, "");
+    let (kind, error) = first_error(&vigil);
+    assert_eq!(kind, "trap");
+    assert!(
+        error.starts_with(
+            "trap: state-delete: one call may change at most 1000 state keys (a fixed limit); \
+             `key-1000` would be one more"
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn deleting_keys_too_long_to_exist_buffers_nothing() {
+    // A million deletes of 100 KiB keys: buffered, they would be 100 MB per
+    // call. The call runs to its deadline instead, holding nothing.
+    let (vigil, _server) = bounded_attack(r#"{ attack = "state-delete-long" }"#, "");
+    assert_eq!(first_error(&vigil).0, "timeout");
+}
+
+#[test]
+fn a_large_random_request_traps_before_the_host_fills_it() {
+    let (vigil, _server) = bounded_attack(r#"{ attack = "random-huge" }"#, "");
+    assert_eq!(
+        first_error(&vigil),
+        (
+            "trap".into(),
+            "trap: asked `wasi:random` for 33554432 bytes in one call; the limit is 65536 (fixed)"
+                .into()
+        )
+    );
+}
+
+#[test]
+fn a_rule_holds_a_bounded_number_of_wasi_handles() {
+    let (vigil, _server) = bounded_attack(r#"{ attack = "handle-flood" }"#, "");
+    let (kind, error) = first_error(&vigil);
+    assert_eq!(kind, "trap");
+    assert!(
+        error.starts_with(
+            "trap: holds more than 1000 WASI handles (streams, pollables) at once; the limit is fixed"
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_huge_log_message_is_a_copy_limit_not_a_large_verdict() {
+    let (vigil, _server) = bounded_attack(r#"{ attack = "log-huge" }"#, "");
+    assert_eq!(
+        first_error(&vigil),
+        (
+            "copy_limit".into(),
+            "copy limit: the rule passed more than about 1330176 bytes to one host call (a log \
+             message, a state value); the limit grows with `max_verdict_bytes`"
+                .into()
+        )
+    );
+}
+
+/// Starts vigil with the bundled rule and `rule` (a TOML table body), which
+/// must fail to load, and returns the error it exits with.
+fn refused_at_start(rule: &str) -> String {
+    let server = StatusServer::start();
+    server.set("status", Behavior::json(json!({"cpu_usage": 10})));
+    let mut vigil = Vigil::start(&format!(
+        "{}\n[[rules]]\nbuiltin = \"threshold\"\n\n[[rules]]\n{rule}\n",
+        web_target(&server.url("status")),
+    ));
+    let status = vigil.wait_exit(Duration::from_secs(30));
+    assert!(!status.success());
+    assert_eq!(vigil.count(|v| is_evaluation(v, "web-01")), 0);
+    let log = vigil.stderr();
+    let error = log
+        .lines()
+        .find(|line| line.starts_with("rule `"))
+        .unwrap_or_else(|| panic!("no line names the refused rule: {log}"));
+    error.to_string()
+}
+
+#[test]
+fn huge_rule_info_is_refused_at_load_as_a_copy_limit() {
+    let error = refused_at_start(&format!(
+        "name = \"hostile\"\npath = \"{}\"\nconfig = {{ attack = \"info-huge\" }}",
+        toml_path(&fixture("fixture_hostile"))
+    ));
+    assert!(
+        error.ends_with(
+            "`configure` failed: copy limit: `configure` returned more than about 1330176 \
+             bytes of rule info; the limit grows with `max_verdict_bytes`"
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn waiting_for_an_instant_is_denied() {
+    let (vigil, _server) = attack("wait-instant", "");
+    assert_eq!(
+        first_error(&vigil),
+        (
+            "trap".into(),
+            "trap: rules may not sleep or wait (`wasi:clocks/monotonic-clock@0.2.12#subscribe-instant` is denied)".into()
+        )
+    );
+}
+
+#[test]
+fn more_than_100_actions_are_refused_as_too_large() {
+    let (vigil, _server) = attack("action-flood", "");
+    assert_eq!(
+        first_error(&vigil),
+        (
+            "verdict_too_large".into(),
+            "verdict too large: 101 actions (limit 100; raise `max_actions`)".into()
+        )
+    );
+}
+
+#[test]
+fn more_than_1_mib_of_text_is_refused_as_too_large() {
+    let (vigil, _server) = attack("text-flood", "");
+    assert_eq!(
+        first_error(&vigil),
+        (
+            "verdict_too_large".into(),
+            "verdict too large: 1126405 bytes of text (limit 1048576; raise `max_verdict_bytes`)"
+                .into()
+        )
+    );
+    assert_eq!(vigil.count(|v| common::is_alert(v, "firing", "Wordy")), 0);
+}
+
+#[test]
+fn alert_and_label_names_must_be_names() {
+    let (vigil, _server) = attack("bad-name", "");
+    assert_eq!(
+        first_error(&vigil),
+        (
+            "invalid_verdict".into(),
+            r#"invalid verdict: alert name "Bad Name{x=\"1\"}" is not a valid name: use letters, digits and `_`, not starting with a digit"#.into()
+        )
+    );
+    let (vigil, _server) = attack_with(r#"{ attack = "bad-name", label = true }"#, "");
+    assert_eq!(
+        first_error(&vigil),
+        (
+            "invalid_verdict".into(),
+            r#"invalid verdict: label name "bad name\nx" is not a valid name: use letters, digits and `_`, not starting with a digit"#.into()
+        )
+    );
+    assert_eq!(
+        vigil.count(|v| common::is_alert(v, "firing", "GoodName")),
+        0
+    );
+}
+
+#[test]
+fn nothing_a_rule_writes_can_forge_a_host_line() {
+    for panic in [false, true] {
+        let (vigil, _server) =
+            attack_with(&format!(r#"{{ attack = "forge", panic = {panic} }}"#), "");
+        let log = vigil.stderr();
+        // The rule's text reached the log, escaped inside the host's lines.
+        assert!(log.contains("forged by the rule"), "{log}");
+        for line in log.lines() {
+            assert!(
+                !line.starts_with("1999-"),
+                "a line the rule wrote: {line:?}"
+            );
+            assert!(
+                !line.contains(['\r', '\u{1b}']),
+                "a raw control character in the log: {line:?}"
+            );
+        }
+        let forged_lines = log.lines().filter(|l| l.contains("forged")).count();
+        assert!(forged_lines >= 3, "{log}");
+        // JSON output stays exact: the summary is the rule's, unescaped.
+        if !panic {
+            assert_eq!(
+                summary(&vigil, "Forged"),
+                "summary\n1999-01-01T00:00:00.000000Z  INFO vigil::app: forged by the rule\r\u{1b}[2K"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_component_importing_wasi_http_is_refused_at_load() {
+    let error = refused_at_start(&format!(
+        "path = \"{}\"",
+        toml_path(&fixture("fixture_http_client"))
+    ));
+    assert!(
+        error.starts_with("rule `fixture_http_client` (")
+            && error.contains("imports `wasi:http/")
+            && error.contains("which rules are not granted"),
+        "{error}"
+    );
 }

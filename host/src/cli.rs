@@ -152,6 +152,7 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         // Colour codes only for a person at a terminal, not in log files.
         .with_ansi(std::io::stderr().is_terminal())
+        .fmt_fields(one_line_fields())
         .init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -160,6 +161,22 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Formats a log event's fields as the default formatter does, with every
+/// control character escaped: a log line is one event, whatever text a
+/// rule (or a target, or a file name) put in its fields.
+fn one_line_fields() -> impl for<'writer> tracing_subscriber::fmt::FormatFields<'writer> {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+        let text = format!("{value:?}");
+        let text = crate::text::one_line(&text);
+        match field.name() {
+            "message" => write!(writer, "{text}"),
+            name => write!(writer, "{name}={text}"),
+        }
+    })
+    .delimited(" ")
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

@@ -250,6 +250,23 @@ impl Vigil {
         assert!(status.success());
     }
 
+    /// The most memory the process has held so far (`VmHWM`), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("vigil is still running");
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .expect("/proc/PID/status has VmHWM");
+        kib * 1024
+    }
+
+    /// The folder holding the config (and, with [`Vigil::start`], `data/`).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
     /// What vigil logged so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
@@ -327,6 +344,20 @@ impl Vigil {
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Waits for vigil to exit on its own, or panics after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                self.fail("vigil did not exit");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn fail(&self, message: &str) -> ! {

@@ -105,6 +105,10 @@ pub struct RuleCounters {
     pub traps: AtomicU64,
     /// Verdicts refused as too large.
     pub verdicts_too_large: AtomicU64,
+    /// Verdicts refused for an invalid alert or label name.
+    pub invalid_verdicts: AtomicU64,
+    /// Calls that passed the host more data than it copies out of one call.
+    pub copy_limits: AtomicU64,
     /// Times the rule was quarantined.
     pub quarantines: AtomicU64,
     /// Samples not evaluated because the rule was quarantined.
@@ -121,10 +125,12 @@ impl RuleCounters {
     fn count(&self, result: &Result<Verdict, CallError>) {
         let counter = match result {
             Ok(_) => None,
-            Err(CallError::Timeout(_)) => Some(&self.timeouts),
+            Err(CallError::Timeout(..)) => Some(&self.timeouts),
             Err(CallError::MemoryLimit(_)) => Some(&self.memory_limits),
             Err(CallError::Trap(_)) => Some(&self.traps),
             Err(CallError::VerdictTooLarge(_)) => Some(&self.verdicts_too_large),
+            Err(CallError::InvalidVerdict(_)) => Some(&self.invalid_verdicts),
+            Err(CallError::CopyLimit(_)) => Some(&self.copy_limits),
             Err(CallError::Quarantined(_)) => Some(&self.skipped),
         };
         if !matches!(result, Err(CallError::Quarantined(_))) {

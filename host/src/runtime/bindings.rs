@@ -7,4 +7,9 @@
 wasmtime::component::bindgen!({
     world: "rule",
     path: "../wit",
+    imports: {
+        // `state-delete` has no error in the contract; a delete past the
+        // per-call limit of state changes traps instead.
+        "vigil:rules/host.state-delete": trappable,
+    },
 });

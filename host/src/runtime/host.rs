@@ -56,8 +56,11 @@ impl host::Host for StoreData {
         data.state.set(&mut data.pending, &key, value.as_bytes())
     }
 
-    fn state_delete(&mut self, key: String) {
-        self.host.pending.insert(key, None);
+    fn state_delete(&mut self, key: String) -> wasmtime::Result<()> {
+        let data = &mut self.host;
+        data.state
+            .delete(&mut data.pending, &key)
+            .map_err(|reason| wasmtime::format_err!("state-delete: {reason}"))
     }
 }
 

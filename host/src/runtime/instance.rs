@@ -2,25 +2,32 @@
 //! from the pre-linked component after a failure.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, Trap, WasmBacktrace};
 
 use super::bindings::Rule;
 use super::component::{LoadError, Prepared};
-use super::sandbox::{Output, StoreData};
-use super::{Limits, RuleInfo, Runtime, Sample, Verdict, deadline_ticks};
+use super::sandbox::{self, Output, StoreData};
+use super::{EPOCH_TICK, Limits, RuleInfo, Runtime, Sample, Verdict, deadline_ticks};
+use crate::names::Syntax;
 use crate::state::RuleState;
 
 /// Why one call into a rule failed. The rule's instance is rebuilt before the
 /// next call; the host and the other rules are unaffected.
+///
+/// Each message names the limit that was hit and the `[[rules]]` config key
+/// that raises it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
-    /// Ran past its deadline.
-    #[error("timeout: exceeded its {}ms deadline", .0.as_millis())]
-    Timeout(Duration),
-    /// Tried to grow its memory past the cap.
-    #[error("memory limit: tried to use more than {} MiB", .0 / (1024 * 1024))]
+    /// Ran past its deadline; the second field is the config key that sets it.
+    #[error("timeout: exceeded its {}ms deadline (raise `{}`)", .0.as_millis(), .1)]
+    Timeout(Duration, &'static str),
+    /// Tried to grow its memories and tables past the cap.
+    #[error(
+        "memory limit: tried to use more than {} MiB of linear memory and tables (raise `max_memory_mib`)",
+        .0 / (1024 * 1024)
+    )]
     MemoryLimit(usize),
     /// Any other trap: a panic, `unreachable`, an out-of-bounds access, a
     /// stack overflow, a denied host call.
@@ -29,6 +36,14 @@ pub enum CallError {
     /// Returned a verdict past the limits on alerts, actions or text.
     #[error("verdict too large: {0}")]
     VerdictTooLarge(String),
+    /// Returned a verdict the host will not pass on: an alert or label name
+    /// that is not a valid name.
+    #[error("invalid verdict: {0}")]
+    InvalidVerdict(String),
+    /// Passed the host more data in one host call (a log message, a state
+    /// value) than the host copies out of a call.
+    #[error("copy limit: {0}")]
+    CopyLimit(String),
     /// Not called: the rule is quarantined after failing too often.
     #[error("quarantined: not evaluated, next try in {}", humantime::format_duration(Duration::from_secs(.0.as_secs())))]
     Quarantined(Duration),
@@ -38,11 +53,30 @@ impl CallError {
     /// A short, stable name for the kind of failure, for metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self {
-            CallError::Timeout(_) => "timeout",
+            CallError::Timeout(..) => "timeout",
             CallError::MemoryLimit(_) => "memory_limit",
             CallError::Trap(_) => "trap",
             CallError::VerdictTooLarge(_) => "verdict_too_large",
+            CallError::InvalidVerdict(_) => "invalid_verdict",
+            CallError::CopyLimit(_) => "copy_limit",
             CallError::Quarantined(_) => "quarantined",
+        }
+    }
+}
+
+/// Which export a call went to: it decides the deadline's config key and
+/// what a copy past the limit was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Configure,
+    Evaluate,
+}
+
+impl Call {
+    fn timeout_key(self) -> &'static str {
+        match self {
+            Call::Configure => "init_timeout",
+            Call::Evaluate => "timeout",
         }
     }
 }
@@ -120,10 +154,18 @@ impl RuleInstance {
         }
         let live = self.live.as_mut().expect("instantiated above");
         let timeout = self.limits.evaluate_timeout;
-        prepare_call(&mut live.store, &self.output, timeout);
+        let started = prepare_call(&mut live.store, &self.output, timeout);
         match live.rule.call_evaluate(&mut live.store, sample) {
             Ok(verdict) => {
-                if let Err(error) = check_verdict(&verdict, &self.limits) {
+                let checked = if started.elapsed() > deadline(timeout) {
+                    // Returned just as the deadline passed, between two
+                    // epoch ticks: what is left (the commit) would run past
+                    // it, so the call counts as timed out.
+                    Err(CallError::Timeout(timeout, Call::Evaluate.timeout_key()))
+                } else {
+                    check_verdict(&verdict, &self.limits)
+                };
+                if let Err(error) = checked {
                     // The instance is sound; only this answer is refused,
                     // together with the state it wrote.
                     live.store.data_mut().host.pending.clear();
@@ -133,7 +175,13 @@ impl RuleInstance {
                 Ok(verdict)
             }
             Err(error) => {
-                let error = self.classify(error, timeout);
+                let error = classify(
+                    error,
+                    live.store.data(),
+                    &self.output,
+                    timeout,
+                    Call::Evaluate,
+                );
                 self.live = None;
                 Err(error)
             }
@@ -155,7 +203,7 @@ impl RuleInstance {
         // a log line, a state value) before it allocates it on the host.
         store.set_hostcall_fuel(hostcall_fuel(&self.limits));
         let timeout = self.limits.init_timeout;
-        prepare_call(&mut store, &self.output, timeout);
+        let started = prepare_call(&mut store, &self.output, timeout);
         let rule = match self.prepared.pre.instantiate(&mut store) {
             Ok(rule) => rule,
             Err(error) => return Err(self.instantiate_error(error, &store, timeout)),
@@ -165,6 +213,12 @@ impl RuleInstance {
             Ok(Err(message)) => return Err(LoadError::ConfigureRefused(message)),
             Err(error) => return Err(self.instantiate_error(error, &store, timeout)),
         };
+        if started.elapsed() > deadline(timeout) {
+            return Err(LoadError::ConfigureFailed(CallError::Timeout(
+                timeout,
+                Call::Configure.timeout_key(),
+            )));
+        }
         commit_state(&mut store);
         self.live = Some(Live { store, rule });
         Ok(info)
@@ -176,15 +230,13 @@ impl RuleInstance {
         store: &Store<StoreData>,
         timeout: Duration,
     ) -> LoadError {
-        LoadError::ConfigureFailed(classify(error, store.data(), &self.output, timeout))
-    }
-
-    fn classify(&self, error: wasmtime::Error, timeout: Duration) -> CallError {
-        let data = self.live.as_ref().map(|live| live.store.data());
-        match data {
-            Some(data) => classify(error, data, &self.output, timeout),
-            None => CallError::Trap(format!("{error:#}")),
-        }
+        LoadError::ConfigureFailed(classify(
+            error,
+            store.data(),
+            &self.output,
+            timeout,
+            Call::Configure,
+        ))
     }
 }
 
@@ -209,14 +261,14 @@ fn check_verdict(verdict: &Verdict, limits: &Limits) -> Result<(), CallError> {
     let too_large = |what: String| Err(CallError::VerdictTooLarge(what));
     if verdict.alerts.len() > limits.max_alerts {
         return too_large(format!(
-            "{} alerts (limit {})",
+            "{} alerts (limit {}; raise `max_alerts`)",
             verdict.alerts.len(),
             limits.max_alerts
         ));
     }
     if verdict.actions.len() > limits.max_actions {
         return too_large(format!(
-            "{} actions (limit {})",
+            "{} actions (limit {}; raise `max_actions`)",
             verdict.actions.len(),
             limits.max_actions
         ));
@@ -237,19 +289,54 @@ fn check_verdict(verdict: &Verdict, limits: &Limits) -> Result<(), CallError> {
         .sum();
     if bytes > limits.max_verdict_bytes {
         return too_large(format!(
-            "{bytes} bytes of text (limit {})",
+            "{bytes} bytes of text (limit {}; raise `max_verdict_bytes`)",
             limits.max_verdict_bytes
         ));
+    }
+    check_names(verdict)
+}
+
+/// Refuses alert and label names outside the Prometheus convention
+/// (`[a-zA-Z_][a-zA-Z0-9_]*`): they become label names in every sink, and a
+/// name with spaces, `=` or a newline could forge the host's output.
+fn check_names(verdict: &Verdict) -> Result<(), CallError> {
+    for alert in &verdict.alerts {
+        check_name("alert name", &alert.name)?;
+        for label in alert.labels.iter().chain(&alert.annotations) {
+            check_name("label name", &label.name)?;
+        }
     }
     Ok(())
 }
 
-/// Arms the deadline and resets per-call bookkeeping.
-fn prepare_call(store: &mut Store<StoreData>, output: &Output, timeout: Duration) {
+fn check_name(what: &str, name: &str) -> Result<(), CallError> {
+    if Syntax::Identifier.accepts(name) {
+        return Ok(());
+    }
+    let mut shown: String = name.chars().take(64).collect();
+    if shown.len() < name.len() {
+        shown.push_str("...");
+    }
+    Err(CallError::InvalidVerdict(format!(
+        "{what} \"{}\" is not a valid name: use letters, digits and `_`, not starting with a digit",
+        shown.escape_debug()
+    )))
+}
+
+/// Arms the deadline and resets per-call bookkeeping; returns when the call
+/// starts.
+fn prepare_call(store: &mut Store<StoreData>, output: &Output, timeout: Duration) -> Instant {
     store.set_epoch_deadline(deadline_ticks(timeout));
     store.data_mut().limiter.hit = false;
     store.data_mut().host.pending.clear();
     output.stderr.clear_last_line();
+    Instant::now()
+}
+
+/// The time a call may take before the epoch stops it: `timeout` rounded up
+/// to whole ticks, plus the tick under way.
+fn deadline(timeout: Duration) -> Duration {
+    EPOCH_TICK.saturating_mul(u32::try_from(deadline_ticks(timeout)).unwrap_or(u32::MAX))
 }
 
 fn commit_state(store: &mut Store<StoreData>) {
@@ -260,36 +347,76 @@ fn commit_state(store: &mut Store<StoreData>) {
     }
 }
 
-/// Names a failure for what it is: the deadline, the memory cap, or a trap
-/// (with the panic message a Rust guest printed, when there is one).
+/// Names a failure for what it is: the deadline, the memory cap, the copy
+/// limit, or a trap (with the panic message a Rust guest printed, when there
+/// is one).
 fn classify(
     error: wasmtime::Error,
     data: &StoreData,
     output: &Output,
     timeout: Duration,
+    call: Call,
 ) -> CallError {
     if data.limiter.hit {
         return CallError::MemoryLimit(data.limiter.max_memory);
     }
     if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-        return CallError::Timeout(timeout);
+        return CallError::Timeout(timeout, call.timeout_key());
     }
-    if error.root_cause().to_string().starts_with(FUEL_EXHAUSTED) {
-        return CallError::VerdictTooLarge(format!(
-            "the rule returned more data than the host copies out of one call (about {} bytes)",
-            data.limiter.max_copy
+    let root = error.root_cause().to_string();
+    if root.starts_with(FUEL_EXHAUSTED) {
+        return copy_limit(&error, data.limiter.max_copy, call);
+    }
+    if let Some(asked) = root
+        .strip_prefix("requested len ")
+        .and_then(|rest| rest.split_whitespace().next())
+    {
+        return CallError::Trap(format!(
+            "asked `wasi:random` for {asked} bytes in one call; the limit is {} (fixed)",
+            sandbox::MAX_RANDOM_BYTES
+        ));
+    }
+    if root.contains("resource table has no free keys") {
+        return CallError::Trap(format!(
+            "holds more than {} WASI handles (streams, pollables) at once; the limit is fixed",
+            sandbox::MAX_RESOURCES
         ));
     }
     // The root cause, without the wasm backtrace wasmtime wraps it in.
     let trap = match error.downcast_ref::<Trap>() {
         Some(trap) => trap.to_string(),
-        None => error.root_cause().to_string(),
+        None => root,
     };
     match output.stderr.last_line() {
         Some(line) if !line.trim().is_empty() => {
             CallError::Trap(format!("{trap} (stderr: {})", line.trim()))
         }
         _ => CallError::Trap(trap),
+    }
+}
+
+/// Says where a copy past the hostcall fuel happened. With rule frames on
+/// the stack the rule was calling the host (a log line, a state value);
+/// without, wasmtime was copying the export's result out.
+fn copy_limit(error: &wasmtime::Error, max_copy: usize, call: Call) -> CallError {
+    let in_host_call = error
+        .downcast_ref::<WasmBacktrace>()
+        .is_some_and(|trace| !trace.frames().is_empty());
+    if in_host_call {
+        return CallError::CopyLimit(format!(
+            "the rule passed more than about {max_copy} bytes to one host call (a log \
+             message, a state value); the limit grows with `max_verdict_bytes`"
+        ));
+    }
+    match call {
+        Call::Evaluate => CallError::VerdictTooLarge(format!(
+            "more than about {max_copy} bytes, the most the host copies out of one call \
+             (raise `max_verdict_bytes`)"
+        )),
+        Call::Configure => CallError::CopyLimit(format!(
+            "`configure` returned more than about {max_copy} bytes of rule info; the limit \
+             grows with `max_verdict_bytes`"
+        )),
     }
 }
 
@@ -319,12 +446,15 @@ mod tests {
 
     #[test]
     fn call_errors_read_as_what_they_are() {
-        let timeout = CallError::Timeout(Duration::from_millis(50));
-        assert_eq!(timeout.to_string(), "timeout: exceeded its 50ms deadline");
+        let timeout = CallError::Timeout(Duration::from_millis(50), "timeout");
+        assert_eq!(
+            timeout.to_string(),
+            "timeout: exceeded its 50ms deadline (raise `timeout`)"
+        );
         let memory = CallError::MemoryLimit(64 * 1024 * 1024);
         assert_eq!(
             memory.to_string(),
-            "memory limit: tried to use more than 64 MiB"
+            "memory limit: tried to use more than 64 MiB of linear memory and tables (raise `max_memory_mib`)"
         );
         assert_eq!(memory.kind(), "memory_limit");
     }

@@ -5,7 +5,12 @@
 //! (wasmtime denies socket *addresses* by default but not the calls, so they
 //! are switched off explicitly). Clocks and random numbers stay available.
 //! A rule's stdout and stderr go to the host's log, one event per line,
-//! tagged with the rule's name. Linear memory is capped per store.
+//! tagged with the rule's name.
+//!
+//! What the host allocates for a rule is bounded by the rule's limits: one
+//! cap covers all its linear memories and tables together, the resources it
+//! can hold (streams, pollables) are few, and a request for random bytes is
+//! small, since such host calls run where no deadline can stop them.
 
 use std::io;
 use std::pin::Pin;
@@ -64,15 +69,19 @@ impl StoreData {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
+            .max_random_size(MAX_RANDOM_BYTES)
             .build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
         StoreData {
             wasi,
-            table: ResourceTable::new(),
+            table,
             limiter: MemoryLimiter {
                 max_memory,
                 hit: false,
                 max_copy,
                 memory_bytes: 0,
+                table_bytes: 0,
             },
             host: HostData {
                 rule,
@@ -84,8 +93,26 @@ impl StoreData {
     }
 }
 
-/// Caps linear memory and tables, and remembers whether the cap was hit so a
-/// failure can be reported as `memory limit` rather than a bare trap.
+/// Most bytes one `wasi:random` call may ask for. The host fills the buffer
+/// inside the call, where the deadline cannot interrupt it; a rule needs a
+/// seed or an id, not megabytes.
+pub const MAX_RANDOM_BYTES: u64 = 64 * 1024;
+
+/// Most WASI resources (streams, pollables, sockets) a rule may hold at
+/// once. Each costs host memory, and a rule needs a handful.
+pub const MAX_RESOURCES: usize = 1_000;
+
+/// What one table element is counted as: more than wasmtime stores for a
+/// function or extern reference, so the count is an upper bound.
+const TABLE_ELEMENT_BYTES: usize = 16;
+
+/// Caps the linear memory and tables of one instance, all of them together,
+/// and remembers whether the cap was hit so a failure can be reported as
+/// `memory limit` rather than a bare trap.
+///
+/// The cap is a total, not per memory: a component holds several core
+/// instances, each may declare memories and tables, and a per-memory cap
+/// would let it multiply the limit.
 pub struct MemoryLimiter {
     pub(crate) max_memory: usize,
     pub(crate) hit: bool,
@@ -93,10 +120,19 @@ pub struct MemoryLimiter {
     pub(crate) max_copy: usize,
     /// Linear memory the instance holds now, over all its memories.
     pub(crate) memory_bytes: usize,
+    /// Tables the instance holds now, over all its tables.
+    pub(crate) table_bytes: usize,
 }
 
-/// Table elements a rule may have: plenty for any language runtime.
-const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+impl MemoryLimiter {
+    /// Whether `more` bytes fit under the cap next to what is held already.
+    fn fits(&mut self, more: usize) -> bool {
+        let after = (self.memory_bytes + self.table_bytes).saturating_add(more);
+        let fits = after <= self.max_memory;
+        self.hit |= !fits;
+        fits
+    }
+}
 
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
@@ -106,21 +142,28 @@ impl ResourceLimiter for MemoryLimiter {
         _max: Option<usize>,
     ) -> WasmResult<bool> {
         // Also called for each memory's initial size, with `current` 0.
-        let allowed = desired <= self.max_memory;
-        self.hit |= !allowed;
-        if allowed {
-            self.memory_bytes += desired - current;
+        let more = desired.saturating_sub(current);
+        let fits = self.fits(more);
+        if fits {
+            self.memory_bytes += more;
         }
-        Ok(allowed)
+        Ok(fits)
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _max: Option<usize>,
     ) -> WasmResult<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+        let more = desired
+            .saturating_sub(current)
+            .saturating_mul(TABLE_ELEMENT_BYTES);
+        let fits = self.fits(more);
+        if fits {
+            self.table_bytes += more;
+        }
+        Ok(fits)
     }
 
     fn instances(&self) -> usize {
@@ -339,5 +382,36 @@ impl tokio::io::AsyncWrite for LogPipe {
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(max_mib: usize) -> MemoryLimiter {
+        MemoryLimiter {
+            max_memory: max_mib << 20,
+            hit: false,
+            max_copy: 0,
+            memory_bytes: 0,
+            table_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn the_cap_covers_all_memories_and_tables_together() {
+        let mut limits = limiter(100);
+        assert!(limits.memory_growing(0, 60 << 20, None).unwrap());
+        // A second memory under the cap on its own, but not beside the first.
+        assert!(!limits.memory_growing(0, 60 << 20, None).unwrap());
+        assert!(limits.hit);
+        // Table elements count too: 3 Mi elements would be 48 MiB.
+        assert!(!limits.table_growing(0, 3 << 20, None).unwrap());
+        assert!(limits.table_growing(0, 1 << 20, None).unwrap());
+        assert_eq!(limits.memory_bytes + limits.table_bytes, 76 << 20);
+        // Growing an existing memory counts only the growth.
+        assert!(limits.memory_growing(60 << 20, 84 << 20, None).unwrap());
+        assert!(!limits.memory_growing(84 << 20, 85 << 20, None).unwrap());
     }
 }

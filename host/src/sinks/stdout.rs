@@ -183,7 +183,9 @@ fn alert_text(event: &AlertEvent) -> String {
             )
         }
     };
-    format!(
+    // The name, labels and summary are the rule's: escaped, so the line
+    // stays one line.
+    let line = format!(
         "{} {status} {}{} {} on {} (rule {}){after}: {}",
         time(event.at_ms),
         alert.name,
@@ -192,7 +194,8 @@ fn alert_text(event: &AlertEvent) -> String {
         event.target,
         event.rule,
         alert.summary
-    )
+    );
+    crate::text::one_line(&line).into_owned()
 }
 
 fn alert_json(event: &AlertEvent) -> Value {
@@ -218,4 +221,41 @@ fn alert_json(event: &AlertEvent) -> Value {
         "annotations": pairs(&alert.annotations),
         "active_since_ms": alert.active_since_ms,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerts::Tracker;
+    use crate::runtime::{Alert, Severity};
+
+    #[test]
+    fn an_alert_line_stays_one_line_whatever_the_rule_wrote() {
+        let forged = "\n1999-01-01T00:00:00Z FIRING  Fake on web-01\r\x1b[2K";
+        let alert = Alert {
+            name: "CpuUsageHigh".into(),
+            severity: Severity::Warning,
+            summary: format!("cpu is high{forged}"),
+            labels: vec![Label {
+                name: "core".into(),
+                value: format!("0{forged}"),
+            }],
+            annotations: vec![],
+            for_ms: 0,
+            keep_firing_for_ms: 0,
+        };
+        let events = Tracker::default().observe(&"r".into(), &"web-01".into(), &[alert], 1_000);
+        let line = alert_text(&events[0]);
+        assert!(!line.contains(['\n', '\r', '\x1b']), "{line:?}");
+        assert!(
+            line.ends_with(
+                "cpu is high\\n1999-01-01T00:00:00Z FIRING  Fake on web-01\\r\\u{1b}[2K"
+            ),
+            "{line}"
+        );
+        assert!(line.contains(r#"core="0\n1999"#), "{line}");
+        // JSON keeps the rule's text exactly.
+        let json = alert_json(&events[0]);
+        assert_eq!(json["summary"], format!("cpu is high{forged}"));
+    }
 }
