@@ -676,3 +676,53 @@ fn a_rules_directory_loads_new_files_and_unloads_removed_ones() {
     assert!(vigil.count(by("second")) > 0);
     assert!(!vigil.stderr().contains("README"), "{}", vigil.stderr());
 }
+
+#[test]
+fn a_refused_version_is_tried_once_until_its_file_changes() {
+    // Two rules in one folder. `a` starts as the counter fixture, which
+    // ignores the config meant for the hostile one.
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    let (a, b) = (rules.join("a.wasm"), rules.join("threshold.wasm"));
+    std::fs::write(&a, variant_of("fixture_counter", 0)).unwrap();
+    std::fs::write(&b, variant(0)).unwrap();
+    let a_table = format!(
+        "[[rules]]\nname = \"a\"\npath = \"{}\"\nconfig = {{ attack = \"configure-loop\" }}\ninit_timeout = \"300ms\"\n",
+        toml_path(&a)
+    );
+    let Setup {
+        server: _server,
+        mut vigil,
+        _dir,
+        ..
+    } = setup_with(dir, b.clone(), &a_table, "20ms", "");
+    wait_version(&mut vigil, 1);
+
+    // `a` becomes a rule whose `configure` runs to its deadline: refused.
+    std::fs::write(&a, std::fs::read(fixture("fixture_hostile")).unwrap()).unwrap();
+    wait_log(&mut vigil, "Rule reload refused", 1);
+    // Reading the file, then a change to the other rule in the folder:
+    // the folder's files are all looked at again, and `a` is not retried.
+    for _ in 0..5 {
+        std::fs::read(&a).unwrap();
+    }
+    std::fs::write(&b, variant(1)).unwrap();
+    wait_version(&mut vigil, 2);
+    let log = vigil.stderr();
+    let refusals: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("Rule reload refused"))
+        .collect();
+    assert_eq!(refusals.len(), 1, "{log}");
+    assert!(
+        refusals[0].contains("timeout: exceeded its 300ms deadline (raise `init_timeout`)"),
+        "{}",
+        refusals[0]
+    );
+    // New content is tried.
+    std::fs::write(&a, variant_of("fixture_counter", 1)).unwrap();
+    vigil.wait_for("a's version 2", Duration::from_secs(10), |v| {
+        is_evaluation(v, "web-01") && v["rule"] == "a" && v["rule_version"] == 2
+    });
+}

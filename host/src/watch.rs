@@ -53,6 +53,10 @@ impl DebouncedWatch {
         let sink = touched.clone();
         let watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+                // Opening or reading a file changes nothing; counting it
+                // would make every read of a watched file (the reloader's
+                // own, too) a new batch, and so a new read, for ever.
+                Ok(event) if event.kind.is_access() => {}
                 Ok(event) => {
                     sink.paths.lock().expect("watch lock").extend(event.paths);
                     sink.arrived.notify_one();
@@ -168,6 +172,32 @@ mod tests {
                 _ = ticks.tick() => {
                     assert!(tokio::time::Instant::now() < deadline, "no batch while next kept being dropped");
                 }
+            }
+        }
+    }
+
+    /// Reading a watched file is no change: the reloader reads the files
+    /// it is told about, and a read that counted would feed itself.
+    #[tokio::test]
+    async fn reading_a_file_is_not_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let (read, written) = (dir.path().join("read"), dir.path().join("written"));
+        std::fs::write(&read, "x").unwrap();
+        let mut watch = DebouncedWatch::new(Duration::from_millis(50)).unwrap();
+        watch.watch(dir.path()).unwrap();
+        for _ in 0..5 {
+            std::fs::read(&read).unwrap();
+        }
+        std::fs::write(&written, "y").unwrap();
+        // Every batch up to the one with the write: none names the file
+        // that was only read.
+        loop {
+            let batch = tokio::time::timeout(Duration::from_secs(30), watch.next())
+                .await
+                .expect("a batch with the write");
+            assert!(!batch.contains(&read), "{batch:?}");
+            if batch.contains(&written) {
+                return;
             }
         }
     }

@@ -105,6 +105,10 @@ struct Watched {
     /// Hash of the version serving; `None` while nothing serves (the file is
     /// gone, or the rule never loaded).
     hash: Option<String>,
+    /// Hash of the last content refused: it is not tried again until the
+    /// file changes (or the config gives the rule new settings), so a
+    /// refused version costs nothing however often its folder is touched.
+    refused: Option<String>,
     version: u64,
 }
 
@@ -153,6 +157,7 @@ pub fn spawn(
             Watched {
                 spec: spec.clone(),
                 hash: Some(rule.hash.clone()),
+                refused: None,
                 version: rule.version,
             }
         })
@@ -309,6 +314,7 @@ impl Reloader {
                 self.watched.push(Watched {
                     spec,
                     hash: None,
+                    refused: None,
                     version: 0,
                 });
                 let index = self.watched.len() - 1;
@@ -351,7 +357,8 @@ impl Reloader {
             tracing::debug!(rule = %name, "Rule file is empty; waiting for its content.");
             return Ok(());
         }
-        if rule.hash.as_deref() == Some(content_hash(&bytes).as_str()) {
+        let hash = content_hash(&bytes);
+        if rule.hash.as_ref() == Some(&hash) || rule.refused.as_ref() == Some(&hash) {
             return Ok(());
         }
         self.install(index, bytes, Some(&path)).await
@@ -388,6 +395,7 @@ impl Reloader {
                 Some(index) => {
                     tracing::info!(rule = %spec.name, "Rule changed in the config; reloading it.");
                     self.watched[index].spec = spec;
+                    self.watched[index].refused = None;
                     index
                 }
                 None => {
@@ -395,6 +403,7 @@ impl Reloader {
                     self.watched.push(Watched {
                         spec,
                         hash: None,
+                        refused: None,
                         version: 0,
                     });
                     self.watched.len() - 1
@@ -467,6 +476,7 @@ impl Reloader {
             Ok(mut loaded) => {
                 rule.version += 1;
                 rule.hash = Some(hash.clone());
+                rule.refused = None;
                 loaded.version = rule.version;
                 tracing::info!(rule = %name, version = rule.version, hash = %&hash[..12], "Rule reloaded.");
                 self.status.installed(&name, rule.version, &hash);
@@ -475,6 +485,7 @@ impl Reloader {
             }
             Err(error) => {
                 let reason = error.reason.clone();
+                rule.refused = Some(hash);
                 tracing::error!(rule = %name, %error, "Rule reload refused; the running version stays.");
                 self.status
                     .update(&name, |status| status.last_error = Some(reason));
