@@ -82,10 +82,14 @@ impl Dispatch {
             let rule = evaluation.rule.clone();
             let target = evaluation.sample.target.clone();
             let request = request.clone();
+            // The line about the request is the rule's doing: it comes out
+            // of the rule's log budget.
+            let log = evaluation.log.clone();
             tokio::spawn(async move {
                 match remediation.handle(&rule, &target, &request, now_ms()).await {
                     Ok(handled) => {
-                        tracing::info!(
+                        if log.allow() {
+                            tracing::info!(
                             rule = %rule,
                             target = %target,
                             action = %request.action,
@@ -93,7 +97,8 @@ impl Dispatch {
                             status = ?handled.outcome.status,
                             detail = %handled.outcome.report.detail,
                             "Action request handled."
-                        );
+                            );
+                        }
                         let outcome = handled
                             .outcome
                             .to_action_outcome(&request.action, request.params.clone());

@@ -88,6 +88,9 @@ impl<O: Outlet> Alerting<O> {
                 self.send(events);
             }
             Err(CallError::Quarantined(_)) => {}
+            // Out of the rule's log budget: a rule failing on every sample
+            // cannot make the host log faster than the rule may.
+            Err(_) if !evaluation.log.allow() => {}
             Err(error) => tracing::warn!(
                 rule = %evaluation.rule,
                 target = %sample.target,

@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use super::{LoadedRule, Subscription};
 use crate::config::FailurePolicy;
 use crate::names::RuleName;
-use crate::runtime::{ActionOutcome, CallError, RuleInstance, Sample, Verdict};
+use crate::runtime::{ActionOutcome, CallError, RuleInstance, RuleLog, Sample, Verdict};
 
 /// Samples waiting for one rule; more are dropped for this rule.
 pub const QUEUE: usize = 1024;
@@ -74,6 +74,9 @@ pub struct Evaluation {
     pub duration: Duration,
     /// The rule's health after this evaluation.
     pub health: RuleHealth,
+    /// The rule's log budget: the host's lines about this evaluation (a
+    /// failure, the actions it asked for) are taken from it.
+    pub log: RuleLog,
 }
 
 /// What a worker reports.
@@ -436,6 +439,7 @@ impl Worker {
             result,
             duration,
             health,
+            log: self.instance.log_budget(),
         }
     }
 

@@ -137,6 +137,11 @@ impl RuleInstance {
             .map_or(0, |live| live.store.data().limiter.memory_bytes)
     }
 
+    /// The rule's log budget, for the host's own lines about the rule.
+    pub fn log_budget(&self) -> super::RuleLog {
+        self.output.log_budget()
+    }
+
     /// The limits this instance runs under.
     pub fn limits(&self) -> Limits {
         self.limits

@@ -36,6 +36,7 @@ pub use bindings::vigil::rules::types::{
 pub use cache::CompileCache;
 pub use component::{LoadError, Prepared, WIT_PACKAGE, WIT_VERSION};
 pub use instance::{CallError, RuleInstance};
+pub use sandbox::RuleLog;
 
 use sandbox::StoreData;
 

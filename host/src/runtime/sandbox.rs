@@ -12,6 +12,7 @@
 //! can hold (streams, pollables) are few, and a request for random bytes is
 //! small, since such host calls run where no deadline can stop them.
 
+use std::fmt;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -197,6 +198,31 @@ impl Output {
             stderr: LogPipe::new(rule.clone(), Stream::Stderr, budget.clone()),
             budget,
         }
+    }
+
+    /// The rule's log budget, for the host's own lines about the rule.
+    pub(crate) fn log_budget(&self) -> RuleLog {
+        RuleLog(self.budget.clone())
+    }
+}
+
+/// One rule's log budget, shared by everything that logs because of the
+/// rule: its `log` calls, its stdout and stderr, and the host's own lines
+/// about what the rule did (failed evaluations, action requests handled).
+/// A rule cannot make the host log faster than the rule itself may.
+#[derive(Clone)]
+pub struct RuleLog(Arc<Mutex<LogBudget>>);
+
+impl RuleLog {
+    /// Takes one line from the budget; `false` means leave the line out.
+    pub fn allow(&self) -> bool {
+        self.0.lock().expect("log budget lock").allow()
+    }
+}
+
+impl fmt::Debug for RuleLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RuleLog")
     }
 }
 
