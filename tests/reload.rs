@@ -726,3 +726,64 @@ fn a_refused_version_is_tried_once_until_its_file_changes() {
         is_evaluation(v, "web-01") && v["rule"] == "a" && v["rule_version"] == 2
     });
 }
+
+#[test]
+fn data_dir_and_reload_debounce_take_effect_at_the_next_start() {
+    let server = StatusServer::start();
+    server.set("a", Behavior::json(json!({"cpu_usage": 60})));
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("vigil.toml");
+    let text = |data: &str, debounce: &str, cpu: u32| {
+        format!(
+            "data_dir = \"{data}\"\nreload_debounce = \"{debounce}\"\n{}",
+            config(&server, &["a"], cpu)
+        )
+    };
+    let start = || {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"));
+        command.arg("run").arg("--config").arg(&config_path).args([
+            "--format",
+            "json",
+            "--evaluations",
+            "show",
+        ]);
+        Vigil::spawn(command, tempfile::tempdir().unwrap())
+    };
+    std::fs::write(&config_path, text("first", "20ms", 80)).unwrap();
+    let mut vigil = start();
+    vigil.wait_for("an evaluation of a", Duration::from_secs(10), |v| {
+        is_evaluation(v, "a")
+    });
+
+    // Both changed: the running host says it cannot apply them now.
+    write_renaming(&config_path, text("second", "1h", 80).as_bytes());
+    wait_log(&mut vigil, "it takes effect at the next start", 2);
+    let log = vigil.stderr();
+    for key in ["data_dir", "reload_debounce"] {
+        assert!(
+            log.contains(&format!(
+                "Config setting changed; it takes effect at the next start. key=\"{key}\""
+            )),
+            "{log}"
+        );
+    }
+    // The debounce in force is still 20 ms, not an hour: the next edit
+    // applies at once.
+    write_renaming(&config_path, text("second", "1h", 50).as_bytes());
+    vigil.wait_for(
+        "CpuUsageHigh after the edit",
+        Duration::from_secs(30),
+        |v| is_alert(v, "firing", "CpuUsageHigh"),
+    );
+    vigil.terminate();
+    assert!(dir.path().join("first").join("state.redb").exists());
+    assert!(!dir.path().join("second").exists());
+
+    // The next start uses the new folder.
+    let mut vigil = start();
+    vigil.wait_for("an evaluation of a", Duration::from_secs(10), |v| {
+        is_evaluation(v, "a")
+    });
+    vigil.terminate();
+    assert!(dir.path().join("second").join("state.redb").exists());
+}

@@ -247,6 +247,9 @@ impl App {
                 }
                 _ = ticks.tick() => alerting.tick(&router.tick(), &dispatch.open_breakers(), now_ms()),
                 new = config.next() => {
+                    for key in settings.start_only_changes(&new) {
+                        tracing::warn!(key, "Config setting changed; it takes effect at the next start.");
+                    }
                     pollers.apply(&new.targets);
                     reloader.reconcile(new.rules, new.rule_dirs);
                     dispatch.reconfigure(new.actions);

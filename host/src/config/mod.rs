@@ -74,6 +74,26 @@ pub struct Settings {
     pub shutdown_grace: Duration,
 }
 
+impl Settings {
+    /// The settings read only at start that differ in `new`, by config key:
+    /// a reload cannot apply them, and says so.
+    pub fn start_only_changes(&self, new: &Settings) -> Vec<&'static str> {
+        let changed = [
+            ("data_dir", self.data_dir != new.data_dir),
+            (
+                "reload_debounce",
+                self.reload_debounce != new.reload_debounce,
+            ),
+            ("shutdown_grace", self.shutdown_grace != new.shutdown_grace),
+        ];
+        changed
+            .into_iter()
+            .filter(|(_, changed)| *changed)
+            .map(|(key, _)| key)
+            .collect()
+    }
+}
+
 /// A folder of rules: every `*.wasm` file in it is a rule named after the
 /// file, with the same config and limits. Files added later are loaded,
 /// files removed are unloaded.

@@ -265,7 +265,7 @@ impl LogBudget {
                 rule = %self.rule,
                 dropped = self.dropped,
                 limit = self.rate,
-                "Rule log lines dropped: the rule logs faster than its limit of lines per second."
+                "Rule log lines dropped: the rule logs faster than its limit of lines per second (raise `log_lines_per_second`)."
             );
             self.dropped = 0;
         }
