@@ -346,3 +346,95 @@ fn a_tripped_breaker_stops_the_action_and_raises_an_alert() {
             .is_some_and(|d| d.contains("breaker"))
     }));
 }
+
+#[test]
+fn the_gate_checks_params_then_cooldown_then_limit_then_breaker() {
+    // One run allowed per hour and per target, and the first failure opens
+    // the breaker. After the one run, each later request fails several
+    // checks at once; the audit log must show the first in the gate's order.
+    let server = StatusServer::start();
+    server.set("status", Behavior::json(json!({"cpu_usage": 10})));
+    let data = tempfile::tempdir().unwrap();
+    let targets = [
+        web_target(&server.url("status")),
+        web_target(&server.url("status")).replace("web-01", "web-02"),
+    ]
+    .concat();
+    let rules = [
+        asking("asker", "once", "ok"),
+        asking("bad", "once", "; rm -rf /"),
+    ]
+    .concat();
+    let actions = r#"
+[actions.once]
+command = ["/usr/bin/false", "{value}"]
+params = { value = { pattern = "ok" } }
+allowed_rules = ["asker", "bad"]
+cooldown = "1h"
+limit = { count = 1, window = "1h" }
+breaker = { failures = 1, window = "1h" }
+"#;
+    let config = format!("remediation_mode = \"enforce\"\n{targets}\n{rules}\n{actions}");
+    let mut vigil = Vigil::start_with_data_dir(&config, data.path(), tempfile::tempdir().unwrap());
+    vigil.wait_for("the breaker", Duration::from_secs(10), |v| {
+        common::is_alert(v, "firing", "RemediationBreakerOpen")
+    });
+    // Ten more samples of each target after the breaker opened.
+    let asked = |vigil: &Vigil, target: &str| {
+        vigil.count(|v| common::is_evaluation(v, target) && v["rule"] == "asker")
+    };
+    let seen = [asked(&vigil, "web-01"), asked(&vigil, "web-02")];
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while asked(&vigil, "web-01") < seen[0] + 10 || asked(&vigil, "web-02") < seen[1] + 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "samples stopped coming"
+        );
+        vigil.collect_for(Duration::from_millis(100));
+    }
+    vigil.terminate();
+
+    let records = audit(data.path(), &["--action", "once"]);
+    let failed: Vec<&Value> = records.iter().filter(|r| r["status"] == "failed").collect();
+    assert_eq!(failed.len(), 1, "{records:#?}");
+    let (ran_for, finished) = (
+        failed[0]["target"].as_str().unwrap(),
+        failed[0]["outcome"]["finished_ms"].as_u64().unwrap(),
+    );
+    assert_eq!(failed[0]["rule"], "asker");
+    let code = |r: &Value| r["decision"]["code"].as_str().unwrap_or("none").to_string();
+    let refused = |rule: &str, target: &str| -> Vec<&Value> {
+        records
+            .iter()
+            .filter(|r| r["status"] == "refused" && r["rule"] == rule && r["target"] == target)
+            .collect()
+    };
+    let other = if ran_for == "web-01" {
+        "web-02"
+    } else {
+        "web-01"
+    };
+    // A bad param is refused as such, whatever else applies.
+    for target in ["web-01", "web-02"] {
+        let bad = refused("bad", target);
+        assert!(!bad.is_empty());
+        assert!(bad.iter().all(|r| code(r) == "invalid-param"), "{bad:#?}");
+    }
+    // Where it ran: cooldown, though the limit and the breaker apply too.
+    let same = refused("asker", ran_for);
+    assert!(same.iter().all(|r| code(r) == "cooldown"), "{same:#?}");
+    // Elsewhere: the limit, though the breaker is open too.
+    let elsewhere = refused("asker", other);
+    assert!(
+        elsewhere.iter().all(|r| code(r) == "rate-limited"),
+        "{elsewhere:#?}"
+    );
+    for refusals in [&same, &elsewhere] {
+        assert!(
+            refusals
+                .iter()
+                .any(|r| r["requested_ms"].as_u64().unwrap() > finished),
+            "no refusal after the breaker opened: {refusals:#?}"
+        );
+    }
+}
