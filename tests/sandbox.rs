@@ -694,3 +694,49 @@ fn the_hosts_lines_about_a_rules_actions_share_its_log_budget() {
         "{handled} lines about the rule's requests in {seconds} s"
     );
 }
+
+/// Makes the hand-written core module `plugins/wat-fixtures/NAME.wat` a
+/// component of the `rule` world, in `dir`.
+fn wat_rule(name: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text =
+        std::fs::read_to_string(root.join(format!("plugins/wat-fixtures/{name}.wat"))).unwrap();
+    let mut module = wat::parse_str(&text).unwrap();
+    let mut resolve = wit_parser::Resolve::default();
+    let (package, _) = resolve.push_dir(root.join("wit")).unwrap();
+    let world = resolve.select_world(&[package], Some("rule")).unwrap();
+    wit_component::embed_component_metadata(
+        &mut module,
+        &resolve,
+        world,
+        wit_component::StringEncoding::UTF8,
+    )
+    .unwrap();
+    let component = wit_component::ComponentEncoder::default()
+        .module(&module)
+        .unwrap()
+        .validate(true)
+        .encode()
+        .unwrap();
+    let path = dir.join(format!("{name}.wasm"));
+    std::fs::write(&path, component).unwrap();
+    path
+}
+
+#[test]
+fn the_memory_cap_counts_every_memory_and_table_together() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["memories", "tables"] {
+        let error = refused_at_start(&format!(
+            "path = \"{}\"\nmax_memory_mib = 16",
+            toml_path(&wat_rule(name, dir.path()))
+        ));
+        assert!(
+            error.ends_with(
+                "`configure` failed: memory limit: tried to use more than 16 MiB of linear \
+                 memory and tables (raise `max_memory_mib`)"
+            ),
+            "{name}: {error}"
+        );
+    }
+}
