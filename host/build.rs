@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const WASM_TARGET: &str = "wasm32-wasip2";
-const GUEST_PACKAGES: [&str; 9] = [
+const GUEST_PACKAGES: [&str; 10] = [
     "vigil-threshold",
     "fixture-remediate",
     "fixture-counter",
@@ -22,6 +22,7 @@ const GUEST_PACKAGES: [&str; 9] = [
     "fixture-hog",
     "fixture-wrong-version",
     "fixture-no-evaluate",
+    "fixture-churn",
 ];
 
 fn main() {
