@@ -20,7 +20,9 @@
 //! a minute however it asks, and every refusal is still counted. Decisions
 //! to run are never aggregated: each run has its own record.
 //!
-//! No clock and no I/O: the time is passed in, and the caller writes.
+//! No clock and no I/O: the time is passed in, and the caller writes. The
+//! ledger lives in memory: after a restart, the next refusal starts a new
+//! record (a restart a minute would cost one record a minute more).
 
 use std::collections::HashMap;
 use std::time::Duration;

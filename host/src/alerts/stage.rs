@@ -235,3 +235,102 @@ impl<O: Outlet> Alerting<O> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::alerts::{AlertLimits, Status};
+    use crate::plugins::RuleHealth;
+    use crate::runtime::{Alert, Severity, Verdict};
+
+    /// Keeps every alert event.
+    #[derive(Clone, Default)]
+    struct Kept(Arc<Mutex<Vec<AlertEvent>>>);
+
+    impl Outlet for Kept {
+        fn alert(&self, event: AlertEvent) {
+            self.0.lock().unwrap().push(event);
+        }
+        fn evaluation(&self, _: &Arc<Evaluation>) {}
+        fn wants_evaluations(&self) -> bool {
+            false
+        }
+    }
+
+    /// `rule`'s verdict for target `a` at `at_ms`: alerts named `names`.
+    fn evaluation(rule: &str, names: &[&str], at_ms: u64) -> Evaluation {
+        let alerts = names
+            .iter()
+            .map(|name| Alert {
+                name: name.to_string(),
+                severity: Severity::Info,
+                summary: String::new(),
+                labels: vec![],
+                annotations: vec![],
+                for_ms: 0,
+                keep_firing_for_ms: 0,
+            })
+            .collect();
+        Evaluation {
+            rule: rule.into(),
+            version: 1,
+            sample: Arc::new(crate::sources::make_sample("a", &[], Ok(vec![]), at_ms)),
+            result: Ok(Verdict {
+                alerts,
+                actions: vec![],
+            }),
+            duration: Duration::ZERO,
+            health: RuleHealth::Healthy,
+        }
+    }
+
+    #[test]
+    fn refused_verdicts_are_counted_per_rule_and_change_nothing_else() {
+        let mut limits = RuleAlertLimits::default();
+        let two = AlertLimits {
+            per_target: 2,
+            per_rule: 10,
+        };
+        limits.set("churn".into(), two);
+        let kept = Kept::default();
+        let configured = HashSet::from(["churn", "good"]);
+        let db = StateDb::in_memory().unwrap();
+        let mut alerting = Alerting::start(db, &configured, limits, kept.clone(), 0).unwrap();
+        alerting.evaluated(evaluation("churn", &["A", "B"], 1_000), 1_000);
+        alerting.evaluated(evaluation("churn", &["A", "B", "C"], 2_000), 2_000);
+        alerting.evaluated(evaluation("churn", &["C", "D", "E"], 3_000), 3_000);
+        alerting.evaluated(evaluation("good", &["X", "Y", "Z"], 3_000), 3_000);
+        let stats = alerting.stats().refused_verdicts();
+        assert_eq!(stats.into_iter().collect::<Vec<_>>(), [("churn".into(), 2)]);
+        // A and B fired; the refused verdicts neither fired C nor resolved
+        // A and B; the other rule is not limited by churn's limits.
+        let events: Vec<(String, Status, String)> = kept
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| (e.rule.to_string(), e.status, e.alert.name.clone()))
+            .collect();
+        let firing = |rule: &str, name: &str| (rule.to_string(), Status::Firing, name.to_string());
+        assert_eq!(
+            events,
+            [
+                firing("churn", "A"),
+                firing("churn", "B"),
+                firing("good", "X"),
+                firing("good", "Y"),
+                firing("good", "Z")
+            ]
+        );
+        // Back within the limit: accepted again.
+        alerting.evaluated(evaluation("churn", &["A"], 4_000), 4_000);
+        assert_eq!(kept.0.lock().unwrap().len(), 6, "B resolves");
+        assert_eq!(
+            alerting.stats().refused_verdicts()[&RuleName::from("churn")],
+            2
+        );
+    }
+}
