@@ -63,7 +63,7 @@ impl<E: Into<redb::Error>> From<E> for StateError {
     }
 }
 
-/// The state database: rule state, alert groups and the audit log's
+/// The state database: rule state, tracked alerts and the audit log's
 /// tables. Cheap to clone (the handles share one open database).
 #[derive(Clone)]
 pub struct StateDb {
