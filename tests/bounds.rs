@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Behavior, StatusServer, Vigil, dir_bytes, fixture, rss_kib, toml_path};
+use common::{Behavior, StatusServer, Vigil, dir_bytes, fixture, is_alert, rss_kib, toml_path};
 use serde_json::{Value, json};
 
 /// What an attack left behind.
@@ -119,6 +119,16 @@ fn churn_firing(vigil: &Vigil) -> usize {
     vigil.count(|v| v["type"] == "alert" && v["rule"] == "churn" && v["status"] == "firing")
 }
 
+/// The host's `RuleAlertsRefused` about the attacker, as announced: once.
+fn refused_alert(vigil: &Vigil) -> Value {
+    let about_churn =
+        |v: &Value| is_alert(v, "firing", "RuleAlertsRefused") && v["labels"]["rule"] == "churn";
+    assert_eq!(vigil.count(about_churn), 1);
+    let alert = vigil.seen.iter().find(|v| about_churn(v)).unwrap().clone();
+    assert_eq!(alert["rule"], "vigil");
+    alert
+}
+
 #[test]
 fn fresh_alerts_on_every_sample_stop_at_the_per_target_and_per_rule_limits() {
     // 200 fresh alerts a sample, each kept firing for "48h" (cut to 24h).
@@ -155,6 +165,9 @@ fn fresh_alerts_on_every_sample_stop_at_the_per_target_and_per_rule_limits() {
         2,
         "{stderr}"
     );
+    let alert = refused_alert(&vigil);
+    let summary = alert["summary"].as_str().unwrap();
+    assert!(summary.starts_with("rule `churn` would have "), "{summary}");
     assert!(data_bytes < 4 << 20, "{data_bytes} bytes");
 }
 
@@ -178,6 +191,14 @@ fn fresh_alerts_cannot_grow_the_host_s_memory_or_data() {
     );
     assert_eq!(churn_firing(&vigil), 1000);
     assert!(vigil.stderr().contains("(`max_active_alerts_per_target`)"));
+    let alert = refused_alert(&vigil);
+    assert!(
+        alert["summary"]
+            .as_str()
+            .unwrap()
+            .ends_with("more than its limit of 1000 (`max_active_alerts_per_target`); the verdict is refused: the alerts already tracked keep their state and the new ones are not tracked"),
+        "{alert}"
+    );
     assert!(peak_rss_kib < 100 * 1024, "peak RSS {peak_rss_kib} KiB");
     assert!(data_bytes < 8 << 20, "{data_bytes} bytes");
 }

@@ -9,8 +9,10 @@
 //! in [`AlertStats`] and logged with the rule, the target and the limit:
 //! once when a (rule, target) starts being refused and once when it is
 //! accepted again, so a rule refused on every sample cannot flood the log.
-//! (Rule failures of the runtime are counted by the rule's worker, which
-//! knows nothing of alert limits: these have their own counter.)
+//! The host raises `RuleAlertsRefused{rule}` meanwhile, so the sinks hear
+//! of it too. (Rule failures of the runtime are counted by the rule's
+//! worker, which knows nothing of alert limits: these have their own
+//! counter.)
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
@@ -127,10 +129,10 @@ impl<O: Outlet> Alerting<O> {
                 );
                 match observed {
                     Ok(events) => {
-                        self.accepted(&evaluation.rule, target);
                         self.send(events);
+                        self.accepted(&evaluation.rule, target, now_ms);
                     }
-                    Err(refused) => self.refused(&refused, &evaluation.rule, target),
+                    Err(refused) => self.refused(&refused, &evaluation.rule, target, now_ms),
                 }
             }
             Err(CallError::Quarantined(_)) => {}
@@ -157,7 +159,13 @@ impl<O: Outlet> Alerting<O> {
         self.stats.clone()
     }
 
-    fn refused(&mut self, refused: &TooManyAlerts, rule: &RuleName, target: TargetName) {
+    fn refused(
+        &mut self,
+        refused: &TooManyAlerts,
+        rule: &RuleName,
+        target: TargetName,
+        now_ms: u64,
+    ) {
         self.stats.refused(rule);
         if !self.refusing.contains(&(rule.clone(), target.clone())) {
             tracing::warn!(
@@ -168,12 +176,19 @@ impl<O: Outlet> Alerting<O> {
                 "Rule verdict refused: too many active alerts. Logged once until a verdict is accepted again; every refusal is counted."
             );
             self.refusing.insert((rule.clone(), target));
+            if self.host.alerts_refused(rule, refused) {
+                self.observe_host(now_ms);
+            }
         }
     }
 
-    fn accepted(&mut self, rule: &RuleName, target: TargetName) {
+    fn accepted(&mut self, rule: &RuleName, target: TargetName, now_ms: u64) {
         if !self.refusing.is_empty() && self.refusing.remove(&(rule.clone(), target.clone())) {
             tracing::info!(rule = %rule, target = %target, "Rule verdicts are accepted again: its active alerts are within the limits.");
+            let still = self.refusing.iter().any(|(r, _)| r == rule);
+            if !still && self.host.alerts_accepted(rule) {
+                self.observe_host(now_ms);
+            }
         }
     }
 
@@ -315,19 +330,25 @@ mod tests {
             .map(|e| (e.rule.to_string(), e.status, e.alert.name.clone()))
             .collect();
         let firing = |rule: &str, name: &str| (rule.to_string(), Status::Firing, name.to_string());
+        // The host says so, once.
         assert_eq!(
             events,
             [
                 firing("churn", "A"),
                 firing("churn", "B"),
+                firing("vigil", "RuleAlertsRefused"),
                 firing("good", "X"),
                 firing("good", "Y"),
                 firing("good", "Z")
             ]
         );
-        // Back within the limit: accepted again.
+        // Back within the limit: accepted again, and the host's alert ends.
         alerting.evaluated(evaluation("churn", &["A"], 4_000), 4_000);
-        assert_eq!(kept.0.lock().unwrap().len(), 6, "B resolves");
+        let resolved: Vec<String> = kept.0.lock().unwrap()[6..]
+            .iter()
+            .map(|e| format!("{:?} {}", e.status, e.alert.name))
+            .collect();
+        assert_eq!(resolved, ["Resolved B", "Resolved RuleAlertsRefused"]);
         assert_eq!(
             alerting.stats().refused_verdicts()[&RuleName::from("churn")],
             2
