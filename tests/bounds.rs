@@ -337,8 +337,10 @@ fn the_audit_log_stays_under_max_bytes_keeping_the_newest_records() {
     assert!(kept <= 1 << 20, "{kept} bytes of records kept");
     // Pruned from the oldest: what is left are the newest ids, in a row.
     let ids: Vec<u64> = records.iter().map(|r| r["id"].as_u64().unwrap()).collect();
-    let newest = ids[0];
-    assert!(newest > 1000, "only {newest} records were ever written");
+    let (newest, oldest) = (ids[0], ids[ids.len() - 1]);
+    // More were written than the bound holds (how many more depends on
+    // how fast the disk syncs), and the oldest went.
+    assert!(oldest > 1, "nothing was pruned: {newest} records");
     assert_eq!(
         ids,
         (newest - ids.len() as u64 + 1..=newest)
