@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const WASM_TARGET: &str = "wasm32-wasip2";
-const GUEST_PACKAGES: [&str; 10] = [
+const GUEST_PACKAGES: [&str; 11] = [
     "vigil-threshold",
     "fixture-remediate",
     "fixture-counter",
@@ -23,6 +23,7 @@ const GUEST_PACKAGES: [&str; 10] = [
     "fixture-wrong-version",
     "fixture-no-evaluate",
     "fixture-http-client",
+    "fixture-churn",
 ];
 
 fn main() {

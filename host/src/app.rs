@@ -24,7 +24,7 @@ use anyhow::bail;
 use tokio::sync::mpsc;
 
 use crate::actions::dispatch::Dispatch;
-use crate::alerts::Alerting;
+use crate::alerts::{AlertStats, Alerting};
 use crate::clock::now_ms;
 use crate::config::{ConfigWatch, Settings};
 use crate::names::RuleName;
@@ -85,7 +85,7 @@ impl App {
         // Compiled rules are kept in the data directory's cache, so a
         // restart loads them in milliseconds instead of compiling them again.
         let runtime = Runtime::new()?.with_compile_cache(CompileCache::new(data_dir.cache_dir()));
-        let dispatch = Dispatch::start(settings.actions.clone(), &state)?;
+        let dispatch = Dispatch::start(settings.actions.clone(), settings.audit, &state)?;
         let specs = settings.rules.clone();
         let (loader_runtime, loader_state) = (runtime.clone(), state.clone());
         // Compiling is CPU-heavy (seconds for big components): keep it off
@@ -119,7 +119,13 @@ impl App {
             .iter()
             .map(|spec| spec.name.as_str())
             .collect();
-        let alerting = Alerting::start(state.clone(), &configured, delivery, now_ms())?;
+        let alerting = Alerting::start(
+            state.clone(),
+            &configured,
+            settings.alert_limits.clone(),
+            delivery,
+            now_ms(),
+        )?;
         let status = StatusBoard::default();
         let (change_tx, changes) = mpsc::unbounded_channel();
         let reloader = reload::spawn(
@@ -173,6 +179,12 @@ impl App {
     /// drops), live while the host runs.
     pub fn rules(&self) -> RuleBoard {
         self.board.clone()
+    }
+
+    /// Verdicts the alert stage refused per rule (too many active alerts),
+    /// live while the host runs.
+    pub fn alert_stats(&self) -> AlertStats {
+        self.alerting.stats()
     }
 
     /// The router's totals, live while the host runs.
@@ -245,7 +257,10 @@ impl App {
                     }
                     router.feedback(&feedback.rule, feedback.target, feedback.outcome);
                 }
-                _ = ticks.tick() => alerting.tick(&router.tick(), &dispatch.open_breakers(), now_ms()),
+                _ = ticks.tick() => {
+                    alerting.tick(&router.tick(), &dispatch.open_breakers(), now_ms());
+                    dispatch.tick();
+                }
                 new = config.next() => {
                     for key in settings.start_only_changes(&new) {
                         tracing::warn!(key, "Config setting changed; it takes effect at the next start.");
@@ -253,6 +268,7 @@ impl App {
                     pollers.apply(&new.targets);
                     reloader.reconcile(new.rules, new.rule_dirs);
                     dispatch.reconfigure(new.actions);
+                    alerting.set_limits(new.alert_limits);
                 }
             }
         }

@@ -282,7 +282,9 @@ pub fn run(path: &Path, runtime: &Runtime, out: &mut impl std::io::Write) -> any
             .instance
             .evaluate(&sample)
             .with_context(|| format!("step {step}: the rule failed"))?;
-        tracker.observe(&rule_name, &target_name, &verdict.alerts, at_ms);
+        tracker
+            .observe(&rule_name, &target_name, &verdict.alerts, at_ms)
+            .with_context(|| format!("step {step}: the verdict was refused"))?;
         let Some(expects) = expectations.get(&step) else {
             continue;
         };

@@ -31,7 +31,10 @@ enum Command {
     /// `threshold` rule (cpu_usage and memory_usage above 80, disks above 90).
     Run(RunArgs),
     /// List the remediation audit log: every action request, what the gate
-    /// decided and how it ended, newest first.
+    /// decided and how it ended, newest first. A refusal repeated within a
+    /// minute is one record with a count (`repeats` in JSON); past
+    /// `[audit] refusal_records_per_minute`, a rule's refusals are counted in
+    /// one summary record a minute (`counted`).
     ///
     /// Reads the data directory directly, so run it while vigil is stopped
     /// (the database allows one process at a time).
@@ -330,19 +333,43 @@ fn audit(args: AuditArgs) -> anyhow::Result<()> {
                     .as_ref()
                     .map_or("", |outcome| outcome.detail.as_str());
                 format!(
-                    "{time} #{} {:<11} {}({}) on {} by {}: {detail}",
+                    "{time} #{} {:<11} {}({}) on {} by {}: {detail}{}",
                     record.id,
                     record.status.to_string(),
                     record.action,
                     params.join(", "),
                     record.target,
-                    record.rule
+                    record.rule,
+                    counts(record)
                 )
             }
         };
         std::io::Write::write_all(&mut out, format!("{line}\n").as_bytes())?;
     }
     Ok(())
+}
+
+/// How many refusals an aggregated record stands for, as ` [×N, last at
+/// TIME]`; nothing for a record that stands for one.
+fn counts(record: &crate::actions::AuditRecord) -> String {
+    let times = if record.counted > 0 {
+        record.counted
+    } else {
+        1 + record.repeats
+    };
+    if times == 1 {
+        return String::new();
+    }
+    let last = record.last_requested_ms.map_or(String::new(), |ms| {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+        format!(", last at {}", humantime::format_rfc3339_seconds(at))
+    });
+    let what = if record.counted > 0 {
+        "refusals of this rule counted here"
+    } else {
+        "the same refusal"
+    };
+    format!(" [×{times}: {what}{last}]")
 }
 
 /// Completes on Ctrl-C or SIGTERM.

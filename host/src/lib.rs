@@ -23,7 +23,7 @@
 //!
 //! let mut tracker = Tracker::default();
 //! let (rule_name, target) = ("threshold".into(), "web-01".into());
-//! let events = tracker.observe(&rule_name, &target, &verdict.alerts, sample.timestamp_ms);
+//! let events = tracker.observe(&rule_name, &target, &verdict.alerts, sample.timestamp_ms)?;
 //! assert_eq!(events[0].status, Status::Firing);
 //! assert_eq!(events[0].alert.name, "CpuUsageHigh");
 //! assert_eq!(events[0].alert.summary, "cpu_usage is 91.0, above 80");
@@ -37,8 +37,8 @@
 //!   the [`runtime`]) → [`alerts`] → [`sinks`], wired together by [`app`];
 //! - beside it: [`actions`] (remediation the rules ask for), [`state`] (the
 //!   one database), [`config`] (settings and their reload);
-//! - shared by all: [`names`], [`clock`], [`duration`], [`hash`], [`http`],
-//!   [`text`], [`watch`];
+//! - shared by all: [`names`], [`clock`], [`duration`], [`size`], [`hash`],
+//!   [`http`], [`text`], [`watch`];
 //! - the rule authors' tools: [`cli`], [`casefile`] (`vigil test`),
 //!   [`scaffold`] (`vigil new`).
 
@@ -62,6 +62,7 @@ pub mod duration;
 pub mod hash;
 pub mod http;
 pub mod names;
+pub mod size;
 pub mod text;
 pub mod watch;
 

@@ -341,6 +341,11 @@ impl Vigil {
         assert!(status.success(), "vigil exited with {status}");
     }
 
+    /// The process id, to read its `/proc` entries.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
@@ -381,6 +386,36 @@ impl Drop for Vigil {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The resident memory of process `pid` in KiB (`VmRSS` in
+/// `/proc/<pid>/status`).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .expect("a VmRSS line");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The size of the files under `dir`, in bytes, leaving out the folders
+/// named in `skip` (e.g. `cache`, whose compiled rules have a bound of
+/// their own).
+pub fn dir_bytes(dir: &Path, skip: &[&str]) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let meta = entry.metadata().unwrap();
+        if meta.is_dir() {
+            if !skip.iter().any(|name| entry.file_name() == *name) {
+                total += dir_bytes(&entry.path(), skip);
+            }
+        } else {
+            total += meta.len();
+        }
+    }
+    total
 }
 
 /// An evaluation line for `target` (and `rule`, when given).

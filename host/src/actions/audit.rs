@@ -15,6 +15,14 @@
 //! - **Bounded records.** Names are cut to 256 bytes, param values and the
 //!   rule's reason to 4 KiB (a cut value says its full length); output is
 //!   what the executor kept (64 KiB each of stdout and stderr).
+//! - **Bounded refusals.** A refusal repeated within a minute adds to its
+//!   record's `repeats`, and a rule gets at most
+//!   `refusal_records_per_minute` refusal records a minute, the rest counted
+//!   in one summary record ([`super::refusals`] says why both).
+//! - **Bounded size.** With [`AuditSettings`], the records together stay
+//!   under `max_bytes` (the oldest finished ones go first, as soon as an
+//!   append passes it) and [`AuditLog::enforce_retention`] deletes those
+//!   older than `max_age`: call it at start and then now and again.
 //!
 //! Records are stored as JSON (table `action_audit`, key: the id) so new
 //! optional fields can be added without migrating old records. The storage
@@ -23,6 +31,8 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -30,11 +40,49 @@ use super::config::Mode;
 use super::excerpt;
 use super::exec::{Outcome, RunReport};
 use super::gate::{Decision, MAX_PARAM_BYTES, Status};
+use super::refusals::{self, RefusalKey, RefusalLedger, Write};
 use crate::runtime::ActionRequest;
 use crate::state::{AuditTable, Finish, StateDb, StateError};
 
 const MAX_NAME_BYTES: usize = 256;
 const MAX_REASON_BYTES: usize = 4 * 1024;
+/// The refusal code of a summary record.
+pub const SUMMARY_CODE: &str = "refusals-counted";
+
+/// Default for `[audit] max_age`.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Default for `[audit] max_bytes`.
+pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// The smallest `[audit] max_bytes`: a record can reach 130 KiB (two
+/// output excerpts of 64 KiB), and a bound under a few of them would keep
+/// hardly any history.
+pub const MIN_MAX_BYTES: u64 = 1024 * 1024;
+
+/// How much the audit log may keep: `[audit]` in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditSettings {
+    /// Finished records older than this are deleted (`max_age`).
+    pub max_age: Duration,
+    /// The records together stay under this many bytes (`max_bytes`).
+    pub max_bytes: u64,
+    /// Refusal records per rule per minute; the rest are counted in a
+    /// summary (`refusal_records_per_minute`).
+    pub refusal_records_per_minute: u32,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            max_age: DEFAULT_MAX_AGE,
+            max_bytes: DEFAULT_MAX_BYTES,
+            refusal_records_per_minute: refusals::DEFAULT_RECORDS_PER_MINUTE,
+        }
+    }
+}
+
+fn is_zero(count: &u64) -> bool {
+    *count == 0
+}
 
 /// One request and what came of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +109,18 @@ pub struct AuditRecord {
     /// JSON has the same fields as before it was shared: `detail`,
     /// `exit_code`, `output_excerpt`, `started_ms`, `finished_ms`.
     pub outcome: Option<RunReport>,
+    /// A refusal: how many more times the same request was refused (same
+    /// rule, target, action, params and refusal code) within a minute of
+    /// this record, counted here instead of recorded one by one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub repeats: u64,
+    /// When the last of those `repeats` was requested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_requested_ms: Option<u64>,
+    /// A summary record (code [`SUMMARY_CODE`]): how many refusals of this
+    /// rule it stands for, past its `refusal_records_per_minute`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub counted: u64,
 }
 
 /// The gate's decision, as recorded.
@@ -239,16 +299,45 @@ impl From<StateError> for AuditError {
 #[derive(Clone)]
 pub struct AuditLog {
     table: AuditTable,
+    settings: AuditSettings,
+    /// Where refusals go; locked across the write, so that two refusals
+    /// of the same request cannot both start a record.
+    refusals: Arc<Mutex<RefusalLedger>>,
 }
 
 impl AuditLog {
-    /// The audit log in `state`'s database. Never fails today (the state
-    /// database creates the tables when it opens); it returns a `Result` so
-    /// callers need not change if opening grows a check.
+    /// The audit log in `state`'s database, with the default
+    /// [`AuditSettings`]. Never fails today (the state database creates the
+    /// tables when it opens); it returns a `Result` so callers need not
+    /// change if opening grows a check.
     pub fn open(state: &StateDb) -> Result<Self, AuditError> {
+        Self::open_with(state, AuditSettings::default())
+    }
+
+    /// The audit log in `state`'s database, kept within `settings`.
+    pub fn open_with(state: &StateDb, settings: AuditSettings) -> Result<Self, AuditError> {
         Ok(AuditLog {
-            table: state.audit(),
+            table: state.audit().with_max_bytes(settings.max_bytes),
+            settings,
+            refusals: Arc::new(Mutex::new(RefusalLedger::new(
+                settings.refusal_records_per_minute,
+            ))),
         })
+    }
+
+    /// Deletes finished records older than `max_age` at `now_ms`, and the
+    /// oldest ones past `max_bytes` (a bound lowered since they were
+    /// written); returns how many. Cheap when there is nothing to do: the
+    /// scan stops at the first record young enough.
+    pub fn enforce_retention(&self, now_ms: u64) -> Result<usize, AuditError> {
+        let max_age = u64::try_from(self.settings.max_age.as_millis()).unwrap_or(u64::MAX);
+        let pruned = self.prune(now_ms.saturating_sub(max_age))?;
+        Ok(pruned + self.table.shrink_to_max()?)
+    }
+
+    /// The records' total size in bytes.
+    pub fn total_bytes(&self) -> Result<u64, AuditError> {
+        Ok(self.table.total_bytes()?)
     }
 
     /// Records a request and the gate's decision; returns the record's id.
@@ -263,6 +352,7 @@ impl AuditLog {
         decision: &Decision,
         now_ms: u64,
     ) -> Result<u64, AuditError> {
+        let decision_in = decision;
         let (decision, status, outcome) = match decision {
             Decision::Run(run) => (
                 AuditDecision::Run {
@@ -306,11 +396,95 @@ impl AuditLog {
             decision,
             status,
             outcome,
+            repeats: 0,
+            last_requested_ms: None,
+            counted: 0,
         };
-        Ok(self.table.append(started, |id| {
+        let Decision::Refuse(reason) = decision_in else {
+            return Ok(self.table.append(started, |id| {
+                record.id = id;
+                encode(&record)
+            })?);
+        };
+        let key = RefusalKey::of(
+            &record.rule,
+            &record.target,
+            &record.action,
+            record.params.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+            reason.code(),
+        );
+        let mut ledger = self.ledger();
+        match ledger.plan(&record.rule, key, now_ms) {
+            Write::Repeat(id) => {
+                let found = self.table.rewrite(id, |bytes| {
+                    let mut old = decode(id, bytes)?;
+                    old.repeats += 1;
+                    old.last_requested_ms = Some(now_ms);
+                    Ok::<_, AuditError>(encode(&old))
+                })?;
+                if found {
+                    return Ok(id);
+                }
+                ledger.lost(id);
+            }
+            Write::Summary(Some(id)) => {
+                let found = self.table.rewrite(id, |bytes| {
+                    let mut old = decode(id, bytes)?;
+                    old.counted += 1;
+                    old.last_requested_ms = Some(now_ms);
+                    Ok::<_, AuditError>(encode(&old))
+                })?;
+                if found {
+                    return Ok(id);
+                }
+                ledger.lost(id);
+                return self.summarize(&mut ledger, record, now_ms);
+            }
+            Write::Summary(None) => return self.summarize(&mut ledger, record, now_ms),
+            Write::Record => {}
+        }
+        let id = self.table.append(false, |id| {
             record.id = id;
             encode(&record)
-        })?)
+        })?;
+        ledger.recorded(key, id, now_ms);
+        Ok(id)
+    }
+
+    /// Starts `rule`'s summary record for this minute with `first`, the
+    /// first refusal it counts (kept as an example of them).
+    fn summarize(
+        &self,
+        ledger: &mut RefusalLedger,
+        first: AuditRecord,
+        now_ms: u64,
+    ) -> Result<u64, AuditError> {
+        let message = format!(
+            "rule `{}` had more than {} refusals recorded this minute (`[audit] refusal_records_per_minute`); the rest are counted here, and this one is the first of them",
+            first.rule, self.settings.refusal_records_per_minute
+        );
+        let mut record = AuditRecord {
+            decision: AuditDecision::Refused {
+                code: SUMMARY_CODE.into(),
+                message,
+            },
+            counted: 1,
+            last_requested_ms: Some(now_ms),
+            ..first
+        };
+        let id = self.table.append(false, |id| {
+            record.id = id;
+            encode(&record)
+        })?;
+        ledger.summarized(&record.rule, id);
+        Ok(id)
+    }
+
+    fn ledger(&self) -> MutexGuard<'_, RefusalLedger> {
+        // The ledger only steers records: a panic cannot make it lie.
+        self.refusals
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Records how run `id` ended.
@@ -657,5 +831,93 @@ mod tests {
             "{}",
             &value[value.len() - 40..]
         );
+    }
+
+    #[test]
+    fn repeated_refusals_are_counted_in_their_record_and_a_flood_in_a_summary() {
+        let state = StateDb::in_memory().unwrap();
+        let settings = AuditSettings {
+            refusal_records_per_minute: 2,
+            ..AuditSettings::default()
+        };
+        let log = AuditLog::open_with(&state, settings).unwrap();
+        let mut gate = gate();
+        // `disk` may not ask: refused every time, always the same request.
+        let ids: Vec<u64> = (0..5)
+            .map(|n| request(&log, &mut gate, "disk", "web-01", "nginx", 1_000 + n))
+            .collect();
+        assert_eq!(ids, [1, 1, 1, 1, 1]);
+        let record = log.get(1).unwrap().unwrap();
+        assert_eq!((record.repeats, record.last_requested_ms), (4, Some(1_004)));
+        // Fresh params each time: the budget of two a minute has one left
+        // (the first record took one), then one summary for the rest.
+        let ids: Vec<u64> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .map(|service| request(&log, &mut gate, "disk", "web-01", service, 2_000))
+            .collect();
+        assert_eq!(ids, [2, 3, 3, 3, 3]);
+        let summary = log.get(3).unwrap().unwrap();
+        assert_eq!(summary.counted, 4);
+        assert_eq!(summary.params, [("service".to_string(), "b".to_string())]);
+        let AuditDecision::Refused { code, message } = &summary.decision else {
+            panic!("a summary is a refusal");
+        };
+        assert_eq!(code, SUMMARY_CODE);
+        assert!(
+            message.contains("`[audit] refusal_records_per_minute`"),
+            "{message}"
+        );
+        // A minute on, the same refusal starts a new record.
+        let again = request(&log, &mut gate, "disk", "web-01", "nginx", 61_000);
+        assert_eq!(again, 4);
+        // Runs are never aggregated.
+        let run = request(&log, &mut gate, "threshold", "web-01", "nginx", 61_000);
+        assert_eq!(run, 5);
+        // Every refusal is accounted for: 5 + 5 + 1.
+        let refused = log
+            .list(&AuditQuery {
+                status: Some(AuditStatus::Refused),
+                ..AuditQuery::default()
+            })
+            .unwrap();
+        let total: u64 = refused
+            .iter()
+            .map(|r| {
+                if r.counted > 0 {
+                    r.counted
+                } else {
+                    1 + r.repeats
+                }
+            })
+            .sum();
+        assert_eq!(total, 11);
+        // Old records' JSON has no count fields, and still reads.
+        let old = r#"{"id":9,"requested_ms":1,"rule":"r","target":"t","action":"a","params":[],"reason":"","decision":{"kind":"refused","code":"x","message":"m"},"status":"refused","outcome":null}"#;
+        let parsed = decode(9, old.as_bytes()).unwrap();
+        assert_eq!((parsed.repeats, parsed.counted), (0, 0));
+        assert_eq!(encode(&parsed), old.as_bytes());
+    }
+
+    #[test]
+    fn retention_prunes_by_age_and_keeps_unfinished_runs() {
+        let state = StateDb::in_memory().unwrap();
+        let settings = AuditSettings {
+            max_age: std::time::Duration::from_secs(10),
+            ..AuditSettings::default()
+        };
+        let log = AuditLog::open_with(&state, settings).unwrap();
+        let mut gate = gate();
+        request(&log, &mut gate, "disk", "a", "nginx", 1_000); // refused
+        request(&log, &mut gate, "threshold", "b", "nginx", 2_000); // started
+        request(&log, &mut gate, "disk", "c", "nginx", 15_000); // refused, young
+        assert_eq!(log.enforce_retention(20_000).unwrap(), 1);
+        let left: Vec<u64> = log
+            .list(&AuditQuery::default())
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(left, [3, 2]);
+        assert_eq!(log.enforce_retention(20_000).unwrap(), 0);
     }
 }

@@ -2,15 +2,18 @@
 //! asks for, hands each to [`Remediation::handle`] on a task of its own (a
 //! run can take its whole timeout; the pipeline never waits for it), and
 //! brings the outcome back so it reaches the rule with its next sample of
-//! that target.
+//! that target. It also keeps the audit log within its retention: at start,
+//! and then every [`RETENTION_EVERY`] ([`Dispatch::tick`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::mpsc;
 
-use super::{ActionSpec, AuditLog, BreakerTrip, RealExecutor, Remediation};
+use super::{ActionSpec, AuditLog, AuditSettings, BreakerTrip, RealExecutor, Remediation};
 use crate::clock::now_ms;
 use crate::names::ActionName;
 use crate::names::RuleName;
@@ -20,6 +23,9 @@ use crate::state::StateDb;
 
 /// Outcomes on their way back before the tasks that report them wait.
 const OUTCOMES: usize = 1024;
+/// How often records past `[audit] max_age` are pruned. (The size bound is
+/// kept by every append.)
+pub const RETENTION_EVERY: Duration = Duration::from_secs(60);
 
 /// The outcome of one request, on its way back to the rule.
 #[derive(Debug)]
@@ -39,17 +45,32 @@ pub struct Dispatch {
     remediation: Arc<Remediation>,
     feedback: mpsc::Sender<Feedback>,
     outcomes: mpsc::Receiver<Feedback>,
+    /// When retention last ran, and whether a run is under way.
+    retained_ms: u64,
+    retaining: Arc<AtomicBool>,
 }
 
 impl Dispatch {
     /// Opens the audit log in `state` and starts remediation with the
     /// declared `actions`. Runs a previous process left unfinished are
-    /// marked interrupted and logged.
+    /// marked interrupted and logged; records past the retention of
+    /// `audit` are deleted first.
     pub fn start(
         actions: BTreeMap<ActionName, ActionSpec>,
+        audit: AuditSettings,
         state: &StateDb,
     ) -> anyhow::Result<Self> {
-        let audit = AuditLog::open(state).context("cannot open the audit log")?;
+        let audit = AuditLog::open_with(state, audit).context("cannot open the audit log")?;
+        let now = now_ms();
+        let pruned = audit
+            .enforce_retention(now)
+            .context("cannot prune the audit log")?;
+        if pruned > 0 {
+            tracing::info!(
+                records = pruned,
+                "Pruned audit records past their retention."
+            );
+        }
         let executor =
             Arc::new(RealExecutor::new().context("cannot build the HTTP client for actions")?);
         let (remediation, interrupted) = Remediation::start(actions, audit, executor, now_ms())
@@ -68,6 +89,8 @@ impl Dispatch {
             remediation: Arc::new(remediation),
             feedback,
             outcomes,
+            retained_ms: now,
+            retaining: Arc::default(),
         })
     }
 
@@ -126,6 +149,33 @@ impl Dispatch {
     /// The next outcome to hand back.
     pub async fn next_outcome(&mut self) -> Option<Feedback> {
         self.outcomes.recv().await
+    }
+
+    /// The periodic check: every [`RETENTION_EVERY`], prunes the audit log
+    /// on a blocking thread (never two at once), so the pipeline does not
+    /// wait on the database.
+    pub fn tick(&mut self) {
+        let now = now_ms();
+        let every = RETENTION_EVERY.as_millis() as u64;
+        if now < self.retained_ms.saturating_add(every)
+            || self.retaining.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        self.retained_ms = now;
+        let (audit, retaining) = (self.remediation.audit().clone(), self.retaining.clone());
+        tokio::task::spawn_blocking(move || {
+            match audit.enforce_retention(now) {
+                Ok(0) => {}
+                Ok(records) => {
+                    tracing::info!(records, "Pruned audit records past their retention.")
+                }
+                Err(error) => {
+                    tracing::error!(%error, "Pruning the audit log failed; it is tried again in a minute.")
+                }
+            }
+            retaining.store(false, Ordering::Release);
+        });
     }
 
     /// The actions whose circuit breaker is open now.

@@ -12,7 +12,8 @@
 //! | [`config`] | actions are declared by the operator only and validated whole: placeholders name declared params, patterns are anchored, the program is fixed | accept a placeholder in `command[0]` or in a header, an unknown field, an unused param |
 //! | [`gate`] | the seven checks, in order, first refusal wins; no clock, no I/O | run an undeclared action, a rule not allowed, an invalid or oversized param, past a cooldown, limit, open breaker, or twice at once for a target |
 //! | [`exec`] | argv without a shell, one param one element; killed and reaped at its timeout with its process group; output capped | interpret a param |
-//! | [`audit`] | a record before and after every run; an unfinished run shows after a crash; newest-first queries | lose a run silently |
+//! | [`audit`] | a record before and after every run; an unfinished run shows after a crash; newest-first queries; a size and age bound | lose a run silently |
+//! | [`refusals`] | a repeated refusal adds to its record's count; at most N refusal records per rule a minute, the rest counted in one summary; no clock, no I/O | write one record per refusal |
 //!
 //! [`Remediation`] ties them together; it is what the pipeline calls.
 //!
@@ -52,12 +53,15 @@ pub mod config;
 pub mod dispatch;
 pub mod exec;
 pub mod gate;
+pub mod refusals;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-pub use audit::{AuditDecision, AuditError, AuditLog, AuditQuery, AuditRecord, AuditStatus};
+pub use audit::{
+    AuditDecision, AuditError, AuditLog, AuditQuery, AuditRecord, AuditSettings, AuditStatus,
+};
 pub use config::{ActionConfig, ActionSpec, Mode, parse_actions};
 pub use exec::{DryRunExecutor, Executor, Outcome, RealExecutor, RunReport};
 pub use gate::{BreakerTrip, Decision, Gate, Invocation, Reason, Run, Status};

@@ -6,6 +6,7 @@
 //! | `RuleFailing{rule}` | the rule is quarantined after failing too often | it evaluates again, or is removed |
 //! | `RuleOverloaded{rule}` | samples are dropped for the rule because its queue is full | 30 s after the last drop, or it is removed |
 //! | `RemediationBreakerOpen{action}` | an action's circuit breaker opens | the breaker closes |
+//! | `RuleAlertsRefused{rule}` | a verdict of the rule is refused: it would have more active alerts than its limit | a verdict fits again on every target that was refused, or the rule is removed; not restored after a restart (the next refused verdict raises it again) |
 //!
 //! They belong to rule [`HOST_RULE`] and target [`HOST_TARGET`] (the host
 //! itself); what each is about is in its labels. The set of conditions that
@@ -15,7 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 
-use super::TrackedAlert;
+use super::{TooManyAlerts, TrackedAlert};
 use crate::actions::BreakerTrip;
 use crate::plugins::RuleHealth;
 use crate::runtime::{Alert, Label, Severity};
@@ -53,6 +54,11 @@ impl HostAlerts {
                 continue;
             };
             if label == "rule" && !configured.contains(value.as_str()) {
+                continue;
+            }
+            // Which targets were refused is not saved: it resolves now and
+            // fires again at the next refused verdict.
+            if alert.name == "RuleAlertsRefused" {
                 continue;
             }
             host.active.insert(
@@ -115,6 +121,21 @@ impl HostAlerts {
             "RemediationBreakerOpen" => open.contains(about.as_str()),
             _ => true,
         });
+    }
+
+    /// A verdict of `rule` was refused. Returns whether the set changed.
+    pub fn alerts_refused(&mut self, rule: &str, refused: &TooManyAlerts) -> bool {
+        let subject = ("RuleAlertsRefused".to_string(), rule.to_string());
+        self.active
+            .insert(subject, alerts_refused(rule, refused))
+            .is_none()
+    }
+
+    /// `rule`'s verdicts fit again on every target. Returns whether the set
+    /// changed.
+    pub fn alerts_accepted(&mut self, rule: &str) -> bool {
+        let subject = ("RuleAlertsRefused".to_string(), rule.to_string());
+        self.active.remove(&subject).is_some()
     }
 
     /// An action's breaker opened.
@@ -194,6 +215,28 @@ fn rule_overloaded(rule: &str) -> Alert {
         ),
         for_ms: 0,
         keep_firing_for_ms: OVERLOAD_HOLD.as_millis() as u64,
+    }
+}
+
+/// `RuleAlertsRefused` while a rule's verdicts are refused for having too
+/// many active alerts.
+fn alerts_refused(rule: &str, refused: &TooManyAlerts) -> Alert {
+    let message = refused.to_string();
+    let summary = message.lines().next().unwrap_or_default().to_string();
+    Alert {
+        name: "RuleAlertsRefused".into(),
+        severity: Severity::Warning,
+        summary,
+        labels: about("rule", rule),
+        annotations: about(
+            "hint",
+            &format!(
+                "does the rule put a changing value (a time, a counter, an id) in an alert's name or labels? if it really has that many, raise `{}` in its [[rules]] table",
+                refused.key()
+            ),
+        ),
+        for_ms: 0,
+        keep_firing_for_ms: 0,
     }
 }
 
@@ -281,11 +324,47 @@ mod tests {
     }
 
     #[test]
+    fn refused_verdicts_raise_one_alert_per_rule_until_they_fit_again() {
+        let mut host = HostAlerts::default();
+        let refused = TooManyAlerts::PerTarget {
+            rule: "churn".into(),
+            target: "web-01".into(),
+            would: 1200,
+            limit: 1000,
+        };
+        assert!(host.alerts_refused("churn", &refused));
+        assert!(
+            !host.alerts_refused("churn", &refused),
+            "same alert, no change"
+        );
+        let alert = &host.alerts()[0];
+        assert_eq!(
+            alert.summary,
+            "rule `churn` would have 1200 active alerts for target `web-01`, more than its limit of 1000 (`max_active_alerts_per_target`); the verdict is refused: the alerts already tracked keep their state and the new ones are not tracked"
+        );
+        assert!(
+            alert.annotations[0]
+                .value
+                .contains("raise `max_active_alerts_per_target`")
+        );
+        assert!(host.alerts_accepted("churn"));
+        assert!(!host.alerts_accepted("churn"));
+        assert!(host.alerts().is_empty());
+    }
+
+    #[test]
     fn a_restart_keeps_what_is_about_configured_rules_and_breakers() {
         let mut before = HostAlerts::default();
         before.rule_health("kept", &quarantined());
         before.rule_health("dropped", &quarantined());
         before.rules_overloaded(["kept"]);
+        let refused = TooManyAlerts::PerRule {
+            rule: "kept".into(),
+            target: "t".into(),
+            would: 11,
+            limit: 10,
+        };
+        before.alerts_refused("kept", &refused);
         let tracked: Vec<TrackedAlert> = before
             .alerts()
             .into_iter()

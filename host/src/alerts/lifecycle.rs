@@ -11,6 +11,9 @@
 //!   one keeps firing for `keep-firing-for-ms` after it was last reported,
 //!   then is announced **once**, as `resolved`.
 //!
+//! `for-ms` and `keep-firing-for-ms` are cut to [`MAX_HOLD_MS`] (a day):
+//! the host does not keep an alert for longer than that on a rule's word.
+//!
 //! No clock and no I/O in here: time is the sample's timestamp, passed in.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,6 +22,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::bounds::MAX_HOLD_MS;
 use crate::names::{RuleName, TargetName};
 use crate::runtime::{self, Label};
 
@@ -42,6 +46,13 @@ impl Fingerprint {
         }
         let digest = hasher.finalize();
         Fingerprint(u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")))
+    }
+}
+
+impl Fingerprint {
+    /// The number behind it (the key it is saved under).
+    pub fn as_u64(self) -> u64 {
+        self.0
     }
 }
 
@@ -157,9 +168,51 @@ impl Group {
         self.alerts.values()
     }
 
+    /// Tracks `alert` (one restored from the database), replacing any with
+    /// its fingerprint.
+    pub fn insert(&mut self, alert: TrackedAlert) {
+        self.alerts.insert(alert.fingerprint, alert);
+    }
+
+    /// What changed since `before` (an earlier [`shape`](Self::shape)):
+    /// the alerts that appeared or changed state, and the fingerprints of
+    /// those gone. This is what a save must write; the rest is on disk.
+    pub fn changes_since(
+        &self,
+        before: &[(Fingerprint, State, u64)],
+    ) -> (Vec<&TrackedAlert>, Vec<Fingerprint>) {
+        let changed = self
+            .alerts
+            .values()
+            .filter(|alert| {
+                let now = (alert.fingerprint, alert.state, alert.active_since_ms);
+                match before.binary_search_by_key(&alert.fingerprint, |(fp, ..)| *fp) {
+                    Ok(at) => before[at] != now,
+                    Err(_) => true,
+                }
+            })
+            .collect();
+        let gone = before
+            .iter()
+            .map(|(fingerprint, ..)| *fingerprint)
+            .filter(|fingerprint| !self.alerts.contains_key(fingerprint))
+            .collect();
+        (changed, gone)
+    }
+
+    /// How many alerts are tracked.
+    pub fn len(&self) -> usize {
+        self.alerts.len()
+    }
+
+    /// Whether none are.
+    pub fn is_empty(&self) -> bool {
+        self.alerts.is_empty()
+    }
+
     /// What must survive a restart: which alerts, in which state, since
-    /// when. (Summaries and last-seen times change every sample and are
-    /// refreshed by the next one.)
+    /// when, sorted by fingerprint. (Summaries and last-seen times change
+    /// every sample and are refreshed by the next one.)
     pub fn shape(&self) -> Vec<(Fingerprint, State, u64)> {
         self.alerts
             .values()
@@ -204,8 +257,8 @@ pub fn step(
         tracked.severity = alert.severity.into();
         tracked.summary.clone_from(&alert.summary);
         tracked.annotations = sorted(&alert.annotations);
-        tracked.for_ms = alert.for_ms;
-        tracked.keep_firing_for_ms = alert.keep_firing_for_ms;
+        tracked.for_ms = alert.for_ms.min(MAX_HOLD_MS);
+        tracked.keep_firing_for_ms = alert.keep_firing_for_ms.min(MAX_HOLD_MS);
         tracked.last_seen_ms = now_ms;
         let held = now_ms.saturating_sub(tracked.active_since_ms);
         if tracked.state == State::Pending && held >= tracked.for_ms {
@@ -214,20 +267,46 @@ pub fn step(
         }
     }
     group.alerts.retain(|fingerprint, tracked| {
-        if seen.contains(fingerprint) {
+        if seen.contains(fingerprint) || kept_unseen(tracked, now_ms) {
             return true;
         }
-        let unseen_for = now_ms.saturating_sub(tracked.last_seen_ms);
-        match tracked.state {
-            State::Pending => false,
-            State::Firing if unseen_for < tracked.keep_firing_for_ms => true,
-            State::Firing => {
-                events.push(event(Status::Resolved, rule, target, tracked, now_ms));
-                false
-            }
+        if tracked.state == State::Firing {
+            events.push(event(Status::Resolved, rule, target, tracked, now_ms));
         }
+        false
     });
     events
+}
+
+/// How many alerts `group` would track after [`step`] with the same
+/// arguments, without changing it: the tracker checks its limits with it
+/// before it steps.
+pub fn size_after(
+    group: &Group,
+    rule: &RuleName,
+    target: &TargetName,
+    reported: &[runtime::Alert],
+    now_ms: u64,
+) -> usize {
+    let seen: BTreeSet<Fingerprint> = reported
+        .iter()
+        .map(|alert| Fingerprint::of(rule, target, &alert.name, &sorted(&alert.labels)))
+        .collect();
+    let kept = group
+        .alerts
+        .iter()
+        .filter(|(fingerprint, tracked)| {
+            !seen.contains(fingerprint) && kept_unseen(tracked, now_ms)
+        })
+        .count();
+    seen.len() + kept
+}
+
+/// Whether an alert that was not reported at `now_ms` is still tracked: a
+/// firing one within its `keep-firing-for`.
+fn kept_unseen(tracked: &TrackedAlert, now_ms: u64) -> bool {
+    let unseen_for = now_ms.saturating_sub(tracked.last_seen_ms);
+    tracked.state == State::Firing && unseen_for < tracked.keep_firing_for_ms
 }
 
 fn event(
@@ -343,6 +422,92 @@ mod tests {
                 (4000, Status::Resolved, "Sticky".into())
             ]
         );
+    }
+
+    #[test]
+    fn for_and_keep_firing_for_are_cut_to_a_day() {
+        let mut forever = alert("Forever", u64::MAX);
+        forever.keep_firing_for_ms = u64::MAX;
+        let mut group = Group::default();
+        let (rule, target) = (RuleName::from("r"), TargetName::from("t"));
+        step(
+            &mut group,
+            &rule,
+            &target,
+            std::slice::from_ref(&forever),
+            0,
+        );
+        let tracked = group.alerts().next().unwrap();
+        assert_eq!(
+            (tracked.for_ms, tracked.keep_firing_for_ms),
+            (MAX_HOLD_MS, MAX_HOLD_MS)
+        );
+        // It fires after a day, not never; and resolves a day after it is gone.
+        let events = step(
+            &mut group,
+            &rule,
+            &target,
+            std::slice::from_ref(&forever),
+            MAX_HOLD_MS,
+        );
+        assert_eq!(statuses(&events), [(Status::Firing, "Forever")]);
+        assert_eq!(
+            step(&mut group, &rule, &target, &[], 2 * MAX_HOLD_MS - 1),
+            []
+        );
+        let events = step(&mut group, &rule, &target, &[], 2 * MAX_HOLD_MS);
+        assert_eq!(statuses(&events), [(Status::Resolved, "Forever")]);
+    }
+
+    #[test]
+    fn changes_since_lists_only_what_appeared_fired_or_ended() {
+        let mut group = Group::default();
+        let (rule, target) = (RuleName::from("r"), TargetName::from("t"));
+        let (hot, slow, gone) = (alert("Hot", 0), alert("Slow", 1500), alert("Gone", 5000));
+        step(
+            &mut group,
+            &rule,
+            &target,
+            &[hot.clone(), slow.clone(), gone],
+            0,
+        );
+        let before = group.shape();
+        // Hot only refreshes; Slow fires; Gone (pending) is forgotten; New appears.
+        step(
+            &mut group,
+            &rule,
+            &target,
+            &[hot, slow, alert("New", 0)],
+            2000,
+        );
+        let (changed, removed) = group.changes_since(&before);
+        let mut names: Vec<&str> = changed.iter().map(|a| a.name.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["New", "Slow"]);
+        let gone = Fingerprint::of("r", "t", "Gone", &[]);
+        assert_eq!(removed, [gone]);
+        assert_eq!(group.changes_since(&group.shape()), (vec![], vec![]));
+    }
+
+    #[test]
+    fn size_after_predicts_what_step_keeps() {
+        let mut sticky = alert("Sticky", 0);
+        sticky.keep_firing_for_ms = 1500;
+        let verdicts = [
+            vec![sticky.clone(), alert("Slow", 5000), alert("Hot", 0)],
+            vec![alert("Hot", 0), alert("Hot", 0)],
+            vec![alert("New", 0)],
+            vec![],
+            vec![],
+        ];
+        let mut group = Group::default();
+        let (rule, target) = (RuleName::from("r"), TargetName::from("t"));
+        for (second, verdict) in verdicts.iter().enumerate() {
+            let now = second as u64 * 1000;
+            let predicted = size_after(&group, &rule, &target, verdict, now);
+            step(&mut group, &rule, &target, verdict, now);
+            assert_eq!(predicted, group.len(), "at {now}");
+        }
     }
 
     #[test]

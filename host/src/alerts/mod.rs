@@ -2,19 +2,21 @@
 //! events, each announced exactly once.
 //!
 //! [`lifecycle`] holds the pure state machine; [`Tracker`] keeps one group
-//! of alerts per (rule, target) and feeds it; [`host`] is what Vigil says
-//! about itself; [`Alerting`] is the pipeline stage that ties them to the
-//! sinks.
+//! of alerts per (rule, target) and feeds it, within the limits of
+//! [`bounds`]; [`host`] is what Vigil says about itself; [`Alerting`] is the
+//! pipeline stage that ties them to the sinks.
 
+pub mod bounds;
 pub mod host;
 pub mod lifecycle;
 mod stage;
 
 use std::collections::HashMap;
 
+pub use bounds::{AlertLimits, RuleAlertLimits, TooManyAlerts};
 pub use host::{HOST_RULE, HOST_TARGET, HostAlerts};
 pub use lifecycle::{AlertEvent, Fingerprint, Severity, State, Status, TrackedAlert};
-pub use stage::{Alerting, Outlet};
+pub use stage::{AlertStats, Alerting, Outlet};
 
 use crate::names::{RuleName, TargetName};
 use crate::runtime::Alert;
@@ -22,70 +24,153 @@ use crate::state::{StateDb, StateError};
 
 /// Every alert the host is tracking, grouped by (rule, target).
 ///
-/// With a database ([`Tracker::persistent`]) each group is saved whenever one
-/// of its alerts appears, fires or ends, so that a restart neither announces
-/// a firing alert again nor forgets a pending one's start.
+/// With a database ([`Tracker::persistent`]) an alert is saved whenever it
+/// appears, fires or ends (only the alerts that did, one row each, not the
+/// whole group), so that a restart neither announces a firing alert again
+/// nor forgets a pending one's start. Summaries and last-seen times are
+/// not saved on every sample: the next sample refreshes them.
+///
+/// It keeps at most [`AlertLimits`] alerts per (rule, target) and per rule
+/// (see [`bounds`]): a verdict that would take a rule past them is refused
+/// and changes nothing.
 #[derive(Default)]
 pub struct Tracker {
     groups: HashMap<(RuleName, TargetName), lifecycle::Group>,
+    /// Alerts tracked per rule, over all its targets.
+    per_rule: HashMap<RuleName, usize>,
+    limits: RuleAlertLimits,
     store: Option<StateDb>,
 }
 
 impl Tracker {
-    /// A tracker that saves its groups in `store`, starting from what was
-    /// saved there. Groups that no longer parse are dropped with a warning.
+    /// A tracker that saves its alerts in `store`, starting from what was
+    /// saved there (and moving groups an older version saved whole to the
+    /// one-row-per-alert layout). Alerts that no longer parse are dropped
+    /// with a warning.
     pub fn persistent(store: StateDb) -> Result<Self, StateError> {
-        let mut groups = HashMap::new();
-        for (rule, target, bytes) in store.alert_groups()? {
+        let mut groups: HashMap<(RuleName, TargetName), lifecycle::Group> = HashMap::new();
+        for (rule, target, _, bytes) in store.saved_alerts()? {
+            match serde_json::from_slice::<TrackedAlert>(&bytes) {
+                Ok(alert) => groups
+                    .entry((RuleName::from(rule), TargetName::from(target)))
+                    .or_default()
+                    .insert(alert),
+                Err(error) => {
+                    tracing::warn!(rule, target, %error, "Dropped an unreadable saved alert.")
+                }
+            }
+        }
+        for (rule, target, bytes) in store.take_legacy_alert_groups()? {
             match serde_json::from_slice::<lifecycle::Group>(&bytes) {
-                Ok(group) => {
-                    groups.insert((RuleName::from(rule), TargetName::from(target)), group);
+                Ok(legacy) => {
+                    let key = (RuleName::from(rule), TargetName::from(target));
+                    let group = groups.entry(key.clone()).or_default();
+                    for alert in legacy.alerts() {
+                        group.insert(alert.clone());
+                    }
+                    save_changes(&store, &key, group, &[]);
                 }
                 Err(error) => {
                     tracing::warn!(rule, target, %error, "Dropped an unreadable saved alert group.")
                 }
             }
         }
+        let mut per_rule = HashMap::new();
+        for ((rule, _), group) in &groups {
+            *per_rule.entry(rule.clone()).or_default() += group.len();
+        }
         Ok(Tracker {
             groups,
+            per_rule,
+            limits: RuleAlertLimits::default(),
             store: Some(store),
         })
     }
 
+    /// Sets each rule's limits (at start and when the config changes). A
+    /// rule already past a lowered limit keeps its alerts, but no verdict
+    /// of it may add to them until it is back under.
+    pub fn set_limits(&mut self, limits: RuleAlertLimits) {
+        self.limits = limits;
+    }
+
     /// Folds the alerts `rule` reported for `target` at `now_ms` into the
-    /// tracked state and returns the transitions to announce.
+    /// tracked state and returns the transitions to announce; or, when that
+    /// would take the rule past its [`AlertLimits`], changes nothing and
+    /// says which limit.
     pub fn observe(
         &mut self,
         rule: &RuleName,
         target: &TargetName,
         alerts: &[Alert],
         now_ms: u64,
-    ) -> Vec<AlertEvent> {
+    ) -> Result<Vec<AlertEvent>, TooManyAlerts> {
         let key = (rule.clone(), target.clone());
+        let before_len = self.groups.get(&key).map_or(0, lifecycle::Group::len);
+        let rule_total = self.per_rule.get(rule).copied().unwrap_or(0);
+        self.check(&key, before_len, rule_total, alerts, now_ms)?;
         let group = self.groups.entry(key.clone()).or_default();
         let before = group.shape();
         let events = lifecycle::step(group, rule, target, alerts, now_ms);
-        let changed = group.shape() != before;
-        let empty = group.alerts().next().is_none();
-        if changed {
-            self.save(&key);
+        let after_len = group.len();
+        if let Some(store) = &self.store {
+            save_changes(store, &key, group, &before);
         }
-        if empty {
+        if after_len == 0 {
             self.groups.remove(&key);
         }
-        events
+        let total = rule_total - before_len + after_len;
+        if total == 0 {
+            self.per_rule.remove(rule);
+        } else {
+            self.per_rule.insert(rule.clone(), total);
+        }
+        Ok(events)
     }
 
-    fn save(&self, key: &(RuleName, TargetName)) {
-        let Some(store) = &self.store else { return };
-        let group = self
-            .groups
-            .get(key)
-            .filter(|group| group.alerts().next().is_some());
-        let bytes = group.map(|group| serde_json::to_vec(group).expect("alert groups serialise"));
-        if let Err(error) = store.save_alert_group(&key.0, &key.1, bytes.as_deref()) {
-            tracing::error!(rule = %key.0, target = %key.1, %error, "Saving alert state failed; a restart may announce these alerts again.");
+    /// Refuses a verdict that would take (rule, target) or the rule past
+    /// its limit and grow it. The exact count needs every fingerprint, so
+    /// it is only worked out when the verdict is big enough to matter.
+    fn check(
+        &mut self,
+        key: &(RuleName, TargetName),
+        before_len: usize,
+        rule_total: usize,
+        alerts: &[Alert],
+        now_ms: u64,
+    ) -> Result<(), TooManyAlerts> {
+        let limits = self.limits.get(&key.0);
+        if before_len + alerts.len() <= limits.per_target
+            && rule_total + alerts.len() <= limits.per_rule
+        {
+            return Ok(());
         }
+        let empty = lifecycle::Group::default();
+        let group = self.groups.get(key).unwrap_or(&empty);
+        let would = lifecycle::size_after(group, &key.0, &key.1, alerts, now_ms);
+        if would > limits.per_target && would > before_len {
+            return Err(TooManyAlerts::PerTarget {
+                rule: key.0.clone(),
+                target: key.1.clone(),
+                would,
+                limit: limits.per_target,
+            });
+        }
+        let would = rule_total - before_len + would;
+        if would > limits.per_rule && would > rule_total {
+            return Err(TooManyAlerts::PerRule {
+                rule: key.0.clone(),
+                target: key.1.clone(),
+                would,
+                limit: limits.per_rule,
+            });
+        }
+        Ok(())
+    }
+
+    /// How many alerts are tracked for `rule`, over all its targets.
+    pub fn tracked(&self, rule: &RuleName) -> usize {
+        self.per_rule.get(rule).copied().unwrap_or(0)
     }
 
     /// Drops every group whose (rule, target) matches, announcing each of
@@ -96,12 +181,20 @@ impl Tracker {
         now_ms: u64,
     ) -> Vec<AlertEvent> {
         let mut events = Vec::new();
-        let mut gone = Vec::new();
         self.groups.retain(|(rule, target), group| {
             if !matches(rule, target) {
                 return true;
             }
-            gone.push((rule.clone(), target.clone()));
+            if let Some(store) = &self.store {
+                let key = (rule.clone(), target.clone());
+                save_changes(store, &key, &lifecycle::Group::default(), &group.shape());
+            }
+            if let Some(total) = self.per_rule.get_mut(rule) {
+                *total -= group.len();
+                if *total == 0 {
+                    self.per_rule.remove(rule);
+                }
+            }
             for alert in group.alerts().filter(|alert| alert.state == State::Firing) {
                 events.push(AlertEvent {
                     status: Status::Resolved,
@@ -113,9 +206,6 @@ impl Tracker {
             }
             false
         });
-        for key in &gone {
-            self.save(key);
-        }
         events
     }
 
@@ -140,6 +230,28 @@ impl Tracker {
     }
 }
 
+/// Saves what changed in `group` since `before` (its earlier shape): one
+/// row per alert that appeared, fired or ended, in one transaction.
+fn save_changes(
+    store: &StateDb,
+    key: &(RuleName, TargetName),
+    group: &lifecycle::Group,
+    before: &[(Fingerprint, State, u64)],
+) {
+    let (changed, gone) = group.changes_since(before);
+    let upserts: Vec<(u64, Vec<u8>)> = changed
+        .into_iter()
+        .map(|alert| {
+            let bytes = serde_json::to_vec(alert).expect("tracked alerts serialise");
+            (alert.fingerprint.as_u64(), bytes)
+        })
+        .collect();
+    let removed: Vec<u64> = gone.into_iter().map(Fingerprint::as_u64).collect();
+    if let Err(error) = store.save_alerts(&key.0, &key.1, &upserts, &removed) {
+        tracing::error!(rule = %key.0, target = %key.1, %error, "Saving alert state failed; a restart may announce these alerts again.");
+    }
+}
+
 /// Labels as people read them: `{mount="/var", team="db"}`, or nothing when
 /// there are none.
 pub fn format_labels<'a>(labels: impl IntoIterator<Item = (&'a String, &'a String)>) -> String {
@@ -151,4 +263,197 @@ pub fn format_labels<'a>(labels: impl IntoIterator<Item = (&'a String, &'a Strin
         return String::new();
     }
     format!("{{{}}}", pairs.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::Severity;
+
+    /// `count` alerts named `{prefix}0..`, each firing at once and kept
+    /// firing for an hour once gone.
+    fn fresh(prefix: &str, count: usize) -> Vec<Alert> {
+        (0..count)
+            .map(|n| Alert {
+                name: format!("{prefix}{n}"),
+                severity: Severity::Info,
+                summary: String::new(),
+                labels: vec![],
+                annotations: vec![],
+                for_ms: 0,
+                keep_firing_for_ms: 3_600_000,
+            })
+            .collect()
+    }
+
+    fn limited(per_target: usize, per_rule: usize) -> Tracker {
+        let mut limits = RuleAlertLimits::default();
+        limits.set(
+            "churn".into(),
+            AlertLimits {
+                per_target,
+                per_rule,
+            },
+        );
+        let mut tracker = Tracker::default();
+        tracker.set_limits(limits);
+        tracker
+    }
+
+    #[test]
+    fn a_verdict_past_the_per_target_limit_is_refused_and_changes_nothing() {
+        let mut tracker = limited(5, 100);
+        let (rule, target) = (RuleName::from("churn"), TargetName::from("a"));
+        assert_eq!(
+            tracker
+                .observe(&rule, &target, &fresh("A", 3), 0)
+                .unwrap()
+                .len(),
+            3
+        );
+        // 3 kept firing + 3 new = 6 > 5.
+        let refused = tracker.observe(&rule, &target, &fresh("B", 3), 1_000);
+        assert!(
+            matches!(
+                refused,
+                Err(TooManyAlerts::PerTarget {
+                    would: 6,
+                    limit: 5,
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(tracker.group(&rule, &target).count(), 3);
+        assert_eq!(tracker.tracked(&rule), 3);
+        // The same alerts again, or fewer new ones, are fine.
+        assert!(
+            tracker
+                .observe(&rule, &target, &fresh("A", 3), 2_000)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            tracker
+                .observe(&rule, &target, &fresh("C", 2), 3_000)
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(tracker.tracked(&rule), 5);
+        // Other rules are not limited by this one's limits.
+        let other = RuleName::from("other");
+        assert_eq!(
+            tracker
+                .observe(&other, &target, &fresh("D", 50), 0)
+                .unwrap()
+                .len(),
+            50
+        );
+    }
+
+    #[test]
+    fn the_per_rule_limit_counts_every_target() {
+        let mut tracker = limited(10, 12);
+        let rule = RuleName::from("churn");
+        for target in ["a", "b"] {
+            let events = tracker
+                .observe(&rule, &target.into(), &fresh(target, 6), 0)
+                .unwrap();
+            assert_eq!(events.len(), 6);
+        }
+        let refused = tracker.observe(&rule, &"c".into(), &fresh("c", 1), 0);
+        assert!(
+            matches!(
+                refused,
+                Err(TooManyAlerts::PerRule {
+                    would: 13,
+                    limit: 12,
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+        // A gone target frees its share.
+        tracker.forget(|_, target| target == "a", 1);
+        assert_eq!(tracker.tracked(&rule), 6);
+        assert_eq!(
+            tracker
+                .observe(&rule, &"c".into(), &fresh("c", 6), 2)
+                .unwrap()
+                .len(),
+            6
+        );
+    }
+
+    #[test]
+    fn a_lowered_limit_keeps_what_is_tracked_but_lets_it_shrink() {
+        let mut tracker = limited(10, 100);
+        let (rule, target) = (RuleName::from("churn"), TargetName::from("a"));
+        tracker.observe(&rule, &target, &fresh("A", 8), 0).unwrap();
+        let mut lower = RuleAlertLimits::default();
+        lower.set(
+            rule.clone(),
+            AlertLimits {
+                per_target: 2,
+                per_rule: 100,
+            },
+        );
+        tracker.set_limits(lower);
+        // Reporting 4 of the 8 keeps 8 (the rest keep firing): not a growth.
+        assert!(
+            tracker
+                .observe(&rule, &target, &fresh("A", 4), 1_000)
+                .is_ok()
+        );
+        assert!(
+            tracker
+                .observe(&rule, &target, &fresh("B", 1), 2_000)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn only_alerts_that_change_state_are_written_and_a_restart_gets_them_back() {
+        let db = StateDb::in_memory().unwrap();
+        let (rule, target) = (RuleName::from("r"), TargetName::from("t"));
+        let mut tracker = Tracker::persistent(db.clone()).unwrap();
+        let mut alerts = fresh("A", 3);
+        tracker.observe(&rule, &target, &alerts, 0).unwrap();
+        assert_eq!(db.saved_alerts().unwrap().len(), 3);
+        // A new summary is no transition: nothing is written for A0..A2.
+        alerts[0].summary = "changed".into();
+        alerts.truncate(1);
+        alerts.push(fresh("B", 1).remove(0));
+        tracker.observe(&rule, &target, &alerts, 1_000).unwrap();
+        let saved = db.saved_alerts().unwrap();
+        assert_eq!(saved.len(), 4);
+        assert!(
+            saved
+                .iter()
+                .all(|(.., bytes)| !String::from_utf8_lossy(bytes).contains("changed")),
+            "an unchanged alert was rewritten"
+        );
+        drop(tracker);
+        let restarted = Tracker::persistent(db.clone()).unwrap();
+        assert_eq!(restarted.group(&rule, &target).count(), 4);
+        assert_eq!(restarted.tracked(&rule), 4);
+        // Forgetting the rule removes its rows.
+        let mut restarted = restarted;
+        assert_eq!(restarted.forget(|r, _| *r == rule, 2_000).len(), 4);
+        assert!(db.saved_alerts().unwrap().is_empty());
+    }
+
+    #[test]
+    fn groups_saved_whole_by_an_older_version_are_moved_to_rows() {
+        let db = StateDb::in_memory().unwrap();
+        let mut group = lifecycle::Group::default();
+        lifecycle::step(&mut group, &"r".into(), &"t".into(), &fresh("A", 2), 0);
+        db.save_legacy_alert_group("r", "t", &serde_json::to_vec(&group).unwrap())
+            .unwrap();
+        let tracker = Tracker::persistent(db.clone()).unwrap();
+        assert_eq!(tracker.group(&"r".into(), &"t".into()).count(), 2);
+        assert_eq!(db.saved_alerts().unwrap().len(), 2);
+        assert!(db.take_legacy_alert_groups().unwrap().is_empty());
+    }
 }

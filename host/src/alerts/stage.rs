@@ -4,10 +4,20 @@
 //! ([`HostAlerts`]) in step with what the other stages report, and offers
 //! every transition to its [`Outlet`] (the sinks' delivery stage, which
 //! implements it). It never waits: the sinks have queues of their own.
+//!
+//! A verdict the tracker refuses ([`TooManyAlerts`]) is counted per rule
+//! in [`AlertStats`] and logged with the rule, the target and the limit:
+//! once when a (rule, target) starts being refused and once when it is
+//! accepted again, so a rule refused on every sample cannot flood the log.
+//! The host raises `RuleAlertsRefused{rule}` meanwhile, so the sinks hear
+//! of it too. (Rule failures of the runtime are counted by the rule's
+//! worker, which knows nothing of alert limits: these have their own
+//! counter.)
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use super::bounds::{RuleAlertLimits, TooManyAlerts};
 use super::host::{HOST_RULE, HOST_TARGET, HostAlerts};
 use super::{AlertEvent, Tracker};
 use crate::actions::BreakerTrip;
@@ -28,6 +38,29 @@ pub trait Outlet: Send {
     fn wants_evaluations(&self) -> bool;
 }
 
+/// Verdicts refused for breaking an alert limit, per rule: a read model
+/// for the API, live while the host runs. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct AlertStats(Arc<Mutex<BTreeMap<RuleName, u64>>>);
+
+impl AlertStats {
+    /// Refused verdicts per rule, since the start (only rules with some).
+    pub fn refused_verdicts(&self) -> BTreeMap<RuleName, u64> {
+        self.lock().clone()
+    }
+
+    fn refused(&self, rule: &RuleName) {
+        *self.lock().entry(rule.clone()).or_default() += 1;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<RuleName, u64>> {
+        // A map of counters has no invariant a panic could break.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 /// Alert state and the way out to the sinks.
 pub struct Alerting<O: Outlet> {
     /// [`HOST_RULE`] and [`HOST_TARGET`], typed once.
@@ -36,19 +69,25 @@ pub struct Alerting<O: Outlet> {
     tracker: Tracker,
     host: HostAlerts,
     delivery: O,
+    stats: AlertStats,
+    /// (rule, target) whose last verdict was refused: logged once a spell.
+    refusing: HashSet<(RuleName, TargetName)>,
 }
 
 impl<O: Outlet> Alerting<O> {
     /// Starts from the alerts saved in `store`. Alerts of rules not in
     /// `configured` resolve now; the host's own alerts about rules that are
-    /// still configured carry on.
+    /// still configured carry on. `limits` bounds what each rule may make
+    /// it track.
     pub fn start(
         store: StateDb,
         configured: &HashSet<&str>,
+        limits: RuleAlertLimits,
         delivery: O,
         now_ms: u64,
     ) -> Result<Self, StateError> {
         let mut tracker = Tracker::persistent(store)?;
+        tracker.set_limits(limits);
         let (host_rule, host_target) = (RuleName::from(HOST_RULE), TargetName::from(HOST_TARGET));
         let host = HostAlerts::restore(tracker.group(&host_rule, &host_target), configured);
         let gone = tracker.forget(
@@ -61,6 +100,8 @@ impl<O: Outlet> Alerting<O> {
             tracker,
             host,
             delivery,
+            stats: AlertStats::default(),
+            refusing: HashSet::new(),
         };
         alerting.send(gone);
         alerting.observe_host(now_ms);
@@ -79,13 +120,20 @@ impl<O: Outlet> Alerting<O> {
         let sample = &evaluation.sample;
         match &evaluation.result {
             Ok(verdict) => {
-                let events = self.tracker.observe(
+                let target = TargetName::from(sample.target.as_str());
+                let observed = self.tracker.observe(
                     &evaluation.rule,
-                    &TargetName::from(sample.target.as_str()),
+                    &target,
                     &verdict.alerts,
                     sample.timestamp_ms,
                 );
-                self.send(events);
+                match observed {
+                    Ok(events) => {
+                        self.send(events);
+                        self.accepted(&evaluation.rule, target, now_ms);
+                    }
+                    Err(refused) => self.refused(&refused, &evaluation.rule, target, now_ms),
+                }
             }
             Err(CallError::Quarantined(_)) => {}
             // Out of the rule's log budget: a rule failing on every sample
@@ -101,6 +149,49 @@ impl<O: Outlet> Alerting<O> {
         }
         if self.host.rule_health(&evaluation.rule, &evaluation.health) {
             self.observe_host(now_ms);
+        }
+    }
+
+    /// Each rule's limits changed (a config reload).
+    pub fn set_limits(&mut self, limits: RuleAlertLimits) {
+        self.tracker.set_limits(limits);
+    }
+
+    /// Verdicts refused per rule, live while the host runs.
+    pub fn stats(&self) -> AlertStats {
+        self.stats.clone()
+    }
+
+    fn refused(
+        &mut self,
+        refused: &TooManyAlerts,
+        rule: &RuleName,
+        target: TargetName,
+        now_ms: u64,
+    ) {
+        self.stats.refused(rule);
+        if !self.refusing.contains(&(rule.clone(), target.clone())) {
+            tracing::warn!(
+                rule = %rule,
+                target = %target,
+                limit = refused.key(),
+                error = %refused,
+                "Rule verdict refused: too many active alerts. Logged once until a verdict is accepted again; every refusal is counted."
+            );
+            self.refusing.insert((rule.clone(), target));
+            if self.host.alerts_refused(rule, refused) {
+                self.observe_host(now_ms);
+            }
+        }
+    }
+
+    fn accepted(&mut self, rule: &RuleName, target: TargetName, now_ms: u64) {
+        if !self.refusing.is_empty() && self.refusing.remove(&(rule.clone(), target.clone())) {
+            tracing::info!(rule = %rule, target = %target, "Rule verdicts are accepted again: its active alerts are within the limits.");
+            let still = self.refusing.iter().any(|(r, _)| r == rule);
+            if !still && self.host.alerts_accepted(rule) {
+                self.observe_host(now_ms);
+            }
         }
     }
 
@@ -131,6 +222,7 @@ impl<O: Outlet> Alerting<O> {
     pub fn rule_gone(&mut self, rule: &str, now_ms: u64) {
         let events = self.tracker.forget(|r, _| r == rule, now_ms);
         self.send(events);
+        self.refusing.retain(|(r, _)| r != rule);
         self.host.rule_gone(rule);
         self.observe_host(now_ms);
     }
@@ -142,15 +234,127 @@ impl<O: Outlet> Alerting<O> {
 
     fn observe_host(&mut self, now_ms: u64) {
         let alerts = self.host.alerts();
-        let events = self
+        match self
             .tracker
-            .observe(&self.host_rule, &self.host_target, &alerts, now_ms);
-        self.send(events);
+            .observe(&self.host_rule, &self.host_target, &alerts, now_ms)
+        {
+            Ok(events) => self.send(events),
+            // A handful of alerts per rule and action: only a config with
+            // more rules than the default limit gets here.
+            Err(refused) => {
+                tracing::error!(error = %refused, "The host's own alerts are past their limit; they stay as they were.")
+            }
+        }
     }
 
     fn send(&self, events: Vec<AlertEvent>) {
         for event in events {
             self.delivery.alert(event);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::alerts::{AlertLimits, Status};
+    use crate::plugins::RuleHealth;
+    use crate::runtime::{Alert, Severity, Verdict};
+
+    /// Keeps every alert event.
+    #[derive(Clone, Default)]
+    struct Kept(Arc<Mutex<Vec<AlertEvent>>>);
+
+    impl Outlet for Kept {
+        fn alert(&self, event: AlertEvent) {
+            self.0.lock().unwrap().push(event);
+        }
+        fn evaluation(&self, _: &Arc<Evaluation>) {}
+        fn wants_evaluations(&self) -> bool {
+            false
+        }
+    }
+
+    /// `rule`'s verdict for target `a` at `at_ms`: alerts named `names`.
+    fn evaluation(rule: &str, names: &[&str], at_ms: u64) -> Evaluation {
+        let alerts = names
+            .iter()
+            .map(|name| Alert {
+                name: name.to_string(),
+                severity: Severity::Info,
+                summary: String::new(),
+                labels: vec![],
+                annotations: vec![],
+                for_ms: 0,
+                keep_firing_for_ms: 0,
+            })
+            .collect();
+        Evaluation {
+            rule: rule.into(),
+            version: 1,
+            sample: Arc::new(crate::sources::make_sample("a", &[], Ok(vec![]), at_ms)),
+            result: Ok(Verdict {
+                alerts,
+                actions: vec![],
+            }),
+            duration: Duration::ZERO,
+            health: RuleHealth::Healthy,
+        }
+    }
+
+    #[test]
+    fn refused_verdicts_are_counted_per_rule_and_change_nothing_else() {
+        let mut limits = RuleAlertLimits::default();
+        let two = AlertLimits {
+            per_target: 2,
+            per_rule: 10,
+        };
+        limits.set("churn".into(), two);
+        let kept = Kept::default();
+        let configured = HashSet::from(["churn", "good"]);
+        let db = StateDb::in_memory().unwrap();
+        let mut alerting = Alerting::start(db, &configured, limits, kept.clone(), 0).unwrap();
+        alerting.evaluated(evaluation("churn", &["A", "B"], 1_000), 1_000);
+        alerting.evaluated(evaluation("churn", &["A", "B", "C"], 2_000), 2_000);
+        alerting.evaluated(evaluation("churn", &["C", "D", "E"], 3_000), 3_000);
+        alerting.evaluated(evaluation("good", &["X", "Y", "Z"], 3_000), 3_000);
+        let stats = alerting.stats().refused_verdicts();
+        assert_eq!(stats.into_iter().collect::<Vec<_>>(), [("churn".into(), 2)]);
+        // A and B fired; the refused verdicts neither fired C nor resolved
+        // A and B; the other rule is not limited by churn's limits.
+        let events: Vec<(String, Status, String)> = kept
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| (e.rule.to_string(), e.status, e.alert.name.clone()))
+            .collect();
+        let firing = |rule: &str, name: &str| (rule.to_string(), Status::Firing, name.to_string());
+        // The host says so, once.
+        assert_eq!(
+            events,
+            [
+                firing("churn", "A"),
+                firing("churn", "B"),
+                firing("vigil", "RuleAlertsRefused"),
+                firing("good", "X"),
+                firing("good", "Y"),
+                firing("good", "Z")
+            ]
+        );
+        // Back within the limit: accepted again, and the host's alert ends.
+        alerting.evaluated(evaluation("churn", &["A"], 4_000), 4_000);
+        let resolved: Vec<String> = kept.0.lock().unwrap()[6..]
+            .iter()
+            .map(|e| format!("{:?} {}", e.status, e.alert.name))
+            .collect();
+        assert_eq!(resolved, ["Resolved B", "Resolved RuleAlertsRefused"]);
+        assert_eq!(
+            alerting.stats().refused_verdicts()[&RuleName::from("churn")],
+            2
+        );
     }
 }

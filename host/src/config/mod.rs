@@ -20,6 +20,13 @@
 //! config = { thresholds = { cpu_usage = 90 } }
 //! timeout = "100ms"
 //! max_memory_mib = 64
+//! max_active_alerts_per_target = 1000  # alerts tracked (pending + firing)
+//! max_active_alerts = 10000
+//!
+//! [audit]                              # optional: how much the audit log keeps
+//! max_age = "30d"
+//! max_bytes = "256MiB"
+//! refusal_records_per_minute = 60      # per rule; the rest are counted
 //! ```
 
 use std::collections::{BTreeMap, HashSet};
@@ -34,10 +41,13 @@ mod watch;
 
 pub use watch::ConfigWatch;
 
-use crate::actions::{ActionSpec, Mode, parse_actions};
+use crate::actions::audit::MIN_MAX_BYTES;
+use crate::actions::{ActionSpec, AuditSettings, Mode, parse_actions};
+use crate::alerts::{AlertLimits, RuleAlertLimits};
 use crate::duration::TextDuration;
 use crate::names::{ActionName, RuleName, Syntax, TargetName};
 use crate::runtime::{Limits, builtin};
+use crate::size::TextSize;
 
 /// Poll interval when a target does not set one.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
@@ -72,6 +82,11 @@ pub struct Settings {
     /// At shutdown, how long rules may go on evaluating what is queued, and
     /// sinks delivering what waits, before the rest is counted and dropped.
     pub shutdown_grace: Duration,
+    /// How many alerts the host tracks for each rule (kept apart from
+    /// [`RuleSpec`]: the rule workers never need them).
+    pub alert_limits: RuleAlertLimits,
+    /// How much the audit log keeps. Takes effect at the next start.
+    pub audit: AuditSettings,
 }
 
 impl Settings {
@@ -241,6 +256,8 @@ impl Settings {
             rule_dirs: Vec::new(),
             actions: BTreeMap::new(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            alert_limits: RuleAlertLimits::default(),
+            audit: AuditSettings::default(),
         }
     }
 
@@ -294,6 +311,7 @@ impl Settings {
         let mut rule_dirs = Vec::new();
         let declared = !file.rules.is_empty();
         let mut specs = Vec::new();
+        let mut alert_limits = RuleAlertLimits::default();
         for spanned in file.rules {
             let location = at(spanned.span());
             let rule = spanned.into_inner();
@@ -301,16 +319,25 @@ impl Settings {
                 location: location.clone(),
                 message,
             };
+            let limits = rule.alert_limits().map_err(fail)?;
             match rule.dir.clone() {
-                None => specs.push(rule.validate(base, &location).map_err(fail)?),
+                None => {
+                    let spec = rule.validate(base, &location).map_err(fail)?;
+                    alert_limits.set(spec.name.clone(), limits);
+                    specs.push(spec);
+                }
                 Some(dir) => {
                     let rule_dir = rule.into_dir(base, &dir, &location).map_err(fail)?;
+                    alert_limits.set_dir(rule_dir.dir.clone(), limits);
                     let expanded = rule_dir.expand().map_err(|error| {
                         fail(format!(
                             "cannot list the rules directory `{}`: {error}",
                             rule_dir.dir.display()
                         ))
                     })?;
+                    for spec in &expanded {
+                        alert_limits.set(spec.name.clone(), limits);
+                    }
                     specs.extend(expanded);
                     rule_dirs.push(rule_dir);
                 }
@@ -332,6 +359,19 @@ impl Settings {
         if !declared {
             rules.push(default_rule(&path.display().to_string()));
         }
+        let audit = match file.audit {
+            None => AuditSettings::default(),
+            Some(spanned) => {
+                let location = at(spanned.span());
+                spanned
+                    .into_inner()
+                    .validate()
+                    .map_err(|message| ConfigError {
+                        location,
+                        message: format!("[audit]: {message}"),
+                    })?
+            }
+        };
         let actions = match &file.actions {
             None => BTreeMap::new(),
             Some(table) => {
@@ -360,6 +400,8 @@ impl Settings {
             rule_dirs,
             actions,
             shutdown_grace: file.shutdown_grace.map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0),
+            alert_limits,
+            audit,
         })
     }
 }
@@ -387,10 +429,48 @@ struct ConfigFile {
     actions: Option<Spanned<toml::Table>>,
     reload_debounce: Option<ConfigDuration>,
     shutdown_grace: Option<ConfigDuration>,
+    audit: Option<Spanned<AuditConfig>>,
     #[serde(default)]
     targets: Vec<Spanned<TargetConfig>>,
     #[serde(default)]
     rules: Vec<Spanned<RuleConfig>>,
+}
+
+/// `[audit]`: how much the audit log keeps.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditConfig {
+    /// Finished records older than this are deleted: `"30d"`.
+    max_age: Option<ConfigDuration>,
+    /// The records together stay under this: `"256MiB"`.
+    max_bytes: Option<TextSize>,
+    /// Refusal records per rule per minute, the rest counted: `60`.
+    refusal_records_per_minute: Option<u32>,
+}
+
+impl AuditConfig {
+    fn validate(self) -> Result<AuditSettings, String> {
+        let mut settings = AuditSettings::default();
+        if let Some(age) = self.max_age {
+            settings.max_age = age.0;
+        }
+        if let Some(size) = self.max_bytes {
+            if size.bytes() < MIN_MAX_BYTES {
+                return Err(format!(
+                    "max_bytes is {} bytes, less than the smallest allowed, 1MiB\nhint: one record can take 130 KiB (the output a run keeps); write e.g. max_bytes = \"64MiB\"",
+                    size.bytes()
+                ));
+            }
+            settings.max_bytes = size.bytes();
+        }
+        if let Some(count) = self.refusal_records_per_minute {
+            if count == 0 {
+                return Err("refusal_records_per_minute must be at least 1\nhint: past it, refusals are counted in one summary record a minute; 1 keeps the fewest records".into());
+            }
+            settings.refusal_records_per_minute = count;
+        }
+        Ok(settings)
+    }
 }
 
 #[derive(Deserialize)]
@@ -491,12 +571,36 @@ struct RuleConfig {
     max_actions: Option<usize>,
     max_verdict_bytes: Option<usize>,
     log_lines_per_second: Option<u32>,
+    max_active_alerts_per_target: Option<usize>,
+    max_active_alerts: Option<usize>,
     quarantine_after: Option<u32>,
     quarantine_backoff: Option<ConfigDuration>,
     quarantine_max_backoff: Option<ConfigDuration>,
 }
 
 impl RuleConfig {
+    /// How many alerts the host tracks for this rule (or each rule in its
+    /// folder).
+    fn alert_limits(&self) -> Result<AlertLimits, String> {
+        let mut limits = AlertLimits::default();
+        if let Some(max) = self.max_active_alerts_per_target {
+            limits.per_target = max;
+        }
+        if let Some(max) = self.max_active_alerts {
+            limits.per_rule = max;
+        }
+        if limits.per_target == 0 || limits.per_rule == 0 {
+            return Err("max_active_alerts_per_target and max_active_alerts must be at least 1\nhint: a rule that should never alert can simply report none".into());
+        }
+        if limits.per_rule < limits.per_target {
+            return Err(format!(
+                "max_active_alerts ({}) is smaller than max_active_alerts_per_target ({})\nhint: the first is for all the rule's targets together; raise it or lower the other",
+                limits.per_rule, limits.per_target
+            ));
+        }
+        Ok(limits)
+    }
+
     /// A `[[rules]]` table with `dir`: the template for every rule in it.
     fn into_dir(self, base: &Path, dir: &Path, origin: &str) -> Result<RuleDir, String> {
         for (field, set) in [
@@ -730,6 +834,65 @@ path = "rules/disk.wasm"
             named.contains("a rules directory takes no `name`"),
             "{named}"
         );
+    }
+
+    #[test]
+    fn alert_limits_are_per_rule_with_defaults_and_checked() {
+        let head = "[[targets]]\nname = \"me\"\nkind = \"local\"\n";
+        let settings = parse(&format!(
+            "{head}[[rules]]\nbuiltin = \"threshold\"\nmax_active_alerts_per_target = 5\nmax_active_alerts = 50\n[[rules]]\nbuiltin = \"threshold\"\nname = \"other\"\n"
+        ))
+        .unwrap();
+        let mut limits = settings.alert_limits;
+        assert_eq!(
+            limits.get(&"threshold".into()),
+            AlertLimits {
+                per_target: 5,
+                per_rule: 50
+            }
+        );
+        assert_eq!(limits.get(&"other".into()), AlertLimits::default());
+        let error = parse(&format!(
+            "{head}[[rules]]\nbuiltin = \"threshold\"\nmax_active_alerts_per_target = 5\nmax_active_alerts = 2\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with("/etc/vigil/vigil.toml:4: max_active_alerts (2) is smaller than max_active_alerts_per_target (5)\nhint: "),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_audit_section_sets_retention_with_defaults_and_checks() {
+        let head = "[[targets]]\nname = \"me\"\nkind = \"local\"\n";
+        assert_eq!(parse(head).unwrap().audit, AuditSettings::default());
+        let settings = parse(&format!(
+            "{head}[audit]\nmax_age = \"7d\"\nmax_bytes = \"64MiB\"\nrefusal_records_per_minute = 5\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            settings.audit,
+            AuditSettings {
+                max_age: Duration::from_secs(7 * 24 * 3600),
+                max_bytes: 64 << 20,
+                refusal_records_per_minute: 5,
+            }
+        );
+        let error = |text: &str| parse(&format!("{head}{text}")).unwrap_err().to_string();
+        let small = error("[audit]\nmax_bytes = \"10KiB\"\n");
+        assert!(
+            small.starts_with("/etc/vigil/vigil.toml:4: [audit]: max_bytes is 10240 bytes, less than the smallest allowed, 1MiB\nhint: "),
+            "{small}"
+        );
+        let unit = error("[audit]\nmax_bytes = \"10\"\n");
+        assert!(
+            unit.contains("invalid size `10`: the unit is missing"),
+            "{unit}"
+        );
+        assert!(unit.contains("line 5"), "{unit}");
+        let typo = error("[audit]\nmax_size = \"1GiB\"\n");
+        assert!(typo.contains("unknown field `max_size`"), "{typo}");
     }
 
     #[test]

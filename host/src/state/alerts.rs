@@ -1,47 +1,111 @@
-//! The alert groups: (rule, target) -> the group as JSON, written by
-//! `alerts::Tracker` whenever an alert in it starts, fires or ends, so a
-//! restart neither re-fires nor forgets an alert. The JSON is the tracker's;
-//! this table only keeps it.
+//! The tracked alerts: (rule, target, fingerprint) -> the alert as JSON,
+//! written by `alerts::Tracker` when an alert appears, fires or ends, so a
+//! restart neither re-fires nor forgets an alert. Each alert is its own
+//! row, so a transition writes only the alerts it changed, not the whole
+//! (rule, target) group: a group of a thousand alerts in which one fires
+//! costs one row. The JSON is the tracker's; this table only keeps it.
+//!
+//! Data directories written before this layout keep whole groups in
+//! `alert_groups`; [`StateDb::take_legacy_alert_groups`] hands them over
+//! once, for the tracker to save in the new table.
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableError};
 
 use super::{StateDb, StateError};
 
-/// (rule, target) -> the alert group, as JSON.
-pub(super) const ALERT_GROUPS: TableDefinition<(&str, &str), &[u8]> =
-    TableDefinition::new("alert_groups");
+/// (rule, target, fingerprint) -> one tracked alert, as JSON.
+pub(super) const ALERTS: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("alerts");
+/// The old layout: (rule, target) -> the whole group, as JSON. Read once
+/// and dropped; never created.
+const ALERT_GROUPS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("alert_groups");
+
+/// A saved alert: (rule, target, fingerprint, JSON).
+pub type SavedAlert = (String, String, u64, Vec<u8>);
 
 impl StateDb {
-    /// Stores one (rule, target) alert group; `None` removes it.
-    pub fn save_alert_group(
+    /// Saves what changed in one (rule, target) group, in one transaction:
+    /// `upserts` are (fingerprint, JSON) to write, `removed` fingerprints to
+    /// delete.
+    pub fn save_alerts(
         &self,
         rule: &str,
         target: &str,
-        group: Option<&[u8]>,
+        upserts: &[(u64, Vec<u8>)],
+        removed: &[u64],
     ) -> Result<(), StateError> {
+        if upserts.is_empty() && removed.is_empty() {
+            return Ok(());
+        }
         let txn = self.db.begin_write()?;
         {
-            let mut table = txn.open_table(ALERT_GROUPS)?;
-            match group {
-                Some(bytes) => table.insert((rule, target), bytes)?,
-                None => table.remove((rule, target))?,
-            };
+            let mut table = txn.open_table(ALERTS)?;
+            for (fingerprint, bytes) in upserts {
+                table.insert((rule, target, *fingerprint), bytes.as_slice())?;
+            }
+            for fingerprint in removed {
+                table.remove((rule, target, *fingerprint))?;
+            }
         }
         txn.commit()?;
         Ok(())
     }
 
-    /// Every stored alert group: (rule, target, JSON).
-    pub fn alert_groups(&self) -> Result<Vec<(String, String, Vec<u8>)>, StateError> {
+    /// Every saved alert.
+    pub fn saved_alerts(&self) -> Result<Vec<SavedAlert>, StateError> {
         let txn = self.db.begin_read()?;
-        let table = txn.open_table(ALERT_GROUPS)?;
-        let mut groups = Vec::new();
+        let table = txn.open_table(ALERTS)?;
+        let mut alerts = Vec::new();
         for entry in table.iter()? {
             let (key, value) = entry?;
-            let (rule, target) = key.value();
-            groups.push((rule.to_string(), target.to_string(), value.value().to_vec()));
+            let (rule, target, fingerprint) = key.value();
+            alerts.push((
+                rule.to_string(),
+                target.to_string(),
+                fingerprint,
+                value.value().to_vec(),
+            ));
         }
+        Ok(alerts)
+    }
+
+    /// The whole groups an older version saved, (rule, target, JSON), with
+    /// their table deleted; nothing when there is none. The caller saves
+    /// them again with [`save_alerts`](Self::save_alerts); if it fails to,
+    /// a restart forgets those alerts, as it did when a group did not parse.
+    pub fn take_legacy_alert_groups(&self) -> Result<Vec<(String, String, Vec<u8>)>, StateError> {
+        // Looked for in a read transaction: a write one would create it.
+        let mut groups = Vec::new();
+        {
+            let txn = self.db.begin_read()?;
+            let table = match txn.open_table(ALERT_GROUPS) {
+                Ok(table) => table,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(groups),
+                Err(error) => return Err(error.into()),
+            };
+            for entry in table.iter()? {
+                let (key, value) = entry?;
+                let (rule, target) = key.value();
+                groups.push((rule.to_string(), target.to_string(), value.value().to_vec()));
+            }
+        }
+        let txn = self.db.begin_write()?;
+        txn.delete_table(ALERT_GROUPS)?;
+        txn.commit()?;
         Ok(groups)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn save_legacy_alert_group(
+        &self,
+        rule: &str,
+        target: &str,
+        bytes: &[u8],
+    ) -> Result<(), StateError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(ALERT_GROUPS)?
+            .insert((rule, target), bytes)?;
+        txn.commit()?;
+        Ok(())
     }
 }
 
@@ -50,15 +114,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_saved_group_is_listed_until_removed() {
+    fn alerts_are_saved_and_removed_one_by_one() {
         let db = StateDb::in_memory().unwrap();
-        db.save_alert_group("threshold", "web-01", Some(b"{}"))
+        db.save_alerts("r", "a", &[(1, b"one".to_vec()), (2, b"two".to_vec())], &[])
             .unwrap();
+        db.save_alerts("r", "b", &[(1, b"other".to_vec())], &[])
+            .unwrap();
+        db.save_alerts("r", "a", &[(2, b"TWO".to_vec())], &[1])
+            .unwrap();
+        let saved = db.saved_alerts().unwrap();
         assert_eq!(
-            db.alert_groups().unwrap(),
-            [("threshold".into(), "web-01".into(), b"{}".to_vec())]
+            saved,
+            [
+                ("r".into(), "a".into(), 2, b"TWO".to_vec()),
+                ("r".into(), "b".into(), 1, b"other".to_vec())
+            ]
         );
-        db.save_alert_group("threshold", "web-01", None).unwrap();
-        assert!(db.alert_groups().unwrap().is_empty());
+    }
+
+    #[test]
+    fn legacy_groups_are_handed_over_once() {
+        let db = StateDb::in_memory().unwrap();
+        assert!(db.take_legacy_alert_groups().unwrap().is_empty());
+        db.save_legacy_alert_group("r", "a", b"{}").unwrap();
+        assert_eq!(
+            db.take_legacy_alert_groups().unwrap(),
+            [("r".into(), "a".into(), b"{}".to_vec())]
+        );
+        assert!(db.take_legacy_alert_groups().unwrap().is_empty());
     }
 }

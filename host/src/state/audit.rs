@@ -10,10 +10,18 @@
 //! (its id inside the JSON, a finished record's new text, its request time
 //! for pruning), the caller passes a closure that runs inside the
 //! transaction.
+//!
+//! **Retention.** The table keeps the total size of its records (in
+//! [`META`], under `bytes`), so a size bound costs no scan: with
+//! [`AuditTable::with_max_bytes`], an append that takes the total past the
+//! bound deletes the oldest finished records, in the same transaction,
+//! until the total is back under nine tenths of it (so that deletions come
+//! in batches, not on every append). [`AuditTable::prune`] deletes by age,
+//! scanning from the oldest record and stopping at the first young enough.
 
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::{StateDb, StateError};
 
@@ -25,11 +33,15 @@ pub(super) const UNFINISHED: TableDefinition<u64, ()> =
 /// [`NEXT_ID`] -> the id the next record gets.
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("action_audit_meta");
 const NEXT_ID: &str = "next_id";
+/// [`BYTES`] -> the total size of the records, in bytes.
+const BYTES: &str = "bytes";
 
 /// The audit log's tables in the state database. Cheap to clone.
 #[derive(Clone)]
 pub struct AuditTable {
     db: Arc<Database>,
+    /// The size bound on the records together, if any.
+    max_bytes: Option<u64>,
 }
 
 /// What [`AuditTable::finish`] found.
@@ -48,11 +60,83 @@ impl StateDb {
     pub fn audit(&self) -> AuditTable {
         AuditTable {
             db: self.db.clone(),
+            max_bytes: None,
         }
     }
 }
 
+/// Counts the records' bytes into [`META`] if an older version left the
+/// total out: once, when the database opens.
+pub(super) fn count_bytes(txn: &redb::WriteTransaction) -> Result<(), StateError> {
+    let mut meta = txn.open_table(META)?;
+    if meta.get(BYTES)?.is_some() {
+        return Ok(());
+    }
+    let records = txn.open_table(RECORDS)?;
+    let mut total = 0u64;
+    for entry in records.iter()? {
+        total += entry?.1.value().len() as u64;
+    }
+    meta.insert(BYTES, total)?;
+    Ok(())
+}
+
+/// Adds `added` and takes `removed` bytes off the stored total.
+fn add_bytes(
+    meta: &mut redb::Table<&'static str, u64>,
+    added: usize,
+    removed: usize,
+) -> Result<u64, StateError> {
+    let total = meta.get(BYTES)?.map_or(0, |total| total.value());
+    let total = (total + added as u64).saturating_sub(removed as u64);
+    meta.insert(BYTES, total)?;
+    Ok(total)
+}
+
 impl AuditTable {
+    /// Keeps the records together under `max_bytes`: see the module doc.
+    pub fn with_max_bytes(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = Some(max_bytes);
+        self
+    }
+
+    /// Deletes the oldest finished records while the total is past the
+    /// bound (one lowered since they were written); returns how many.
+    pub fn shrink_to_max(&self) -> Result<usize, StateError> {
+        let Some(max) = self.max_bytes else {
+            return Ok(0);
+        };
+        if self.total_bytes()? <= max {
+            return Ok(0);
+        }
+        let txn = self.db.begin_write()?;
+        let deleted;
+        {
+            let mut meta = txn.open_table(META)?;
+            let total = meta.get(BYTES)?.map_or(0, |total| total.value());
+            let mut records = txn.open_table(RECORDS)?;
+            let unfinished = txn.open_table(UNFINISHED)?;
+            let before = records.len()?;
+            let freed = shrink(
+                &mut records,
+                &unfinished,
+                0,
+                total.saturating_sub(max) + max / 10,
+            )?;
+            deleted = (before - records.len()?) as usize;
+            add_bytes(&mut meta, 0, freed)?;
+        }
+        txn.commit()?;
+        Ok(deleted)
+    }
+
+    /// The records' total size in bytes.
+    pub fn total_bytes(&self) -> Result<u64, StateError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta.get(BYTES)?.map_or(0, |total| total.value()))
+    }
+
     /// Stores a new record under the next id, and marks it unfinished if
     /// `started`, in one durable transaction; returns the id. `encode` gets
     /// the id (records carry it) and returns the record's bytes. Ids start
@@ -68,13 +152,51 @@ impl AuditTable {
             let mut meta = txn.open_table(META)?;
             id = meta.get(NEXT_ID)?.map_or(1, |next| next.value());
             meta.insert(NEXT_ID, id + 1)?;
-            txn.open_table(RECORDS)?.insert(id, encode(id).as_slice())?;
+            let bytes = encode(id);
+            let mut records = txn.open_table(RECORDS)?;
+            records.insert(id, bytes.as_slice())?;
+            let total = add_bytes(&mut meta, bytes.len(), 0)?;
+            let mut unfinished = txn.open_table(UNFINISHED)?;
+            if let Some(max) = self.max_bytes.filter(|max| total > *max) {
+                let removed = shrink(&mut records, &unfinished, id, total - max + max / 10)?;
+                add_bytes(&mut meta, 0, removed)?;
+            }
             if started {
-                txn.open_table(UNFINISHED)?.insert(id, ())?;
+                unfinished.insert(id, ())?;
             }
         }
         txn.commit()?;
         Ok(id)
+    }
+
+    /// Replaces the bytes of finished record `id` with what `rewrite` makes
+    /// of them (a refusal's repeat count); returns whether there was such a
+    /// record. An unfinished record is left alone (finish it instead).
+    pub fn rewrite<E: From<StateError>>(
+        &self,
+        id: u64,
+        rewrite: impl FnOnce(&[u8]) -> Result<Vec<u8>, E>,
+    ) -> Result<bool, E> {
+        let txn = self.db.begin_write().map_err(StateError::from)?;
+        {
+            let mut records = txn.open_table(RECORDS).map_err(StateError::from)?;
+            let unfinished = txn.open_table(UNFINISHED).map_err(StateError::from)?;
+            if unfinished.get(id).map_err(StateError::from)?.is_some() {
+                return Ok(false);
+            }
+            let old = match records.get(id).map_err(StateError::from)? {
+                Some(bytes) => bytes.value().to_vec(),
+                None => return Ok(false),
+            };
+            let new = rewrite(&old)?;
+            records
+                .insert(id, new.as_slice())
+                .map_err(StateError::from)?;
+            let mut meta = txn.open_table(META).map_err(StateError::from)?;
+            add_bytes(&mut meta, new.len(), old.len())?;
+        }
+        txn.commit().map_err(StateError::from)?;
+        Ok(true)
     }
 
     /// Finishes record `id`: if it is unfinished, replaces its bytes with
@@ -96,9 +218,12 @@ impl AuditTable {
             if unfinished.remove(id).map_err(StateError::from)?.is_none() {
                 return Ok(Finish::AlreadyFinished);
             }
+            let new = rewrite(&bytes)?;
             records
-                .insert(id, rewrite(&bytes)?.as_slice())
+                .insert(id, new.as_slice())
                 .map_err(StateError::from)?;
+            let mut meta = txn.open_table(META).map_err(StateError::from)?;
+            add_bytes(&mut meta, new.len(), bytes.len())?;
         }
         txn.commit().map_err(StateError::from)?;
         Ok(Finish::Done)
@@ -148,6 +273,12 @@ impl AuditTable {
     /// transaction; returns how many. `requested_ms` reads a record's
     /// request time from its (id, bytes). Unfinished records are kept
     /// whatever their age.
+    ///
+    /// Ids are handed out in the order requests are decided, so the scan
+    /// goes from the oldest and stops at the first record requested at or
+    /// after `before_ms`: it reads only what it deletes, plus one. (Should
+    /// the wall clock step back, a record behind a younger one waits for
+    /// the next prune after it.)
     pub fn prune<E: From<StateError>>(
         &self,
         before_ms: u64,
@@ -158,22 +289,56 @@ impl AuditTable {
         {
             let mut records = txn.open_table(RECORDS).map_err(StateError::from)?;
             let unfinished = txn.open_table(UNFINISHED).map_err(StateError::from)?;
+            let mut freed = 0;
             for entry in records.iter().map_err(StateError::from)? {
                 let (id, bytes) = entry.map_err(StateError::from)?;
                 let id = id.value();
-                if requested_ms(id, bytes.value())? < before_ms
-                    && unfinished.get(id).map_err(StateError::from)?.is_none()
-                {
+                if requested_ms(id, bytes.value())? >= before_ms {
+                    break;
+                }
+                if unfinished.get(id).map_err(StateError::from)?.is_none() {
                     old.push(id);
+                    freed += bytes.value().len();
                 }
             }
             for &id in &old {
                 records.remove(id).map_err(StateError::from)?;
             }
+            let mut meta = txn.open_table(META).map_err(StateError::from)?;
+            add_bytes(&mut meta, 0, freed)?;
         }
         txn.commit().map_err(StateError::from)?;
         Ok(old.len())
     }
+}
+
+/// Deletes the oldest finished records, except `keep`, until at least
+/// `to_free` bytes are gone (or none is left to delete); returns the bytes
+/// freed.
+fn shrink(
+    records: &mut redb::Table<u64, &'static [u8]>,
+    unfinished: &redb::Table<u64, ()>,
+    keep: u64,
+    to_free: u64,
+) -> Result<usize, StateError> {
+    let mut victims = Vec::new();
+    let mut freed = 0usize;
+    for entry in records.iter()? {
+        if freed as u64 >= to_free {
+            break;
+        }
+        let (id, bytes) = entry?;
+        let id = id.value();
+        if id == keep || unfinished.get(id)?.is_some() {
+            continue;
+        }
+        victims.push(id);
+        freed += bytes.value().len();
+    }
+    for id in victims {
+        records.remove(id)?;
+    }
+    Ok(freed)
 }
 
 #[cfg(test)]
@@ -219,5 +384,43 @@ mod tests {
         assert_eq!(audit.get(1).unwrap(), None);
         assert_eq!(audit.append(false, |_| b"40".to_vec()).unwrap(), 4);
         assert_eq!(audit.prune(35, ms).unwrap(), 0);
+        // The total follows appends, rewrites, finishes and prunes.
+        assert_eq!(audit.total_bytes().unwrap(), 4);
+    }
+
+    #[test]
+    fn the_size_bound_deletes_the_oldest_finished_records_in_batches() {
+        let db = StateDb::in_memory().unwrap();
+        let audit = db.audit().with_max_bytes(100);
+        let record = |_| vec![b'x'; 10];
+        audit.append(true, record).unwrap(); // 1: unfinished, never deleted
+        for _ in 0..9 {
+            audit.append(false, record).unwrap(); // 2..=10
+        }
+        assert_eq!(audit.total_bytes().unwrap(), 100);
+        // 110 > 100: free 10 + 10 (a tenth) bytes, the oldest finished first.
+        audit.append(false, record).unwrap();
+        assert_eq!(audit.total_bytes().unwrap(), 90);
+        let ids: Vec<u64> = audit
+            .newest_first()
+            .unwrap()
+            .map(|e| e.unwrap().0)
+            .collect();
+        assert_eq!(ids, [11, 10, 9, 8, 7, 6, 5, 4, 1]);
+        // A rewrite counts too, and leaves unfinished records alone.
+        assert!(
+            audit
+                .rewrite(4, |_| Ok::<_, StateError>(vec![b'y'; 15]))
+                .unwrap()
+        );
+        assert!(!audit.rewrite(1, |_| Ok::<_, StateError>(vec![])).unwrap());
+        assert!(!audit.rewrite(2, |_| Ok::<_, StateError>(vec![])).unwrap());
+        assert_eq!(audit.total_bytes().unwrap(), 95);
+        // Reopened without a bound, nothing is deleted.
+        let unbounded = db.audit();
+        for _ in 0..10 {
+            unbounded.append(false, record).unwrap();
+        }
+        assert_eq!(unbounded.total_bytes().unwrap(), 195);
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! <data dir>/
-//!   state.redb   rule state, alert groups, the audit log (StateDb; one process at a time)
+//!   state.redb   rule state, tracked alerts, the audit log (StateDb; one process at a time)
 //!   cache/       compiled rules (runtime::CompileCache), shared by `vigil run` and `vigil test`
 //! ```
 

@@ -7,10 +7,11 @@
 //! <data dir>/
 //!   state.redb                     one redb file, one process at a time
 //!     rule_state                   (rule, key) -> value            rules.rs   RuleState, PendingWrites
-//!     alert_groups                 (rule, target) -> group, JSON   alerts.rs  StateDb::save_alert_group, alert_groups
+//!     alerts                       (rule, target, fingerprint)     alerts.rs  StateDb::save_alerts, saved_alerts
+//!                                  -> one tracked alert, JSON
 //!     action_audit                 id -> record, JSON              audit.rs   AuditTable (actions::AuditLog on top)
 //!     action_audit_unfinished      ids still `started`
-//!     action_audit_meta            next_id
+//!     action_audit_meta            next_id, bytes (the records' total size)
 //!   cache/                         compiled rules                  data_dir.rs  DataDir::cache (runtime::CompileCache)
 //! ```
 //!
@@ -18,8 +19,8 @@
 //! |---|---|---|
 //! | [`StateDb`] (here) | every table exists once `open` or `in_memory` returns; each write below commits in one durable transaction; [`StateError`] is the one error for a failed database | let code outside `state/` use redb: other modules get typed calls |
 //! | `rules` | each rule sees only its own namespace; a call's writes ([`PendingWrites`]) commit together when it returns and are dropped when it fails; sizes are capped per key, value and rule ([`MAX_KEY_BYTES`], [`MAX_VALUE_BYTES`], [`MAX_RULE_BYTES`]) | store a write that breaks a limit, or half a call |
-//! | `alerts` | a (rule, target) alert group is saved or removed whole | interpret the JSON: it is `alerts::Tracker`'s |
-//! | `audit` ([`AuditTable`]) | ids start at 1 and only go up, across restarts and pruning; a record and its unfinished mark are written together, and a finish clears the mark with the new record; pruning keeps every unfinished record | finish a record twice; know what a record says (see below) |
+//! | `alerts` | one row per tracked alert; what changed in a (rule, target) group is saved in one transaction; the old whole-group table is handed over once and dropped | interpret the JSON: it is `alerts::Tracker`'s |
+//! | `audit` ([`AuditTable`]) | ids start at 1 and only go up, across restarts and pruning; a record and its unfinished mark are written together, and a finish clears the mark with the new record; the records' total size is kept with them, and a size bound is enforced in the append that breaks it; pruning keeps every unfinished record | finish a record twice; know what a record says (see below) |
 //! | `data_dir` ([`DataDir`]) | the layout above, in one place; errors name the path and hint at the fix | create an empty database for a command that only reads one ([`DataDir::open_existing_state`]) |
 //!
 //! **Why the audit storage deals in bytes.** `actions` is built on `state`,
@@ -43,6 +44,7 @@ use std::sync::Arc;
 
 use redb::Database;
 
+pub use alerts::SavedAlert;
 pub use audit::{AuditTable, Finish};
 pub use data_dir::{DataDir, DataDirError};
 pub use rules::{MAX_KEY_BYTES, MAX_RULE_BYTES, MAX_VALUE_BYTES, PendingWrites, RuleState};
@@ -61,7 +63,7 @@ impl<E: Into<redb::Error>> From<E> for StateError {
     }
 }
 
-/// The state database: rule state, alert groups and the audit log's
+/// The state database: rule state, tracked alerts and the audit log's
 /// tables. Cheap to clone (the handles share one open database).
 #[derive(Clone)]
 pub struct StateDb {
@@ -85,10 +87,11 @@ impl StateDb {
     fn init(db: Database) -> Result<Self, StateError> {
         let txn = db.begin_write()?;
         txn.open_table(rules::TABLE)?;
-        txn.open_table(alerts::ALERT_GROUPS)?;
+        txn.open_table(alerts::ALERTS)?;
         txn.open_table(audit::RECORDS)?;
         txn.open_table(audit::UNFINISHED)?;
         txn.open_table(audit::META)?;
+        audit::count_bytes(&txn)?;
         txn.commit()?;
         Ok(StateDb { db: Arc::new(db) })
     }
