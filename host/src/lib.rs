@@ -62,6 +62,7 @@ pub mod duration;
 pub mod hash;
 pub mod http;
 pub mod names;
+pub mod process;
 pub mod watch;
 
 // The command line and the rule authors' tools.
