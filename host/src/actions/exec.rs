@@ -13,7 +13,7 @@
 //! - **Bounded time.** At its timeout the process is killed with SIGKILL,
 //!   together with everything it started in its process group, and reaped
 //!   before the outcome (`timed-out`) is returned. A future dropped mid-run
-//!   kills the process too (`kill_on_drop`).
+//!   kills the group too.
 //! - **Bounded output.** At most [`MAX_OUTPUT_BYTES`] each of stdout and
 //!   stderr are kept; the rest is read and discarded so the child never
 //!   blocks on a full pipe. Once the process has exited, output still held

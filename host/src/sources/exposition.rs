@@ -31,7 +31,7 @@ use std::fmt;
 use crate::runtime::{Label, Metric};
 
 /// Most characters of a refused line quoted in the reason.
-const QUOTED_CHARS: usize = 80;
+pub const QUOTED_CHARS: usize = 80;
 
 /// Why a page was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,13 +76,15 @@ pub fn parse(text: &str, max_series: usize) -> Result<Vec<Metric>, PageError> {
     let mut eof_at = None;
     for (index, raw) in text.split('\n').enumerate() {
         let number = index + 1;
-        let line = raw.strip_suffix('\r').unwrap_or(raw);
+        let raw = raw.strip_suffix('\r').unwrap_or(raw);
         let fail = |problem: String| PageError::Line {
             number,
-            text: quote(line),
+            text: quote(raw),
             problem,
         };
-        if line.trim().is_empty() {
+        // Indentation is not meaning: Prometheus reads past it too.
+        let line = raw.trim_start_matches([' ', '\t']);
+        if line.trim_end().is_empty() {
             continue;
         }
         if let Some(eof) = eof_at {
@@ -438,7 +440,7 @@ go_gc_duration_seconds{quantile="0.5"} NaN
 
     #[test]
     fn a_bad_line_names_its_number_and_text() {
-        let page = "a 1\nb 2\nthis is not a metric !!\nc 3\n";
+        let page = "a 1\n  b 2\nthis is not a metric !!\nc 3\n";
         assert_eq!(
             refused(page),
             "malformed page at line 3: invalid value `is`: `this is not a metric !!`"
