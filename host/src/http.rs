@@ -1,4 +1,4 @@
-//! What the HTTP source and the HTTP action executor share: reading a
+//! What the HTTP sources and the HTTP action executor share: reading a
 //! response body without letting the other side decide how much memory the
 //! host spends on it.
 
@@ -16,8 +16,9 @@ pub struct CappedBody {
 /// truncated; dropping the response then closes the connection, so a huge
 /// or endless body costs one chunk past the cap, not its size.
 ///
-/// The caller decides what a truncated body means: the `http-json` source
-/// refuses it, an HTTP action keeps the start as its output excerpt. Bound
+/// The caller decides what a truncated body means: the HTTP sources
+/// (`http-json`, `prometheus`, through `sources/fetch.rs`) refuse it, an
+/// HTTP action keeps the start as its output excerpt. Bound
 /// the time with the request's timeout: this waits for as long as the
 /// server takes to send each chunk.
 pub async fn read_body_capped(

@@ -38,7 +38,7 @@
 //! - beside it: [`actions`] (remediation the rules ask for), [`state`] (the
 //!   one database), [`config`] (settings and their reload);
 //! - shared by all: [`names`], [`clock`], [`duration`], [`size`], [`hash`],
-//!   [`http`], [`text`], [`watch`];
+//!   [`http`], [`process`], [`text`], [`watch`];
 //! - the rule authors' tools: [`cli`], [`casefile`] (`vigil test`),
 //!   [`scaffold`] (`vigil new`).
 
@@ -62,6 +62,7 @@ pub mod duration;
 pub mod hash;
 pub mod http;
 pub mod names;
+pub mod process;
 pub mod size;
 pub mod text;
 pub mod watch;

@@ -4,7 +4,8 @@
 //! [`DryRunExecutor`] only says what would have run. Both sit behind the
 //! [`Executor`] trait so the pipeline (and its tests) can swap them.
 //!
-//! Guarantees of the real executor:
+//! Guarantees of the real executor (commands run through
+//! [`crate::process`], which `command` checks share):
 //! - **No shell, no interpretation.** A command is started from its argv
 //!   with `tokio::process::Command`; each element (the gate filled the
 //!   placeholders in) reaches the program as exactly one argument. `;`,
@@ -12,7 +13,7 @@
 //! - **Bounded time.** At its timeout the process is killed with SIGKILL,
 //!   together with everything it started in its process group, and reaped
 //!   before the outcome (`timed-out`) is returned. A future dropped mid-run
-//!   kills the process too (`kill_on_drop`).
+//!   kills the group too.
 //! - **Bounded output.** At most [`MAX_OUTPUT_BYTES`] each of stdout and
 //!   stderr are kept; the rest is read and discarded so the child never
 //!   blocks on a full pipe. Once the process has exited, output still held
@@ -24,24 +25,20 @@
 //!
 //! It refuses nothing itself: deciding is the gate's job.
 
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::gate::{HttpCall, Invocation, Reason, Run, Status};
 use crate::clock::now_ms;
 use crate::http::read_body_capped;
+use crate::process::{self, Bounds, End, Environment, Overflow, Stream};
 use crate::runtime::{ActionOutcome, Label};
 
 /// Most bytes of stdout, and of stderr, (or of an HTTP response body) kept.
 pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
 
-/// How long output is still read after the process has exited (or was
-/// killed), when something it started keeps the pipe open.
-pub const OUTPUT_GRACE: Duration = Duration::from_millis(500);
+pub use crate::process::OUTPUT_GRACE;
 
 /// What happened to one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,179 +151,80 @@ impl Executor for RealExecutor {
     }
 }
 
-/// Runs `argv` directly (no shell) for at most `timeout`. `spawned` gets the
-/// child's pid (tests use it to check the process is gone).
+/// Runs `argv` directly (no shell) for at most `timeout` (see
+/// [`crate::process`]). `spawned` gets the child's pid (tests use it to
+/// check the process is gone).
 pub(crate) async fn run_command(
     argv: &[String],
     timeout: Duration,
     spawned: impl FnOnce(u32),
 ) -> Outcome {
     let started_ms = now_ms();
-    let ended = |status, detail: String, exit_code, output_excerpt| Outcome {
+    let bounds = Bounds {
+        timeout,
+        max_output_bytes: MAX_OUTPUT_BYTES,
+        overflow: Overflow::Drain,
+        environment: Environment::Inherit,
+    };
+    let program = argv.first().map_or("", String::as_str);
+    let (status, detail, exit_code, output) = match process::run(argv, &bounds, spawned).await {
+        Err(reason) => (Status::Failed, reason, None, String::new()),
+        Ok(finished) => {
+            let (status, detail, exit_code) = match finished.end {
+                End::Exited(0) => (
+                    Status::Succeeded,
+                    "exited with status 0".to_string(),
+                    Some(0),
+                ),
+                End::Exited(code) => (
+                    Status::Failed,
+                    format!("exited with status {code}"),
+                    Some(code),
+                ),
+                End::Signaled(signal) => {
+                    (Status::Failed, format!("killed by signal {signal}"), None)
+                }
+                End::WaitFailed(error) => (
+                    Status::Failed,
+                    format!("waiting for `{program}` failed: {error}"),
+                    None,
+                ),
+                End::TimedOut => {
+                    let timeout = humantime::format_duration(timeout);
+                    (
+                        Status::TimedOut,
+                        format!("did not finish within {timeout}; killed"),
+                        None,
+                    )
+                }
+                // Drained, never killed for it.
+                End::Overflowed(stream) => (
+                    Status::Failed,
+                    format!("printed too much on {stream}"),
+                    None,
+                ),
+            };
+            let mut output = finished.stdout.excerpt(Stream::Stdout);
+            let stderr = finished.stderr.excerpt(Stream::Stderr);
+            if !stderr.is_empty() {
+                if !output.is_empty() && !output.ends_with('\n') {
+                    output.push('\n');
+                }
+                output.push_str("--- stderr ---\n");
+                output.push_str(&stderr);
+            }
+            (status, detail, exit_code, output)
+        }
+    };
+    Outcome {
         status,
         report: RunReport {
             detail,
             exit_code,
-            output_excerpt,
+            output_excerpt: output,
             started_ms,
             finished_ms: now_ms(),
         },
-    };
-    let Some((program, args)) = argv.split_first() else {
-        return ended(Status::Failed, "empty argv".into(), None, String::new());
-    };
-    let mut command = tokio::process::Command::new(program);
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        // Its own process group, so a timeout kills what it started too.
-        .process_group(0);
-    let mut child = match command.spawn() {
-        Ok(child) => child,
-        Err(error) => {
-            return ended(
-                Status::Failed,
-                format!("cannot start `{program}`: {error}"),
-                None,
-                String::new(),
-            );
-        }
-    };
-    let pid = child.id();
-    if let Some(pid) = pid {
-        spawned(pid);
-    }
-    let stdout = Capture::start(child.stdout.take());
-    let stderr = Capture::start(child.stderr.take());
-
-    let (status, detail, exit_code) = match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(Ok(exit)) => match exit.code() {
-            Some(0) => (
-                Status::Succeeded,
-                "exited with status 0".to_string(),
-                Some(0),
-            ),
-            Some(code) => (
-                Status::Failed,
-                format!("exited with status {code}"),
-                Some(code),
-            ),
-            None => {
-                use std::os::unix::process::ExitStatusExt;
-                let signal = exit.signal().unwrap_or(0);
-                (Status::Failed, format!("killed by signal {signal}"), None)
-            }
-        },
-        Ok(Err(error)) => {
-            kill(&mut child, pid).await;
-            (
-                Status::Failed,
-                format!("waiting for `{program}` failed: {error}"),
-                None,
-            )
-        }
-        Err(_) => {
-            kill(&mut child, pid).await;
-            let timeout = humantime::format_duration(timeout);
-            (
-                Status::TimedOut,
-                format!("did not finish within {timeout}; killed"),
-                None,
-            )
-        }
-    };
-    let stdout = stdout.finish("stdout").await;
-    let stderr = stderr.finish("stderr").await;
-    let mut output = stdout;
-    if !stderr.is_empty() {
-        if !output.is_empty() && !output.ends_with('\n') {
-            output.push('\n');
-        }
-        output.push_str("--- stderr ---\n");
-        output.push_str(&stderr);
-    }
-    ended(status, detail, exit_code, output)
-}
-
-/// SIGKILL to the child's process group, then to the child itself, and
-/// wait for it so no zombie is left.
-async fn kill(child: &mut tokio::process::Child, pid: Option<u32>) {
-    use rustix::process::{Pid, Signal, kill_process_group};
-    // Never 0 or 1: `kill(-1)` would signal every process we may signal.
-    let group = pid
-        .and_then(|pid| i32::try_from(pid).ok())
-        .filter(|&pid| pid > 1)
-        .and_then(Pid::from_raw);
-    if let Some(group) = group {
-        // The group may be gone already; the child itself is killed below.
-        let _ = kill_process_group(group, Signal::KILL);
-    }
-    // Sends SIGKILL if it is still there, then reaps it.
-    let _ = child.kill().await;
-}
-
-/// Reads a pipe to its end in the background, keeping the first
-/// [`MAX_OUTPUT_BYTES`] and counting the rest.
-struct Capture {
-    buffer: Arc<Mutex<Captured>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-#[derive(Default)]
-struct Captured {
-    kept: Vec<u8>,
-    dropped: u64,
-}
-
-impl Capture {
-    fn start(pipe: Option<impl AsyncRead + Unpin + Send + 'static>) -> Self {
-        let buffer = Arc::new(Mutex::new(Captured::default()));
-        let task = pipe.map(|pipe| tokio::spawn(read_capped(pipe, buffer.clone())));
-        Capture { buffer, task }
-    }
-
-    /// Waits for the end of the output ([`OUTPUT_GRACE`] at most) and
-    /// returns what was kept, with a note of what was not.
-    async fn finish(self, name: &str) -> String {
-        let mut complete = true;
-        if let Some(mut task) = self.task
-            && tokio::time::timeout(OUTPUT_GRACE, &mut task).await.is_err()
-        {
-            task.abort();
-            complete = false;
-        }
-        let captured = self.buffer.lock().expect("capture lock");
-        let mut text = String::from_utf8_lossy(&captured.kept).into_owned();
-        if captured.dropped > 0 {
-            text.push_str(&format!(
-                "\n[{} more bytes of {name} not kept]",
-                captured.dropped
-            ));
-        }
-        if !complete {
-            text.push_str(&format!(
-                "\n[{name} still open after the process ended; stopped reading]"
-            ));
-        }
-        text
-    }
-}
-
-async fn read_capped(mut pipe: impl AsyncRead + Unpin, buffer: Arc<Mutex<Captured>>) {
-    let mut chunk = vec![0; 16 * 1024];
-    loop {
-        let read = match pipe.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(read) => read,
-        };
-        let mut captured = buffer.lock().expect("capture lock");
-        let room = MAX_OUTPUT_BYTES - captured.kept.len();
-        let kept = read.min(room);
-        captured.kept.extend_from_slice(&chunk[..kept]);
-        captured.dropped += (read - kept) as u64;
     }
 }
 
@@ -403,7 +301,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 mod tests {
     use std::time::Instant;
 
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
     use crate::actions::config::{Mode, parse_actions};

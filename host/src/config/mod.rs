@@ -9,11 +9,22 @@
 //!
 //! [[targets]]
 //! name = "web-01"
-//! kind = "http-json"                   # http-json | local
+//! kind = "http-json"                   # see the kinds below
 //! url = "http://127.0.0.1:8080/status"
 //! interval = "5s"
 //! timeout = "2s"
 //! labels = { team = "payments" }
+//!
+//! [[targets]]
+//! name = "web-01-node"
+//! kind = "prometheus"
+//! url = "http://127.0.0.1:9100/metrics"
+//!
+//! [[targets]]
+//! name = "web-01-load"
+//! kind = "command"
+//! command = ["/usr/lib/nagios/plugins/check_load", "-w", "5,5,5", "-c", "10,10,10"]
+//! timeout = "10s"
 //!
 //! [[rules]]
 //! path = "rules/my_rule.wasm"          # or: builtin = "threshold"
@@ -28,6 +39,15 @@
 //! max_bytes = "256MiB"
 //! refusal_records_per_minute = 60      # per rule; the rest are counted
 //! ```
+//!
+//! Target kinds ([`TargetKind`]):
+//!
+//! | kind | polls | settings |
+//! |---|---|---|
+//! | `http-json` | `GET url`, a JSON object of numbers | `url`, `timeout` (2s), `max_body_bytes` (1 MiB) |
+//! | `prometheus` | `GET url`, a `/metrics` page (Prometheus text or OpenMetrics) | `url`, `timeout` (2s), `max_body_bytes` (1 MiB) |
+//! | `command` | a check program, the Nagios plugin convention | `command` (argv), `timeout` (10s), `max_output_bytes` (64 KiB) |
+//! | `local` | this machine | none |
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -63,6 +83,15 @@ pub const DEFAULT_RELOAD_DEBOUNCE: Duration = Duration::from_millis(20);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Largest status body accepted when a target does not set a limit.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// How long a `command` check may run when the target does not say: the
+/// default of the Nagios plugins' own `-t`.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most bytes of a check's stdout, and of its stderr, when the target does
+/// not say. A Nagios plugin prints a line or a few.
+pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 64 * 1024;
+/// The sample label that carries a `command` check's status text; a
+/// `command` target may not set it itself.
+pub const CHECK_OUTPUT_LABEL: &str = "check_output";
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -166,6 +195,24 @@ pub enum TargetKind {
         timeout: Duration,
         /// Bodies larger than this are refused.
         max_body_bytes: usize,
+    },
+    /// `GET url`, expecting a Prometheus or OpenMetrics text page.
+    Prometheus {
+        /// The `/metrics` endpoint.
+        url: reqwest::Url,
+        /// Deadline for the whole request, body included.
+        timeout: Duration,
+        /// Pages larger than this are refused.
+        max_body_bytes: usize,
+    },
+    /// A check program run on every poll (the Nagios plugin convention).
+    Command {
+        /// The program (an absolute path) and its arguments; no shell.
+        argv: Vec<String>,
+        /// It is killed, with its process group, after this.
+        timeout: Duration,
+        /// More than this on stdout or on stderr is refused.
+        max_output_bytes: usize,
     },
     /// This machine: CPU, memory, load and disks.
     Local,
@@ -482,6 +529,8 @@ struct TargetConfig {
     interval: Option<ConfigDuration>,
     timeout: Option<ConfigDuration>,
     max_body_bytes: Option<usize>,
+    command: Option<Vec<String>>,
+    max_output_bytes: Option<usize>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
 }
@@ -490,7 +539,29 @@ struct TargetConfig {
 #[serde(rename_all = "kebab-case")]
 enum KindName {
     HttpJson,
+    Prometheus,
+    Command,
     Local,
+}
+
+impl KindName {
+    fn name(self) -> &'static str {
+        match self {
+            KindName::HttpJson => "http-json",
+            KindName::Prometheus => "prometheus",
+            KindName::Command => "command",
+            KindName::Local => "local",
+        }
+    }
+
+    /// The kind-specific settings it takes.
+    fn settings(self) -> &'static [&'static str] {
+        match self {
+            KindName::HttpJson | KindName::Prometheus => &["url", "timeout", "max_body_bytes"],
+            KindName::Command => &["command", "timeout", "max_output_bytes"],
+            KindName::Local => &[],
+        }
+    }
 }
 
 impl TargetConfig {
@@ -507,34 +578,94 @@ impl TargetConfig {
         for label in self.labels.keys() {
             check_label_name(label)?;
         }
+        let kind_name = self.kind.name();
+        for (field, set) in [
+            ("url", self.url.is_some()),
+            ("timeout", self.timeout.is_some()),
+            ("max_body_bytes", self.max_body_bytes.is_some()),
+            ("command", self.command.is_some()),
+            ("max_output_bytes", self.max_output_bytes.is_some()),
+        ] {
+            if set && !self.kind.settings().contains(&field) {
+                let owners: Vec<String> =
+                    [KindName::HttpJson, KindName::Prometheus, KindName::Command]
+                        .into_iter()
+                        .filter(|kind| kind.settings().contains(&field))
+                        .map(|kind| format!("`{}`", kind.name()))
+                        .collect();
+                let owners = match owners.split_last() {
+                    Some((last, [])) => format!("kind {last}"),
+                    Some((last, rest)) => format!("kinds {} and {last}", rest.join(", ")),
+                    None => "no kind".into(),
+                };
+                return Err(format!(
+                    "kind `{kind_name}` takes no `{field}`\nhint: `{field}` is a setting of {owners}"
+                ));
+            }
+        }
         let kind = match self.kind {
-            KindName::HttpJson => {
-                let url = self.url.ok_or(
-                    "kind `http-json` needs a `url`, e.g. \"http://127.0.0.1:8080/status\"",
-                )?;
+            KindName::HttpJson | KindName::Prometheus => {
+                let example = if self.kind == KindName::HttpJson {
+                    "http://127.0.0.1:8080/status"
+                } else {
+                    "http://127.0.0.1:9100/metrics"
+                };
+                let url = self.url.ok_or_else(|| {
+                    format!("kind `{kind_name}` needs a `url`, e.g. \"{example}\"")
+                })?;
                 let url = reqwest::Url::parse(&url)
                     .map_err(|error| format!("invalid url `{url}`: {error}"))?;
                 if !matches!(url.scheme(), "http" | "https") {
                     return Err(format!("url `{url}` must be http:// or https://"));
                 }
-                TargetKind::HttpJson {
-                    url,
-                    timeout: self.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0),
-                    max_body_bytes: self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
-                }
-            }
-            KindName::Local => {
-                for (field, set) in [
-                    ("url", self.url.is_some()),
-                    ("timeout", self.timeout.is_some()),
-                    ("max_body_bytes", self.max_body_bytes.is_some()),
-                ] {
-                    if set {
-                        return Err(format!("kind `local` takes no `{field}`"));
+                let timeout = self.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0);
+                let max_body_bytes = self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+                if self.kind == KindName::HttpJson {
+                    TargetKind::HttpJson {
+                        url,
+                        timeout,
+                        max_body_bytes,
+                    }
+                } else {
+                    TargetKind::Prometheus {
+                        url,
+                        timeout,
+                        max_body_bytes,
                     }
                 }
-                TargetKind::Local
             }
+            KindName::Command => {
+                const EXAMPLE: &str = "hint: e.g. command = [\"/usr/lib/nagios/plugins/check_load\", \"-w\", \"5,5,5\", \"-c\", \"10,10,10\"]";
+                let argv = self.command.unwrap_or_default();
+                let Some(program) = argv.first() else {
+                    return Err(format!(
+                        "kind `command` needs a `command`: the program and its arguments\n{EXAMPLE}"
+                    ));
+                };
+                if !Path::new(program).is_absolute() {
+                    return Err(format!(
+                        "command `{program}` must be an absolute path: checks run with a minimal PATH and no shell\n{EXAMPLE}"
+                    ));
+                }
+                if self.labels.contains_key(CHECK_OUTPUT_LABEL) {
+                    return Err(format!(
+                        "label `{CHECK_OUTPUT_LABEL}` is set by kind `command` (the check's status text)\nhint: rename the label"
+                    ));
+                }
+                let max_output_bytes = self.max_output_bytes.unwrap_or(DEFAULT_MAX_OUTPUT_BYTES);
+                if max_output_bytes == 0 {
+                    return Err(
+                        "`max_output_bytes` of 0 refuses every check's output\nhint: leave it out for 64 KiB"
+                            .into(),
+                    );
+                }
+                TargetKind::Command {
+                    argv,
+                    timeout: self.timeout.map_or(DEFAULT_COMMAND_TIMEOUT, |d| d.0),
+                    max_output_bytes,
+                }
+            }
+            KindName::Local => TargetKind::Local,
         };
         Ok(TargetSpec {
             name: self.name.into(),
@@ -893,6 +1024,105 @@ path = "rules/disk.wasm"
         assert!(unit.contains("line 5"), "{unit}");
         let typo = error("[audit]\nmax_size = \"1GiB\"\n");
         assert!(typo.contains("unknown field `max_size`"), "{typo}");
+    }
+
+    #[test]
+    fn prometheus_and_command_targets() {
+        let settings = parse(
+            r#"
+[[targets]]
+name = "node"
+kind = "prometheus"
+url = "http://127.0.0.1:9100/metrics"
+max_body_bytes = 4194304
+
+[[targets]]
+name = "load"
+kind = "command"
+command = ["/usr/lib/nagios/plugins/check_load", "-w", "5,5,5", "-c", "10,10,10"]
+max_output_bytes = 4096
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            settings.targets[0].kind,
+            TargetKind::Prometheus {
+                url: "http://127.0.0.1:9100/metrics".parse().unwrap(),
+                timeout: DEFAULT_TIMEOUT,
+                max_body_bytes: 4 << 20,
+            }
+        );
+        assert_eq!(
+            settings.targets[1].kind,
+            TargetKind::Command {
+                argv: [
+                    "/usr/lib/nagios/plugins/check_load",
+                    "-w",
+                    "5,5,5",
+                    "-c",
+                    "10,10,10"
+                ]
+                .map(String::from)
+                .to_vec(),
+                timeout: DEFAULT_COMMAND_TIMEOUT,
+                max_output_bytes: 4096,
+            }
+        );
+    }
+
+    #[test]
+    fn prometheus_and_command_errors_name_the_target_and_hint() {
+        let error = |text: &str| parse(text).unwrap_err().to_string();
+        let target = |kind: &str, rest: &str| {
+            format!(
+                "[[targets]]\nname = \"a\"\nkind = \"local\"\n\n[[targets]]\nname = \"t\"\nkind = \"{kind}\"\n{rest}"
+            )
+        };
+        assert_eq!(
+            error(&target("prometheus", "")),
+            "/etc/vigil/vigil.toml:5: target `t`: kind `prometheus` needs a `url`, e.g. \"http://127.0.0.1:9100/metrics\""
+        );
+        assert_eq!(
+            error(&target("command", "")),
+            "/etc/vigil/vigil.toml:5: target `t`: kind `command` needs a `command`: the program and its arguments\nhint: e.g. command = [\"/usr/lib/nagios/plugins/check_load\", \"-w\", \"5,5,5\", \"-c\", \"10,10,10\"]"
+        );
+        assert!(error(&target("command", "command = []\n")).contains("needs a `command`"));
+        let relative = error(&target("command", "command = [\"check_load\"]\n"));
+        assert!(
+            relative.starts_with("/etc/vigil/vigil.toml:5: target `t`: command `check_load` must be an absolute path: checks run with a minimal PATH and no shell\nhint: e.g."),
+            "{relative}"
+        );
+        assert_eq!(
+            error(&target(
+                "command",
+                "command = [\"/bin/true\"]\nurl = \"http://x/\"\n"
+            )),
+            "/etc/vigil/vigil.toml:5: target `t`: kind `command` takes no `url`\nhint: `url` is a setting of kinds `http-json` and `prometheus`"
+        );
+        assert_eq!(
+            error(&target(
+                "prometheus",
+                "url = \"http://x/\"\nmax_output_bytes = 5\n"
+            )),
+            "/etc/vigil/vigil.toml:5: target `t`: kind `prometheus` takes no `max_output_bytes`\nhint: `max_output_bytes` is a setting of kind `command`"
+        );
+        assert_eq!(
+            error(&target("local", "timeout = \"1s\"\n")),
+            "/etc/vigil/vigil.toml:5: target `t`: kind `local` takes no `timeout`\nhint: `timeout` is a setting of kinds `http-json`, `prometheus` and `command`"
+        );
+        let reserved = error(&target(
+            "command",
+            "command = [\"/bin/true\"]\nlabels = { check_output = \"x\" }\n",
+        ));
+        assert!(
+            reserved.contains("target `t`: label `check_output` is set by kind `command`"),
+            "{reserved}"
+        );
+        let zero = error(&target(
+            "command",
+            "command = [\"/bin/true\"]\nmax_output_bytes = 0\n",
+        ));
+        assert!(zero.contains("`max_output_bytes` of 0"), "{zero}");
     }
 
     #[test]

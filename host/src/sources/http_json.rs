@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{Source, describe};
-use crate::http::read_body_capped;
+use super::fetch::CappedGet;
+use super::{Reading, Source};
 use crate::runtime::Metric;
 
 /// Most metrics taken from one body; past this the body is refused, since a
@@ -20,85 +20,21 @@ pub const MAX_METRICS: usize = 10_000;
 
 /// Polls one URL.
 pub struct HttpJsonSource {
-    client: reqwest::Client,
-    url: reqwest::Url,
-    timeout: Duration,
-    max_body_bytes: usize,
+    get: CappedGet,
 }
 
 impl HttpJsonSource {
     /// A source for `url` with a whole-request `timeout` and a body cap.
     pub fn new(url: reqwest::Url, timeout: Duration, max_body_bytes: usize) -> Self {
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("vigil/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("a default HTTP client builds");
         HttpJsonSource {
-            client,
-            url,
-            timeout,
-            max_body_bytes,
+            get: CappedGet::new(url, timeout, max_body_bytes),
         }
-    }
-
-    async fn fetch(&self) -> Result<Vec<u8>, String> {
-        let mut response = self
-            .client
-            .get(self.url.clone())
-            .timeout(self.timeout)
-            .send()
-            .await
-            .map_err(|error| self.describe_error(&error))?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(format!("HTTP {status} from {}", self.url));
-        }
-        if let Some(length) = response.content_length()
-            && length > self.max_body_bytes as u64
-        {
-            return Err(self.too_large());
-        }
-        let body = read_body_capped(&mut response, self.max_body_bytes)
-            .await
-            .map_err(|error| self.describe_error(&error))?;
-        if body.truncated {
-            return Err(self.too_large());
-        }
-        Ok(body.bytes)
-    }
-
-    fn too_large(&self) -> String {
-        format!(
-            "body larger than {} bytes (max_body_bytes)",
-            self.max_body_bytes
-        )
-    }
-
-    fn describe_error(&self, error: &reqwest::Error) -> String {
-        if error.is_timeout() {
-            return format!(
-                "timed out after {} waiting for {}",
-                describe(self.timeout),
-                self.url
-            );
-        }
-        // The innermost cause says what happened ("Connection refused").
-        let mut cause: &dyn std::error::Error = error;
-        while let Some(source) = cause.source() {
-            cause = source;
-        }
-        let what = if error.is_connect() {
-            "cannot connect to"
-        } else {
-            "request failed for"
-        };
-        format!("{what} {}: {cause}", self.url)
     }
 }
 
 impl Source for HttpJsonSource {
-    async fn poll(&mut self) -> Result<Vec<Metric>, String> {
-        let body = self.fetch().await?;
+    async fn poll(&mut self) -> Result<Reading, String> {
+        let body = self.get.fetch().await?;
         let value: Value =
             serde_json::from_slice(&body).map_err(|error| format!("invalid JSON: {error}"))?;
         if !value.is_object() {
@@ -114,7 +50,7 @@ impl Source for HttpJsonSource {
                 metrics.len()
             ));
         }
-        Ok(metrics)
+        Ok(metrics.into())
     }
 }
 

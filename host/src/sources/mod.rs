@@ -4,10 +4,26 @@
 //! A failed poll is not an error to swallow: it becomes a sample whose
 //! health is `down` with the reason, so rules can alert on it. Each target
 //! runs in its own task, so a slow or dead target never delays another.
+//!
+//! | kind | module |
+//! |---|---|
+//! | `http-json` | [`http_json`]: a JSON object of numbers |
+//! | `prometheus` | [`prometheus`]: a `/metrics` page, parsed by [`exposition`] |
+//! | `command` | [`command`]: a Nagios plugin, its output parsed by [`perfdata`] |
+//! | `local` | [`local`]: this machine |
+//!
+//! A metric's labels tell its series apart (`node_cpu_seconds_total` with
+//! `cpu=0,mode=idle`; a check's `load1` with its `unit`), in every kind:
+//! names stay the names the source printed.
 
-mod http_json;
-mod local;
+pub mod command;
+pub mod exposition;
+mod fetch;
+pub mod http_json;
+pub mod local;
+pub mod perfdata;
 mod pollers;
+pub mod prometheus;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,9 +32,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 
+pub use command::CommandSource;
 pub use http_json::{HttpJsonSource, flatten};
 pub use local::LocalSource;
 pub use pollers::Pollers;
+pub use prometheus::PrometheusSource;
 
 use crate::clock::now_ms;
 use crate::config::{TargetKind, TargetSpec};
@@ -27,7 +45,26 @@ use crate::runtime::{Health, Label, Metric, Sample};
 /// Something that can be polled for metrics.
 pub trait Source: Send + 'static {
     /// Takes one reading. `Err` is the reason the target counts as down.
-    fn poll(&mut self) -> impl Future<Output = Result<Vec<Metric>, String>> + Send;
+    fn poll(&mut self) -> impl Future<Output = Result<Reading, String>> + Send;
+}
+
+/// What one successful poll read.
+#[derive(Debug, Clone, Default)]
+pub struct Reading {
+    /// The metrics.
+    pub metrics: Vec<Metric>,
+    /// Labels for this sample only, beside the target's (a check's
+    /// `check_output`). The config keeps their names apart.
+    pub labels: Vec<Label>,
+}
+
+impl From<Vec<Metric>> for Reading {
+    fn from(metrics: Vec<Metric>) -> Self {
+        Reading {
+            metrics,
+            labels: Vec::new(),
+        }
+    }
 }
 
 /// Starts polling `target` every interval, sending each sample to `samples`
@@ -43,6 +80,22 @@ pub fn spawn(
             max_body_bytes,
         } => {
             let source = HttpJsonSource::new(url.clone(), *timeout, *max_body_bytes);
+            tokio::spawn(run(target.clone(), source, samples))
+        }
+        TargetKind::Prometheus {
+            url,
+            timeout,
+            max_body_bytes,
+        } => {
+            let source = PrometheusSource::new(url.clone(), *timeout, *max_body_bytes);
+            tokio::spawn(run(target.clone(), source, samples))
+        }
+        TargetKind::Command {
+            argv,
+            timeout,
+            max_output_bytes,
+        } => {
+            let source = CommandSource::new(argv.clone(), *timeout, *max_output_bytes);
             tokio::spawn(run(target.clone(), source, samples))
         }
         TargetKind::Local => tokio::spawn(run(target.clone(), LocalSource::new(), samples)),
@@ -64,11 +117,19 @@ async fn run<S: Source>(target: TargetSpec, mut source: S, samples: mpsc::Sender
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let result = source.poll().await;
-        if let Err(reason) = &result {
-            tracing::warn!(target = %target.name, reason, "Target is down.");
+        let (result, extra) = match source.poll().await {
+            Ok(reading) => (Ok(reading.metrics), reading.labels),
+            Err(reason) => {
+                tracing::warn!(target = %target.name, reason, "Target is down.");
+                (Err(reason), Vec::new())
+            }
+        };
+        let mut sample = make_sample(&target.name, &labels, result, now_ms());
+        if !extra.is_empty() {
+            sample.labels.extend(extra);
+            // The contract promises labels sorted by name.
+            sample.labels.sort_by(|a, b| a.name.cmp(&b.name));
         }
-        let sample = make_sample(&target.name, &labels, result, now_ms());
         if samples.send(Arc::new(sample)).await.is_err() {
             return;
         }

@@ -1,0 +1,102 @@
+//! What the HTTP sources (`http-json`, `prometheus`) share: one `GET` with a
+//! whole-request timeout and a body cap, whose every failure is a reason a
+//! target is down ("timed out after 2s waiting for ...", "HTTP 500 ...",
+//! "body larger than ... (max_body_bytes)").
+//!
+//! The body is read chunk by chunk up to the cap ([`read_body_capped`]), so
+//! a huge or endless page costs one chunk past the cap, never its size.
+
+use std::time::Duration;
+
+use reqwest::header::{ACCEPT, HeaderValue};
+
+use super::describe;
+use crate::http::read_body_capped;
+
+/// A capped `GET` of one URL.
+pub struct CappedGet {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    timeout: Duration,
+    max_body_bytes: usize,
+    accept: Option<HeaderValue>,
+}
+
+impl CappedGet {
+    /// A `GET url` bounded by `timeout` (body included) and `max_body_bytes`.
+    pub fn new(url: reqwest::Url, timeout: Duration, max_body_bytes: usize) -> Self {
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("vigil/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("a default HTTP client builds");
+        CappedGet {
+            client,
+            url,
+            timeout,
+            max_body_bytes,
+            accept: None,
+        }
+    }
+
+    /// Sends this `Accept` header with every request.
+    pub fn accept(mut self, accept: &'static str) -> Self {
+        self.accept = Some(HeaderValue::from_static(accept));
+        self
+    }
+
+    /// The body of a 2xx answer, or the reason there is none.
+    pub async fn fetch(&self) -> Result<Vec<u8>, String> {
+        let mut request = self.client.get(self.url.clone()).timeout(self.timeout);
+        if let Some(accept) = &self.accept {
+            request = request.header(ACCEPT, accept.clone());
+        }
+        let mut response = request
+            .send()
+            .await
+            .map_err(|error| self.describe_error(&error))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("HTTP {status} from {}", self.url));
+        }
+        if let Some(length) = response.content_length()
+            && length > self.max_body_bytes as u64
+        {
+            return Err(self.too_large());
+        }
+        let body = read_body_capped(&mut response, self.max_body_bytes)
+            .await
+            .map_err(|error| self.describe_error(&error))?;
+        if body.truncated {
+            return Err(self.too_large());
+        }
+        Ok(body.bytes)
+    }
+
+    fn too_large(&self) -> String {
+        format!(
+            "body larger than {} bytes (max_body_bytes)",
+            self.max_body_bytes
+        )
+    }
+
+    fn describe_error(&self, error: &reqwest::Error) -> String {
+        if error.is_timeout() {
+            return format!(
+                "timed out after {} waiting for {}",
+                describe(self.timeout),
+                self.url
+            );
+        }
+        // The innermost cause says what happened ("Connection refused").
+        let mut cause: &dyn std::error::Error = error;
+        while let Some(source) = cause.source() {
+            cause = source;
+        }
+        let what = if error.is_connect() {
+            "cannot connect to"
+        } else {
+            "request failed for"
+        };
+        format!("{what} {}: {cause}", self.url)
+    }
+}
