@@ -720,6 +720,29 @@ fn a_refused_version_is_tried_once_until_its_file_changes() {
         "{}",
         refusals[0]
     );
+    // The old version of `a` served all along, and still does.
+    let a_evaluations = |vigil: &Vigil| {
+        vigil
+            .seen
+            .iter()
+            .filter(|v| is_evaluation(v, "web-01") && v["rule"] == "a")
+            .map(|v| (v["rule_version"].as_u64(), v.get("error").is_some()))
+            .collect::<Vec<_>>()
+    };
+    let before = a_evaluations(&vigil).len();
+    vigil.wait_for(
+        "an evaluation of a after the refusal",
+        Duration::from_secs(10),
+        |v| is_evaluation(v, "web-01") && v["rule"] == "a",
+    );
+    let served = a_evaluations(&vigil);
+    assert!(served.len() > before);
+    assert!(
+        served
+            .iter()
+            .all(|&(version, failed)| version == Some(1) && !failed),
+        "{served:?}"
+    );
     // New content is tried.
     std::fs::write(&a, variant_of("fixture_counter", 1)).unwrap();
     vigil.wait_for("a's version 2", Duration::from_secs(10), |v| {
