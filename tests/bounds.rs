@@ -12,7 +12,6 @@ mod common;
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Behavior, StatusServer, Vigil, dir_bytes, fixture, is_alert, rss_kib, toml_path};
@@ -205,24 +204,7 @@ fn fresh_alerts_cannot_grow_the_host_s_memory_or_data() {
 
 /// `vigil audit --format json` over a stopped vigil's data directory.
 fn audit(data: &Path, format: &str) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args([
-            "audit",
-            "--format",
-            format,
-            "--limit",
-            "100000",
-            "--data-dir",
-        ])
-        .arg(data)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
+    common::run_audit(data, format, &[])
 }
 
 fn records(data: &Path) -> Vec<Value> {

@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::{Behavior, StatusServer, Vigil, fixture, toml_path, web_target};
@@ -50,19 +49,7 @@ fn enforcing(rules: &str, actions: &str) -> Setup {
 
 /// `vigil audit` over a stopped vigil's data directory, as JSON records.
 fn audit(data: &Path, filters: &[&str]) -> Vec<Value> {
-    let output = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["audit", "--format", "json", "--limit", "1000", "--data-dir"])
-        .arg(data)
-        .args(filters)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .unwrap()
+    common::run_audit(data, "json", filters)
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect()

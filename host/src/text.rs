@@ -6,6 +6,7 @@
 //! and an escape sequence could rewrite what a terminal shows. [`one_line`]
 //! escapes every such character, so what a rule says stays inside the line
 //! the host gave it. JSON output needs none of this: its encoder escapes.
+//! [`prefix`] cuts text to a byte budget without splitting a character.
 
 use std::borrow::Cow;
 use std::fmt::Write;
@@ -32,6 +33,19 @@ pub fn one_line(text: &str) -> Cow<'_, str> {
     Cow::Owned(escaped)
 }
 
+/// The longest prefix of `text` of at most `max` bytes that ends on a
+/// character boundary.
+pub fn prefix(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 fn needs_escape(c: char) -> bool {
     c.is_control()
         // Line and paragraph separators, and the bidirectional overrides
@@ -42,6 +56,13 @@ fn needs_escape(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prefix_never_splits_a_character() {
+        assert_eq!(prefix("añb", 2), "a");
+        assert_eq!(prefix("añb", 3), "añ");
+        assert_eq!(prefix("ab", 5), "ab");
+    }
 
     #[test]
     fn plain_text_is_not_copied() {

@@ -444,3 +444,27 @@ pub fn componentize_py() -> PathBuf {
         _ => PathBuf::from("componentize-py"),
     }
 }
+
+/// `vigil audit` over a stopped vigil's data directory, in `format`, with
+/// extra `filters`: what it printed.
+pub fn run_audit(data: &Path, format: &str, filters: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args([
+            "audit",
+            "--format",
+            format,
+            "--limit",
+            "100000",
+            "--data-dir",
+        ])
+        .arg(data)
+        .args(filters)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}

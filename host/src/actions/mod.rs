@@ -243,11 +243,8 @@ pub(crate) fn excerpt(text: &str, max: usize) -> Cow<'_, str> {
     if text.len() <= max {
         return Cow::Borrowed(text);
     }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    Cow::Owned(format!("{}… ({} bytes)", &text[..end], text.len()))
+    let kept = crate::text::prefix(text, max);
+    Cow::Owned(format!("{kept}… ({} bytes)", text.len()))
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ impl host::Host for StoreData {
             return;
         }
         let rule = &self.host.rule;
-        let message = truncate(&message, MAX_LOG_MESSAGE);
+        let message = crate::text::prefix(&message, MAX_LOG_MESSAGE);
         match level {
             host::Level::Trace => tracing::trace!(rule = %rule, "{message}"),
             host::Level::Debug => tracing::debug!(rule = %rule, "{message}"),
@@ -62,15 +62,4 @@ impl host::Host for StoreData {
             .delete(&mut data.pending, &key)
             .map_err(|reason| wasmtime::format_err!("state-delete: {reason}"))
     }
-}
-
-fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }

@@ -91,23 +91,12 @@ fn said(finished: &process::Finished) -> String {
             .lines()
             .map(str::trim)
             .find(|line| !line.is_empty())
-            .map(|line| cut(line, 200).to_string())
+            .map(|line| crate::text::prefix(line, 200).to_string())
     };
     match first(&finished.stdout).or_else(|| first(&finished.stderr)) {
         Some(line) => format!(": {line}"),
         None => String::new(),
     }
-}
-
-fn cut(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 impl Source for CommandSource {
@@ -123,7 +112,7 @@ impl Source for CommandSource {
             metrics: metrics(status, &output.perfdata),
             labels: vec![Label {
                 name: CHECK_OUTPUT_LABEL.into(),
-                value: cut(output.text, MAX_STATUS_TEXT).to_string(),
+                value: crate::text::prefix(output.text, MAX_STATUS_TEXT).to_string(),
             }],
         })
     }
