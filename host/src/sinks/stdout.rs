@@ -126,7 +126,10 @@ fn evaluation_text(evaluation: &Evaluation) -> String {
         Err(error @ crate::runtime::CallError::Quarantined(_)) => format!("skipped, {error}"),
         Err(error) => format!("FAILED: {error}"),
     };
-    format!("{head} {seen} -> {said} ({:?})", evaluation.duration)
+    // A panic message, a down reason or a label value is text a rule or a
+    // target wrote: escaped, so the line stays one line.
+    let line = format!("{head} {seen} -> {said} ({:?})", evaluation.duration);
+    crate::text::one_line(&line).into_owned()
 }
 
 fn label_map(labels: &[Label]) -> Map<String, Value> {
@@ -259,5 +262,25 @@ mod tests {
         // JSON keeps the rule's text exactly.
         let json = alert_json(&events[0]);
         assert_eq!(json["summary"], format!("cpu is high{forged}"));
+    }
+
+    #[test]
+    fn an_evaluation_line_stays_one_line_whatever_the_rule_or_target_wrote() {
+        let forged = "\n1999-01-01T00:00:00Z eval     web-01/r up: -> no alerts\r";
+        let sample =
+            crate::sources::make_sample("web-01", &[], Err(format!("bad page{forged}")), 1_000);
+        let evaluation = Evaluation {
+            rule: "r".into(),
+            version: 1,
+            sample: Arc::new(sample),
+            result: Err(crate::runtime::CallError::Trap(format!("panicked{forged}"))),
+            duration: Duration::ZERO,
+            health: crate::plugins::RuleHealth::Healthy,
+            log: crate::runtime::RuleLog::new("r", 100),
+        };
+        let line = evaluation_text(&evaluation);
+        assert!(!line.contains(['\n', '\r']), "{line:?}");
+        assert!(line.contains("down: bad page\\n1999"), "{line}");
+        assert!(line.contains("FAILED: trap: panicked\\n1999"), "{line}");
     }
 }
