@@ -302,6 +302,7 @@ mod tests {
             }),
             duration: Duration::ZERO,
             health: RuleHealth::Healthy,
+            log: crate::runtime::RuleLog::new(rule, 100),
         }
     }
 

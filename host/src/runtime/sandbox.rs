@@ -214,6 +214,15 @@ impl Output {
 pub struct RuleLog(Arc<Mutex<LogBudget>>);
 
 impl RuleLog {
+    /// A budget of `lines_per_second` (bursts of twice that) for `rule`'s
+    /// lines; a rule instance makes its own.
+    pub fn new(rule: &str, lines_per_second: u32) -> Self {
+        RuleLog(Arc::new(Mutex::new(LogBudget::new(
+            rule.into(),
+            lines_per_second,
+        ))))
+    }
+
     /// Takes one line from the budget; `false` means leave the line out.
     pub fn allow(&self) -> bool {
         self.0.lock().expect("log budget lock").allow()

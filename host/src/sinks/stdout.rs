@@ -244,7 +244,9 @@ mod tests {
             for_ms: 0,
             keep_firing_for_ms: 0,
         };
-        let events = Tracker::default().observe(&"r".into(), &"web-01".into(), &[alert], 1_000);
+        let events = Tracker::default()
+            .observe(&"r".into(), &"web-01".into(), &[alert], 1_000)
+            .unwrap();
         let line = alert_text(&events[0]);
         assert!(!line.contains(['\n', '\r', '\x1b']), "{line:?}");
         assert!(
