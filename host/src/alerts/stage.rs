@@ -36,6 +36,13 @@ pub trait Outlet: Send {
     fn evaluation(&self, evaluation: &Arc<Evaluation>);
     /// Whether anyone wants evaluations at all.
     fn wants_evaluations(&self) -> bool;
+    /// The sinks failing now, each with why (raised as `DeliveryFailing`).
+    fn failing(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+    /// The alerts firing when the host started, for sinks that re-send
+    /// what is firing.
+    fn restored(&self, _firing: &[AlertEvent]) {}
 }
 
 /// Verdicts refused for breaking an alert limit, per rule: a read model
@@ -105,6 +112,8 @@ impl<O: Outlet> Alerting<O> {
         };
         alerting.send(gone);
         alerting.observe_host(now_ms);
+        let firing: Vec<AlertEvent> = alerting.tracker.firing_events().collect();
+        alerting.delivery.restored(&firing);
         Ok(alerting)
     }
 
@@ -208,6 +217,7 @@ impl<O: Outlet> Alerting<O> {
         let dropping: BTreeSet<&str> = dropped.keys().map(|rule| &**rule).collect();
         self.host.tick(&dropping, open);
         self.host.rules_overloaded(dropping);
+        self.host.delivery_failing(&self.delivery.failing());
         self.observe_host(now_ms);
     }
 
