@@ -17,12 +17,15 @@
 //! | sink | file | takes |
 //! |---|---|---|
 //! | `stdout` | `stdout.rs` | a line per event (text or JSON), and evaluations when asked |
+//! | `webhook` | `webhook.rs` | the Alertmanager webhook payload (version 4), one alert per POST |
 //! | channel | `channel.rs` | everything, into a tokio channel (embedders, tests) |
 
 pub mod channel;
 pub mod outbox;
+pub mod post;
 pub mod route;
 pub mod stdout;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,8 +35,10 @@ use tokio::sync::mpsc;
 
 pub use channel::{ChannelSink, Delivered};
 pub use outbox::{Outbox, OutboxSettings};
+pub use post::{Endpoint, Poster, Secret};
 pub use route::Route;
 pub use stdout::{Format, StdoutSink};
+pub use webhook::WebhookSink;
 
 use crate::alerts::{AlertEvent, Outlet};
 use crate::plugins::Evaluation;

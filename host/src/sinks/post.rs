@@ -1,0 +1,122 @@
+//! What the network sinks share: one JSON POST, with an optional bearer
+//! token, whose answer is a success only when it is 2xx. Anything else (an
+//! error status, a refused connection, a timeout) is a [`SinkError`] that
+//! names the URL and the status, and the outbox retries.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::SinkError;
+use crate::http::read_body_capped;
+
+/// How much of an error answer's body is kept for the log.
+const ERROR_EXCERPT: usize = 512;
+
+/// A secret read from a file or the environment (never from the config
+/// file itself). Its `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps `text` (trimmed: token files end with a newline).
+    pub fn new(text: &str) -> Self {
+        Secret(text.trim().to_string())
+    }
+
+    fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// Where a network sink posts, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The URL posted to.
+    pub url: reqwest::Url,
+    /// Sent as `Authorization: Bearer ...` when set.
+    pub bearer: Option<Secret>,
+    /// Deadline for the whole request, answer included.
+    pub timeout: Duration,
+}
+
+/// An endpoint with its HTTP client (TLS with the system's roots).
+pub struct Poster {
+    endpoint: Endpoint,
+    client: reqwest::Client,
+}
+
+impl Poster {
+    /// A client for `endpoint`.
+    pub fn new(endpoint: Endpoint) -> Result<Self, SinkError> {
+        let client = reqwest::Client::builder()
+            .timeout(endpoint.timeout)
+            .user_agent(concat!("vigil/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|error| SinkError(format!("cannot build an HTTP client: {error}")))?;
+        Ok(Poster { endpoint, client })
+    }
+
+    /// The URL posted to.
+    pub fn url(&self) -> &reqwest::Url {
+        &self.endpoint.url
+    }
+
+    /// POSTs `body` as JSON; a 2xx answer is the only success.
+    pub async fn post(&self, body: &serde_json::Value) -> Result<(), SinkError> {
+        // Serialised here rather than with reqwest's `json` feature: one
+        // line, and one feature fewer to build.
+        let mut request = self
+            .client
+            .post(self.endpoint.url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(body).expect("JSON values serialise"));
+        if let Some(token) = &self.endpoint.bearer {
+            request = request.bearer_auth(token.expose());
+        }
+        let url = &self.endpoint.url;
+        let mut response = request
+            .send()
+            .await
+            .map_err(|error| SinkError(format!("POST {url}: {}", error_chain(&error))))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let excerpt = read_body_capped(&mut response, ERROR_EXCERPT)
+            .await
+            .map(|body| String::from_utf8_lossy(&body.bytes).trim().to_string())
+            .unwrap_or_default();
+        let excerpt = crate::text::one_line(&excerpt).into_owned();
+        Err(SinkError(if excerpt.is_empty() {
+            format!("POST {url}: HTTP {status}")
+        } else {
+            format!("POST {url}: HTTP {status}: {excerpt}")
+        }))
+    }
+}
+
+/// reqwest's error with its causes ("error sending request: connection
+/// refused"), which its `Display` leaves out.
+fn error_chain(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Milliseconds since the epoch as RFC 3339 with milliseconds, the way
+/// Alertmanager writes times.
+pub fn rfc3339(ms: u64) -> String {
+    let time = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(time).to_string()
+}
