@@ -18,8 +18,10 @@
 //! |---|---|---|
 //! | `stdout` | `stdout.rs` | a line per event (text or JSON), and evaluations when asked |
 //! | `webhook` | `webhook.rs` | the Alertmanager webhook payload (version 4), one alert per POST |
+//! | `alertmanager` | `alertmanager.rs` | Alertmanager's `POST /api/v2/alerts`, firing alerts re-sent on an interval |
 //! | channel | `channel.rs` | everything, into a tokio channel (embedders, tests) |
 
+pub mod alertmanager;
 pub mod channel;
 pub mod outbox;
 pub mod post;
@@ -33,6 +35,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+pub use alertmanager::AlertmanagerSink;
 pub use channel::{ChannelSink, Delivered};
 pub use outbox::{Outbox, OutboxSettings};
 pub use post::{Endpoint, Poster, Secret};
