@@ -17,12 +17,14 @@
 //! | sink | file | takes |
 //! |---|---|---|
 //! | `stdout` | `stdout.rs` | a line per event (text or JSON), and evaluations when asked |
+//! | `file` | `file.rs` | JSON lines appended to a file, for log shippers |
 //! | `webhook` | `webhook.rs` | the Alertmanager webhook payload (version 4), one alert per POST |
 //! | `alertmanager` | `alertmanager.rs` | Alertmanager's `POST /api/v2/alerts`, firing alerts re-sent on an interval |
 //! | channel | `channel.rs` | everything, into a tokio channel (embedders, tests) |
 
 pub mod alertmanager;
 pub mod channel;
+pub mod file;
 pub mod outbox;
 pub mod post;
 pub mod route;
@@ -37,6 +39,7 @@ use tokio::sync::mpsc;
 
 pub use alertmanager::AlertmanagerSink;
 pub use channel::{ChannelSink, Delivered};
+pub use file::FileSink;
 pub use outbox::{Outbox, OutboxSettings};
 pub use post::{Endpoint, Poster, Secret};
 pub use route::Route;
