@@ -28,6 +28,7 @@ pub mod file;
 pub mod outbox;
 pub mod post;
 pub mod route;
+pub mod spec;
 pub mod stdout;
 pub mod webhook;
 
@@ -43,6 +44,7 @@ pub use file::FileSink;
 pub use outbox::{Outbox, OutboxSettings};
 pub use post::{Endpoint, Poster, Secret};
 pub use route::Route;
+pub use spec::{Console, SinkKind, SinkSpec};
 pub use stdout::{Format, StdoutSink};
 pub use webhook::WebhookSink;
 
@@ -157,12 +159,25 @@ struct Attached {
 #[derive(Default)]
 pub struct Delivery {
     sinks: Vec<Attached>,
+    console: Console,
 }
 
 impl Delivery {
     /// No sinks yet.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// How a `stdout` sink declared in the config writes (the command
+    /// line's `--format` and `--evaluations`).
+    pub fn with_console(mut self, console: Console) -> Self {
+        self.console = console;
+        self
+    }
+
+    /// How a `stdout` sink declared in the config writes.
+    pub fn console(&self) -> Console {
+        self.console
     }
 
     /// Attaches `sink` under `name` and starts its task (call inside a

@@ -23,6 +23,11 @@ impl Secret {
         Secret(text.trim().to_string())
     }
 
+    /// The secret, unless it is empty.
+    pub fn non_empty(self) -> Option<Self> {
+        (!self.0.is_empty()).then_some(self)
+    }
+
     fn expose(&self) -> &str {
         &self.0
     }
