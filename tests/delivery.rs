@@ -305,6 +305,49 @@ fn alertmanager_lists_the_alert_while_it_fires_and_drops_it_once_resolved() {
     vigil.terminate();
 }
 
+/// The `endsAt` Alertmanager lists for the active `CpuUsageHigh`, if any.
+fn listed_ends_at(alertmanager: &Alertmanager) -> Option<std::time::SystemTime> {
+    let alerts = alertmanager.alerts();
+    let alert = alerts.iter().find(|alert| {
+        alert["labels"]["alertname"] == "CpuUsageHigh" && alert["status"]["state"] == "active"
+    })?;
+    humantime::parse_rfc3339(alert["endsAt"].as_str()?).ok()
+}
+
+#[test]
+fn alertmanager_keeps_hearing_of_a_firing_alert_across_a_restart() {
+    let alertmanager = Alertmanager::start();
+    let server = status(10.0);
+    let data = tempfile::tempdir().unwrap();
+    let sinks = format!(
+        "[[sinks]]\nname = \"am\"\nkind = \"alertmanager\"\nurls = [\"{}\"]\nresend_interval = \"1s\"\n",
+        alertmanager.url("")
+    );
+    let config = config(&server, &sinks);
+    let start = || Vigil::start_with_data_dir(&config, data.path(), tempfile::tempdir().unwrap());
+    let mut vigil = start();
+    fire(&mut vigil, &server);
+    let first = eventually("CpuUsageHigh in Alertmanager", || {
+        listed_ends_at(&alertmanager)
+    });
+    // Re-sent while it fires: its end moves on.
+    eventually("a re-send", || {
+        listed_ends_at(&alertmanager).filter(|ends| *ends > first)
+    });
+    vigil.terminate();
+    let last = listed_ends_at(&alertmanager).unwrap_or(first);
+    // The restarted host announces nothing (the alert was firing and
+    // still is) but re-sends what it has firing, so Alertmanager does not
+    // time the alert out.
+    let mut vigil = start();
+    eventually("a re-send from the restarted host", || {
+        listed_ends_at(&alertmanager).filter(|ends| *ends > last)
+    });
+    vigil.collect_for(Duration::from_millis(200));
+    assert_eq!(vigil.count(|v| is_alert(v, "firing", "CpuUsageHigh")), 0);
+    vigil.terminate();
+}
+
 #[test]
 fn the_webhook_payload_is_alertmanagers_version_4_field_for_field() {
     let receiver = Receiver::start();
