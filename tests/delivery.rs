@@ -586,3 +586,36 @@ fn a_receiver_failing_for_ever_keeps_its_bound_and_the_other_sink_hears_of_it() 
     assert!(waiting.len() <= 3);
     assert_eq!(waiting, ["firing", "resolved"]);
 }
+
+#[test]
+fn a_sink_failing_longer_than_failing_after_is_reported_until_it_delivers_again() {
+    let receiver = Receiver::start();
+    receiver.answer(503);
+    let server = status(10.0);
+    let sinks = format!(
+        "[[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\nretry_initial = \"20ms\"\nretry_max = \"100ms\"\nfailing_after = \"100ms\"\n",
+        receiver.url()
+    );
+    let mut vigil = Vigil::start(&config(&server, &sinks));
+    fire(&mut vigil, &server);
+    let failing = vigil.wait_for("DeliveryFailing on the console", PATIENCE, |v| {
+        is_alert(v, "firing", "DeliveryFailing")
+    });
+    let summary = failing["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with("sink `hook` has failed for ")
+            && summary.ends_with("HTTP 503 Service Unavailable"),
+        "{summary}"
+    );
+    receiver.answer(200);
+    vigil.wait_for("DeliveryFailing resolved", PATIENCE, |v| {
+        is_alert(v, "resolved", "DeliveryFailing")
+    });
+    vigil.terminate();
+    let accepted = receiver.accepted();
+    assert_eq!(accepted.len(), 1, "{accepted:#?}");
+    assert_eq!(
+        accepted[0]["alerts"][0]["labels"]["alertname"],
+        "CpuUsageHigh"
+    );
+}
