@@ -32,6 +32,14 @@ use crate::state::{StateDb, StateError};
 pub trait Outlet: Send {
     /// Takes one alert event; must not wait.
     fn alert(&self, event: AlertEvent);
+    /// Takes the events one step caused, in order; must not wait. The
+    /// default hands them over one by one; the delivery stage writes a
+    /// network sink's share in one transaction.
+    fn alerts(&self, events: Vec<AlertEvent>) {
+        for event in events {
+            self.alert(event);
+        }
+    }
     /// Takes one evaluation, for those who want them; must not wait.
     fn evaluation(&self, evaluation: &Arc<Evaluation>);
     /// Whether anyone wants evaluations at all.
@@ -258,9 +266,7 @@ impl<O: Outlet> Alerting<O> {
     }
 
     fn send(&self, events: Vec<AlertEvent>) {
-        for event in events {
-            self.delivery.alert(event);
-        }
+        self.delivery.alerts(events);
     }
 }
 

@@ -270,32 +270,35 @@ impl Delivery {
         self.sinks.iter().any(|sink| sink.evaluations)
     }
 
-    /// Offers an alert event to every sink, never waiting.
+    /// Offers an alert event to every sink whose route takes it, never
+    /// waiting.
     pub fn alert(&self, event: AlertEvent) {
-        let event = Arc::new(event);
+        self.alerts(vec![event]);
+    }
+
+    /// Offers alert events, in order, to every sink whose route takes
+    /// them, never waiting on a sink. A network sink's share is written to
+    /// its outbox in one transaction (one durable commit per sink however
+    /// many events a verdict caused).
+    pub fn alerts(&self, events: Vec<AlertEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let events: Vec<Arc<AlertEvent>> = events.into_iter().map(Arc::new).collect();
         for sink in &self.sinks {
-            if !sink.route.matches(&sink.name, &event) {
-                continue;
-            }
-            let queue = match &sink.waiting {
-                Waiting::Queue { queue, .. } => queue,
+            let routed = events
+                .iter()
+                .filter(|event| sink.route.matches(&sink.name, event));
+            match &sink.waiting {
                 Waiting::Outbox(outbox) => {
-                    outbox.push(&event);
-                    continue;
+                    outbox.push(&routed.cloned().collect::<Vec<_>>());
                 }
-            };
-            if queue.try_send(Message::Alert(event.clone())).is_err() {
-                let dropped = sink.stats.dropped_alerts.fetch_add(1, Ordering::Relaxed) + 1;
-                // The first drop and then every 1000th: a stuck sink must
-                // not flood the log as well.
-                if dropped % 1000 == 1 {
-                    tracing::error!(
-                        sink = %sink.name,
-                        alert = %event.alert.name,
-                        status = ?event.status,
-                        dropped,
-                        "Sink is too far behind; alert event dropped."
-                    );
+                Waiting::Queue { queue, .. } => {
+                    for event in routed {
+                        if queue.try_send(Message::Alert(event.clone())).is_err() {
+                            queue_full(sink, event);
+                        }
+                    }
                 }
             }
         }
@@ -371,6 +374,10 @@ impl Outlet for Delivery {
         Delivery::alert(self, event);
     }
 
+    fn alerts(&self, events: Vec<AlertEvent>) {
+        Delivery::alerts(self, events);
+    }
+
     fn evaluation(&self, evaluation: &Arc<Evaluation>) {
         Delivery::evaluation(self, evaluation);
     }
@@ -385,6 +392,21 @@ impl Outlet for Delivery {
 
     fn restored(&self, firing: &[AlertEvent]) {
         Delivery::restored(self, firing);
+    }
+}
+
+/// Counts, and logs the first and every 1000th, an event an in-memory
+/// queue had no room for: a stuck sink must not flood the log as well.
+fn queue_full(sink: &Attached, event: &AlertEvent) {
+    let dropped = sink.stats.dropped_alerts.fetch_add(1, Ordering::Relaxed) + 1;
+    if dropped % 1000 == 1 {
+        tracing::error!(
+            sink = %sink.name,
+            alert = %event.alert.name,
+            status = ?event.status,
+            dropped,
+            "Sink is too far behind; alert event dropped."
+        );
     }
 }
 

@@ -17,8 +17,8 @@
 //! [`Health::failing`]); [`Outbox`] holds the rows and [`drive`] does the
 //! sending.
 
-use std::collections::BTreeMap;
 use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -73,32 +73,36 @@ pub struct Waiting {
     pub status: Status,
 }
 
-/// The rows to delete so that one more fits in `max_queue`: the oldest
-/// resolved notification and the firing ones of the same alert before it;
-/// when none is resolved, the oldest. Pure; `queue` is by sequence.
-pub fn evict(queue: &BTreeMap<u64, Waiting>, max_queue: usize) -> Vec<u64> {
-    let mut gone: Vec<u64> = Vec::new();
-    while queue.len() - gone.len() >= max_queue.max(1) {
-        let left = || queue.iter().filter(|(seq, _)| !gone.contains(seq));
-        let resolved = left().find(|(_, waiting)| waiting.status == Status::Resolved);
-        match resolved {
-            Some((&seq, waiting)) => {
-                let pair: Vec<u64> = left()
-                    .take_while(|(before, _)| **before < seq)
-                    .filter(|(_, other)| other.fingerprint == waiting.fingerprint)
-                    .map(|(before, _)| *before)
-                    .collect();
-                gone.extend(pair);
-                gone.push(seq);
-            }
-            None => match left().next() {
-                Some((&seq, _)) => gone.push(seq),
-                None => break,
-            },
+/// The rows to delete so that `incoming` more fit in `max_queue`: the
+/// oldest resolved notifications first, each with the firing ones of the
+/// same alert still waiting before it; then the oldest. Pure; no
+/// allocation but the answer, and one pass over `queue` (by sequence) plus
+/// one over what precedes each resolved notification dropped.
+pub fn evict(queue: &BTreeMap<u64, Waiting>, max_queue: usize, incoming: usize) -> Vec<u64> {
+    let over = (queue.len() + incoming).saturating_sub(max_queue.max(1));
+    let mut gone = BTreeSet::new();
+    if over == 0 {
+        return Vec::new();
+    }
+    for (&seq, waiting) in queue {
+        if gone.len() >= over {
+            break;
+        }
+        if waiting.status == Status::Resolved {
+            gone.insert(seq);
+            let episode = queue.range(..seq).filter(|(_, before)| {
+                before.status == Status::Firing && before.fingerprint == waiting.fingerprint
+            });
+            gone.extend(episode.map(|(before, _)| *before));
         }
     }
-    gone.sort_unstable();
-    gone
+    for &seq in queue.keys() {
+        if gone.len() >= over {
+            break;
+        }
+        gone.insert(seq);
+    }
+    gone.into_iter().collect()
 }
 
 /// The wait before the next attempt after `failures` failures in a row
@@ -212,24 +216,36 @@ impl Outbox {
         &self.name
     }
 
-    /// Writes `event` to the database (dropping the oldest past the
-    /// bound) and wakes the sink's task. Never waits on the sink.
-    pub fn push(&self, event: &AlertEvent) {
-        let bytes = serde_json::to_vec(event).expect("alert events serialise");
+    /// Writes `events` to the database in one transaction (dropping the
+    /// oldest past the bound) and wakes the sink's task. Never waits on the
+    /// sink; the cost is one durable commit, whatever the number of events.
+    pub fn push(&self, events: &[Arc<AlertEvent>]) {
+        if events.is_empty() {
+            return;
+        }
+        // More at once than the bound holds: the oldest of them go too.
+        let skipped = events.len().saturating_sub(self.settings.max_queue.max(1));
+        let events = &events[skipped..];
+        let rows: Vec<Vec<u8>> = events
+            .iter()
+            .map(|event| serde_json::to_vec(&**event).expect("alert events serialise"))
+            .collect();
         let mut queue = lock(&self.queue);
-        let evicted = evict(&queue, self.settings.max_queue);
-        match self.table.push(&bytes, &evicted) {
-            Ok(seq) => {
+        let evicted = evict(&queue, self.settings.max_queue, events.len());
+        match self.table.push(&rows, &evicted) {
+            Ok(first) => {
                 for old in &evicted {
                     queue.remove(old);
                 }
-                queue.insert(seq, waiting(event));
+                for (seq, event) in (first..).zip(events) {
+                    queue.insert(seq, waiting(event));
+                }
             }
             Err(error) => {
-                // The database refused: the notification cannot be kept,
+                // The database refused: the notifications cannot be kept,
                 // and that is a drop like the bound's.
-                tracing::error!(sink = %self.name, %error, "Cannot write a notification to the outbox; it is dropped.");
-                self.dropped(1, &error.to_string());
+                tracing::error!(sink = %self.name, %error, "Cannot write notifications to the outbox; they are dropped.");
+                self.dropped((skipped + events.len()) as u64, &error.to_string());
                 return;
             }
         }
@@ -237,9 +253,12 @@ impl Outbox {
             .queued
             .store(queue.len() as u64, Ordering::Relaxed);
         drop(queue);
-        if !evicted.is_empty() {
-            let total = self.dropped(evicted.len() as u64, "");
-            if total % 1000 == evicted.len() as u64 % 1000 || total <= evicted.len() as u64 {
+        let lost = (skipped + evicted.len()) as u64;
+        if lost > 0 {
+            let total = self.dropped(lost, "");
+            // The first drop, then once per thousand: a sink down for
+            // hours must not flood the log as well.
+            if total == lost || (total - lost) / 1000 != total / 1000 {
                 tracing::error!(sink = %self.name, dropped = total, max_queue = self.settings.max_queue, "Outbox full; the oldest notifications are dropped (resolved ones first).");
             }
         }
@@ -474,18 +493,20 @@ mod tests {
     #[test]
     fn the_bound_drops_the_oldest_resolved_episode_first_then_the_oldest_firing() {
         // Room left: nothing goes.
-        assert!(evict(&queue(&[("a", F), ("a", R)]), 3).is_empty());
+        assert!(evict(&queue(&[("a", F), ("a", R)]), 3, 1).is_empty());
         // a fired and resolved while the sink was away: both go, b's
         // firing (older than a's resolved) stays.
         let q = queue(&[("a", F), ("b", F), ("a", R), ("c", F)]);
-        assert_eq!(evict(&q, 4), [0, 2]);
+        assert_eq!(evict(&q, 4, 1), [0, 2]);
         // No resolved: the oldest firing.
-        assert_eq!(evict(&queue(&[("a", F), ("b", F), ("c", F)]), 3), [0]);
+        assert_eq!(evict(&queue(&[("a", F), ("b", F), ("c", F)]), 3, 1), [0]);
         // A resolved whose firing was already sent goes alone.
-        assert_eq!(evict(&queue(&[("b", F), ("a", R), ("c", F)]), 3), [1]);
+        assert_eq!(evict(&queue(&[("b", F), ("a", R), ("c", F)]), 3, 1), [1]);
         // Several at once, down to the bound (a lowered bound).
         let q = queue(&[("a", F), ("a", R), ("b", F), ("b", R), ("c", F), ("d", F)]);
-        assert_eq!(evict(&q, 2), [0, 1, 2, 3, 4]);
+        assert_eq!(evict(&q, 2, 1), [0, 1, 2, 3, 4]);
+        // Room for a batch of three.
+        assert_eq!(evict(&queue(&[("a", F), ("b", F), ("b", R)]), 4, 3), [1, 2]);
     }
 
     #[test]
@@ -585,8 +606,8 @@ mod tests {
         sink.down.store(true, Ordering::SeqCst);
         let outbox = open(&db, 100);
         let task = tokio::spawn(drive(outbox.clone(), sink.clone()));
-        outbox.push(&event("a", F, 1));
-        outbox.push(&event("b", F, 2));
+        outbox.push(&[Arc::new(event("a", F, 1))]);
+        outbox.push(&[Arc::new(event("b", F, 2))]);
         until("a failed attempt", || {
             outbox.stats.failed.load(Ordering::SeqCst) > 0
         })
@@ -598,7 +619,7 @@ mod tests {
         assert_eq!(outbox.len(), 2);
         let outbox = open(&db, 100);
         assert_eq!(outbox.len(), 2);
-        outbox.push(&event("a", R, 3));
+        outbox.push(&[Arc::new(event("a", R, 3))]);
         let task = tokio::spawn(drive(outbox.clone(), sink.clone()));
         sink.down.store(false, Ordering::SeqCst);
         until("everything delivered", || outbox.is_empty()).await;
@@ -619,9 +640,9 @@ mod tests {
         sink.down.store(true, Ordering::SeqCst);
         let outbox = open(&db, 3);
         for (n, name) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
-            outbox.push(&event(name, F, n as u64));
+            outbox.push(&[Arc::new(event(name, F, n as u64))]);
         }
-        outbox.push(&event("d", R, 9));
+        outbox.push(&[Arc::new(event("d", R, 9))]);
         // a and b made room for d and e; no resolved one waited when d's
         // came, so the oldest firing, c, made room for it.
         assert_eq!(outbox.len(), 3);

@@ -37,24 +37,27 @@ impl StateDb {
 }
 
 impl OutboxTable {
-    /// Appends `bytes` and deletes the rows in `evict` (the bound's
-    /// victims), in one transaction. Returns the new row's sequence.
-    pub fn push(&self, bytes: &[u8], evict: &[u64]) -> Result<u64, StateError> {
+    /// Appends `rows`, in order, and deletes the rows in `evict` (the
+    /// bound's victims), in one transaction. Returns the sequence of the
+    /// first new row (the others follow it).
+    pub fn push(&self, rows: &[Vec<u8>], evict: &[u64]) -> Result<u64, StateError> {
         let sink = &*self.sink;
         let txn = self.db.begin_write()?;
-        let seq;
+        let first;
         {
             let mut next = txn.open_table(NEXT)?;
-            seq = next.get(sink)?.map_or(0, |seq| seq.value());
-            next.insert(sink, seq + 1)?;
+            first = next.get(sink)?.map_or(0, |seq| seq.value());
+            next.insert(sink, first + rows.len() as u64)?;
             let mut entries = txn.open_table(ENTRIES)?;
-            entries.insert((sink, seq), bytes)?;
+            for (seq, bytes) in (first..).zip(rows) {
+                entries.insert((sink, seq), bytes.as_slice())?;
+            }
             for old in evict {
                 entries.remove((sink, *old))?;
             }
         }
         txn.commit()?;
-        Ok(seq)
+        Ok(first)
     }
 
     /// Deletes the row `seq` (the sink accepted it); nothing if it is gone.
@@ -102,17 +105,18 @@ mod tests {
     fn rows_keep_their_order_per_sink_and_sequences_only_go_up() {
         let db = StateDb::in_memory().unwrap();
         let (a, b) = (db.outbox("a"), db.outbox("a-b"));
-        assert_eq!(a.push(b"1", &[]).unwrap(), 0);
-        assert_eq!(b.push(b"x", &[]).unwrap(), 0);
-        assert_eq!(a.push(b"2", &[]).unwrap(), 1);
-        assert_eq!(a.push(b"3", &[0]).unwrap(), 2);
+        let row = |text: &str| vec![text.as_bytes().to_vec()];
+        assert_eq!(a.push(&row("1"), &[]).unwrap(), 0);
+        assert_eq!(b.push(&row("x"), &[]).unwrap(), 0);
+        assert_eq!(a.push(&row("2"), &[]).unwrap(), 1);
+        assert_eq!(a.push(&row("3"), &[0]).unwrap(), 2);
         assert_eq!(a.first().unwrap(), Some((1, b"2".to_vec())));
         a.remove(1).unwrap();
         a.remove(2).unwrap();
         assert_eq!(a.first().unwrap(), None);
-        // Emptied, the sink still counts on.
-        assert_eq!(a.push(b"4", &[]).unwrap(), 3);
-        assert_eq!(a.all().unwrap(), [(3, b"4".to_vec())]);
+        // Emptied, the sink still counts on; several rows in one go.
+        assert_eq!(a.push(&[b"4".to_vec(), b"5".to_vec()], &[]).unwrap(), 3);
+        assert_eq!(a.all().unwrap(), [(3, b"4".to_vec()), (4, b"5".to_vec())]);
         assert_eq!(b.all().unwrap(), [(0, b"x".to_vec())]);
     }
 }
