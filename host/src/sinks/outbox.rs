@@ -373,13 +373,15 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The sink's task: sends the oldest notification until the sink accepts
-/// it, then the next; re-sends what is firing when the sink asks to
-/// ([`Sink::refresh_interval`]) and nothing waits.
+/// it, then the next; re-sends what is firing every
+/// [`Sink::refresh_interval`] whenever nothing waits (counted from the
+/// last re-send, not the last notification: a steady trickle of other
+/// alerts must not starve the re-sends).
 pub async fn drive(outbox: Arc<Outbox>, mut sink: impl Sink) {
     let settings = outbox.settings;
     let mut failures = 0u32;
     let refresh = sink.refresh_interval();
-    let mut last_sent = tokio::time::Instant::now();
+    let mut refreshed = tokio::time::Instant::now();
     loop {
         if let Some(firing) = lock(&outbox.restored).take() {
             sink.restore(&firing);
@@ -396,7 +398,7 @@ pub async fn drive(outbox: Arc<Outbox>, mut sink: impl Sink) {
             }
             None if closing => return,
             None => {
-                let due = refresh.map(|every| last_sent + every);
+                let due = refresh.map(|every| refreshed + every);
                 let refresh_due = match due {
                     Some(due) => tokio::select! {
                         () = outbox.wake.notified() => false,
@@ -410,10 +412,13 @@ pub async fn drive(outbox: Arc<Outbox>, mut sink: impl Sink) {
                 if !refresh_due {
                     continue;
                 }
-                sink.refresh().await
+                let result = sink.refresh().await;
+                if result.is_ok() {
+                    refreshed = tokio::time::Instant::now();
+                }
+                result
             }
         };
-        last_sent = tokio::time::Instant::now();
         match attempt {
             Ok(()) => {
                 failures = 0;
@@ -588,7 +593,7 @@ mod tests {
         Arc::new(Outbox::open("s".into(), db.outbox("s"), settings(max_queue), stats).unwrap())
     }
 
-    async fn until(what: &str, done: impl Fn() -> bool) {
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
         let wait = async {
             while !done() {
                 tokio::time::sleep(Duration::from_millis(2)).await;
@@ -629,6 +634,45 @@ mod tests {
         );
         assert!(db.outbox("s").all().unwrap().is_empty());
         assert_eq!(outbox.failing(), None);
+        outbox.close();
+        task.await.unwrap();
+    }
+
+    /// Takes everything and counts its re-sends, asked for every 20 ms.
+    #[derive(Clone, Default)]
+    struct Resending {
+        refreshes: Arc<std::sync::atomic::AtomicU32>,
+    }
+
+    #[async_trait::async_trait]
+    impl Sink for Resending {
+        async fn alert(&mut self, _: &AlertEvent) -> Result<(), SinkError> {
+            Ok(())
+        }
+        fn refresh_interval(&self) -> Option<Duration> {
+            Some(Duration::from_millis(20))
+        }
+        async fn refresh(&mut self) -> Result<(), SinkError> {
+            self.refreshes.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_steady_trickle_of_notifications_does_not_starve_the_re_sends() {
+        let db = StateDb::in_memory().unwrap();
+        let outbox = open(&db, 100);
+        let sink = Resending::default();
+        let task = tokio::spawn(drive(outbox.clone(), sink.clone()));
+        // A notification far more often than the re-send interval, until
+        // a re-send happens.
+        let mut n = 0;
+        until("a re-send", || {
+            n += 1;
+            outbox.push(&[Arc::new(event("a", F, n))]);
+            sink.refreshes.load(Ordering::SeqCst) > 0
+        })
+        .await;
         outbox.close();
         task.await.unwrap();
     }
