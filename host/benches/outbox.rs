@@ -84,6 +84,23 @@ fn main() {
         })
     });
 
+    // Removing a delivered row: synced, and not (one in SYNC_EVERY is).
+    let table = db.outbox("bench-remove");
+    let row = serde_json::to_vec(&event(0, Status::Firing)).unwrap();
+    for durable in [true, false] {
+        let what = if durable { "synced" } else { "not synced" };
+        group.bench_function(format!("remove a delivered row, on disk, {what}"), |b| {
+            b.iter_custom(|iters| {
+                let first = table.push(&vec![row.clone(); iters as usize], &[]).unwrap();
+                let start = std::time::Instant::now();
+                for seq in first..first + iters {
+                    table.remove(seq, durable).unwrap();
+                }
+                start.elapsed()
+            })
+        });
+    }
+
     // At the bound of 10,000 firing notifications (in memory, to see the
     // drop policy's own cost): each push drops the oldest.
     let db = StateDb::in_memory().unwrap();

@@ -20,7 +20,7 @@
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,8 @@ pub const DEFAULT_RETRY_INITIAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(60);
 /// How long a sink fails without a success before `DeliveryFailing`.
 pub const DEFAULT_FAILING_AFTER: Duration = Duration::from_secs(60);
+/// One removal of a delivered notification in this many is synced to disk.
+pub const SYNC_EVERY: u64 = 64;
 
 /// How one sink's outbox behaves: the `[[sinks]]` settings of a network
 /// sink.
@@ -169,6 +171,8 @@ pub struct Outbox {
     stats: Arc<SinkStats>,
     wake: Notify,
     closing: AtomicBool,
+    /// Rows removed so far, to sync every [`SYNC_EVERY`]th removal.
+    removals: AtomicU64,
     /// Alerts firing when the host started, for sinks that re-send them.
     restored: Mutex<Option<Vec<AlertEvent>>>,
 }
@@ -190,7 +194,7 @@ impl Outbox {
                 }
                 Err(error) => {
                     tracing::warn!(sink = %name, seq, %error, "Dropped an unreadable notification from the outbox.");
-                    table.remove(seq)?;
+                    table.remove(seq, true)?;
                 }
             }
         }
@@ -207,6 +211,7 @@ impl Outbox {
             stats,
             wake: Notify::new(),
             closing: AtomicBool::new(false),
+            removals: AtomicU64::new(0),
             restored: Mutex::new(None),
         })
     }
@@ -323,10 +328,16 @@ impl Outbox {
         }
     }
 
-    /// `seq` was accepted: its row goes.
+    /// `seq` was accepted: its row goes. Only every
+    /// [`SYNC_EVERY`]th removal, and the one that empties the outbox, is
+    /// synced to disk (pushes always are): a crash may send up to that many
+    /// notifications again, and draining a backlog does not cost a disk sync
+    /// per notification.
     fn delivered(&self, seq: u64) {
         let mut queue = lock(&self.queue);
-        if let Err(error) = self.table.remove(seq) {
+        let removals = self.removals.fetch_add(1, Ordering::Relaxed) + 1;
+        let durable = removals.is_multiple_of(SYNC_EVERY) || queue.len() <= 1;
+        if let Err(error) = self.table.remove(seq, durable) {
             tracing::error!(sink = %self.name, %error, "Cannot remove a delivered notification from the outbox; it will be sent again.");
             return;
         }
@@ -377,7 +388,16 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// [`Sink::refresh_interval`] whenever nothing waits (counted from the
 /// last re-send, not the last notification: a steady trickle of other
 /// alerts must not starve the re-sends).
-pub async fn drive(outbox: Arc<Outbox>, mut sink: impl Sink) {
+pub async fn drive(outbox: Arc<Outbox>, sink: impl Sink) {
+    deliver(&outbox, sink).await;
+    // The removals since the last sync were not synced: a clean stop
+    // makes them durable, so a restart does not send them again.
+    if let Err(error) = outbox.table.sync() {
+        tracing::error!(sink = %outbox.name, %error, "Cannot sync the outbox; a restart may send some notifications again.");
+    }
+}
+
+async fn deliver(outbox: &Outbox, mut sink: impl Sink) {
     let settings = outbox.settings;
     let mut failures = 0u32;
     let refresh = sink.refresh_interval();
