@@ -12,7 +12,9 @@
 //!   firing are re-sent every `resend_interval` (1 min by default, as
 //!   Prometheus does), starting after a restart from what the host had
 //!   firing.
-//! - A resolved alert is sent once with `endsAt` at its resolve time.
+//! - A resolved alert is sent once with `endsAt` at its resolve time. If
+//!   the outbox's bound dropped that resolve while Alertmanager was away,
+//!   the alert is no longer re-sent and expires there at its `endsAt`.
 //!
 //! With several Alertmanagers (an HA pair), each URL is a sink of its own
 //! with its own outbox: each gets every alert, and they de-duplicate among
@@ -132,6 +134,14 @@ impl Sink for AlertmanagerSink {
     fn restore(&mut self, firing: &[AlertEvent]) {
         for event in firing {
             self.firing.insert(event.alert.fingerprint, event.clone());
+        }
+    }
+
+    /// Their resolves were dropped while this Alertmanager was away: no
+    /// longer re-sent, they expire there at their `endsAt`.
+    fn forget(&mut self, alerts: &[Fingerprint]) {
+        for fingerprint in alerts {
+            self.firing.remove(fingerprint);
         }
     }
 }

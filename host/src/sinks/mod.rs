@@ -91,6 +91,11 @@ pub trait Sink: Send + 'static {
     /// The alerts firing when the host started, before the first event
     /// (behind an outbox only): what [`refresh`](Sink::refresh) starts from.
     fn restore(&mut self, _firing: &[AlertEvent]) {}
+
+    /// Alerts whose resolve the outbox's bound dropped (behind an outbox
+    /// only): a sink that re-sends what is firing must stop re-sending
+    /// them, so that the receiver lets them expire.
+    fn forget(&mut self, _alerts: &[crate::alerts::Fingerprint]) {}
 }
 
 /// How a sink is attached.

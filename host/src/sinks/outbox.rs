@@ -11,7 +11,14 @@
 //!
 //! Delivery is at-least-once: a sink that took a notification but whose
 //! answer was lost gets it again, with the same fingerprint and
-//! timestamps, so the receiver can tell it is the same.
+//! timestamps, so the receiver can tell it is the same. So does a sink
+//! after a crash, for up to [`SYNC_EVERY`] notifications: removing a
+//! delivered row skips the disk sync but every [`SYNC_EVERY`]th (a sync
+//! costs milliseconds; draining a backlog row by row must not).
+//!
+//! A notification is the [`AlertEvent`] as JSON, exactly as the alert
+//! stage made it: a resend after an outage carries the times of the
+//! transition, not of the send.
 //!
 //! The decisions are pure functions ([`evict`], [`retry_delay`],
 //! [`Health::failing`]); [`Outbox`] holds the rows and [`drive`] does the
@@ -175,6 +182,9 @@ pub struct Outbox {
     removals: AtomicU64,
     /// Alerts firing when the host started, for sinks that re-send them.
     restored: Mutex<Option<Vec<AlertEvent>>>,
+    /// Alerts whose resolve the bound dropped, for sinks that re-send what
+    /// is firing: they must stop re-sending those ([`Sink::forget`]).
+    forgotten: Mutex<Vec<Fingerprint>>,
 }
 
 impl Outbox {
@@ -213,6 +223,7 @@ impl Outbox {
             closing: AtomicBool::new(false),
             removals: AtomicU64::new(0),
             restored: Mutex::new(None),
+            forgotten: Mutex::new(Vec::new()),
         })
     }
 
@@ -239,8 +250,16 @@ impl Outbox {
         let evicted = evict(&queue, self.settings.max_queue, events.len());
         match self.table.push(&rows, &evicted) {
             Ok(first) => {
+                let mut forgotten = Vec::new();
                 for old in &evicted {
-                    queue.remove(old);
+                    if let Some(gone) = queue.remove(old)
+                        && gone.status == Status::Resolved
+                    {
+                        forgotten.push(gone.fingerprint);
+                    }
+                }
+                if !forgotten.is_empty() {
+                    lock(&self.forgotten).extend(forgotten);
                 }
                 for (seq, event) in (first..).zip(events) {
                     queue.insert(seq, waiting(event));
@@ -355,7 +374,7 @@ impl Outbox {
         *health = Health::default();
     }
 
-    /// Records a failure; returns how many in a row.
+    /// Records the `failures`th failure in a row.
     fn failed(&self, error: &str, failures: u32) {
         let mut health = lock(&self.health);
         health.failing_since.get_or_insert_with(Instant::now);
@@ -405,6 +424,10 @@ async fn deliver(outbox: &Outbox, mut sink: impl Sink) {
     loop {
         if let Some(firing) = lock(&outbox.restored).take() {
             sink.restore(&firing);
+        }
+        let forgotten = std::mem::take(&mut *lock(&outbox.forgotten));
+        if !forgotten.is_empty() {
+            sink.forget(&forgotten);
         }
         let closing = outbox.closing.load(Ordering::SeqCst);
         let attempt = match outbox.first() {
@@ -578,11 +601,13 @@ mod tests {
         );
     }
 
-    /// A sink that fails while `down` is set and records what it took.
+    /// A sink that fails while `down` is set and records what it took,
+    /// and the alerts it was told to forget.
     #[derive(Clone, Default)]
     struct Flaky {
         down: Arc<AtomicBool>,
         taken: Arc<Mutex<Vec<(String, Status)>>>,
+        forgotten: Arc<Mutex<Vec<Fingerprint>>>,
     }
 
     #[async_trait::async_trait]
@@ -596,6 +621,10 @@ mod tests {
                 .unwrap()
                 .push((event.alert.name.clone(), event.status));
             Ok(())
+        }
+
+        fn forget(&mut self, alerts: &[Fingerprint]) {
+            self.forgotten.lock().unwrap().extend_from_slice(alerts);
         }
     }
 
@@ -726,6 +755,27 @@ mod tests {
         );
         // Delivering again ends the report.
         assert_eq!(outbox.failing(), None);
+        outbox.close();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_sink_that_re_sends_hears_of_the_resolves_the_bound_dropped() {
+        let db = StateDb::in_memory().unwrap();
+        let sink = Flaky::default();
+        sink.down.store(true, Ordering::SeqCst);
+        let outbox = open(&db, 2);
+        for item in [event("a", F, 1), event("a", R, 2), event("b", F, 3)] {
+            outbox.push(&[Arc::new(item)]);
+        }
+        let task = tokio::spawn(drive(outbox.clone(), sink.clone()));
+        sink.down.store(false, Ordering::SeqCst);
+        until("everything delivered", || outbox.is_empty()).await;
+        assert_eq!(*sink.taken.lock().unwrap(), [("b".into(), F)]);
+        assert_eq!(
+            *sink.forgotten.lock().unwrap(),
+            [event("a", R, 0).alert.fingerprint]
+        );
         outbox.close();
         task.await.unwrap();
     }
