@@ -125,3 +125,51 @@ pub fn rfc3339(ms: u64) -> String {
     let time = std::time::UNIX_EPOCH + Duration::from_millis(ms);
     humantime::format_rfc3339_millis(time).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    fn poster(url: &str) -> Poster {
+        Poster::new(Endpoint {
+            url: url.parse().unwrap(),
+            bearer: None,
+            timeout: Duration::from_secs(5),
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_and_an_error_status_are_errors_that_say_which() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", closed.local_addr().unwrap());
+        drop(closed);
+        let refused = poster(&url).post(&serde_json::json!({})).await.unwrap_err();
+        assert!(refused.0.starts_with(&format!("POST {url}: ")), "{refused}");
+        assert!(
+            refused.0.to_lowercase().contains("connection refused"),
+            "{refused}"
+        );
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0; 4096];
+            let _ = socket.read(&mut request).await.unwrap();
+            let body = "no such receiver\nsecond line";
+            let answer = format!(
+                "HTTP/1.1 404 Not Found\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            socket.write_all(answer.as_bytes()).await.unwrap();
+        });
+        let status = poster(&url).post(&serde_json::json!({})).await.unwrap_err();
+        assert_eq!(
+            status.0,
+            format!("POST {url}: HTTP 404 Not Found: no such receiver\\nsecond line")
+        );
+    }
+}
