@@ -158,6 +158,11 @@ struct Receiver {
 
 impl Receiver {
     fn start() -> Self {
+        Self::start_on(0)
+    }
+
+    /// A receiver on `port` (0 for any free one).
+    fn start_on(port: u16) -> Self {
         let state = Arc::new(ReceiverState::default());
         *state.answer.lock().unwrap() = 200;
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -166,7 +171,7 @@ impl Receiver {
             .build()
             .unwrap();
         let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
             .unwrap();
         let addr = listener.local_addr().unwrap();
         let app = Router::new()
@@ -458,28 +463,35 @@ fn the_webhook_payload_is_alertmanagers_version_4_field_for_field() {
 
 #[test]
 fn an_outage_and_a_restart_lose_no_notification_and_keep_their_order() {
-    let receiver = Receiver::start();
-    receiver.answer(503);
+    // At first nothing listens on the receiver's port (connections are
+    // refused); after the restart a receiver answers 503; then 200.
+    let port = free_port();
     let server = status(10.0);
     let data = tempfile::tempdir().unwrap();
     let sinks = format!(
-        "[[sinks]]\nname = \"oncall\"\nkind = \"webhook\"\nurl = \"{}\"\nretry_initial = \"20ms\"\nretry_max = \"200ms\"\n",
-        receiver.url()
+        "[[sinks]]\nname = \"oncall\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/hook\"\nretry_initial = \"20ms\"\nretry_max = \"200ms\"\n"
     );
     let config = config(&server, &sinks);
     let start = || Vigil::start_with_data_dir(&config, data.path(), tempfile::tempdir().unwrap());
 
-    // Down: an episode begins and ends, the next begins; all refused.
+    // Down: an episode begins and ends, the next begins; nothing answers.
     let mut vigil = start();
     let first = fire(&mut vigil, &server);
     resolve(&mut vigil, &server);
     fire(&mut vigil, &server);
+    eventually("a refused connection in the log", || {
+        let log = vigil.stderr();
+        (log.contains("Sink failed") && log.to_lowercase().contains("connection refused"))
+            .then_some(())
+    });
+    // Restarted while the receiver is still down; it answers 503 now.
+    vigil.terminate();
+    let receiver = Receiver::start_on(port);
+    receiver.answer(503);
+    let mut vigil = start();
     eventually("refused attempts", || {
         (receiver.received().len() >= 2).then_some(())
     });
-    // Restarted while the receiver is still down; the episode ends.
-    vigil.terminate();
-    let mut vigil = start();
     resolve(&mut vigil, &server);
     assert!(receiver.accepted().is_empty());
 
