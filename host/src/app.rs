@@ -72,16 +72,19 @@ pub struct Stopped {
 
 impl App {
     /// Opens the state database in `data_dir`, loads every rule and starts
-    /// the stages that hand alert events to `delivery`. Any failure is
-    /// returned with the culprit named; nothing is polled until
-    /// [`App::run`].
+    /// the stages that hand alert events to `delivery`, plus the sinks the
+    /// config declares (`[[sinks]]`, network ones behind their outbox in
+    /// the state database). Any failure is returned with the culprit named;
+    /// nothing is polled until [`App::run`].
     pub async fn build(
         settings: Settings,
         data_dir: &DataDir,
-        delivery: Delivery,
+        mut delivery: Delivery,
     ) -> anyhow::Result<App> {
         data_dir.create()?;
         let state = data_dir.open_state()?;
+        let console = delivery.console();
+        crate::sinks::spec::attach(&mut delivery, &settings.sinks, &state, console).await?;
         // Compiled rules are kept in the data directory's cache, so a
         // restart loads them in milliseconds instead of compiling them again.
         let runtime = Runtime::new()?.with_compile_cache(CompileCache::new(data_dir.cache_dir()));

@@ -12,7 +12,7 @@ use tracing_subscriber::EnvFilter;
 use crate::app::App;
 use crate::config::Settings;
 use crate::scaffold::{self, Lang, RuleName};
-use crate::sinks::{Delivery, Format, SinkOptions, StdoutSink};
+use crate::sinks::{Console, Delivery, Format, SinkOptions, StdoutSink};
 use crate::state::DataDir;
 
 /// Vigil: a monitoring host that runs your rules as sandboxed WebAssembly.
@@ -221,12 +221,20 @@ fn run_monitor(args: RunArgs) -> anyhow::Result<()> {
         None => args.config.is_none(),
     };
     runtime.block_on(async {
-        let mut delivery = Delivery::new();
-        let console = SinkOptions {
+        let console = Console {
+            format: args.format,
             evaluations,
-            ..SinkOptions::default()
         };
-        delivery.add("stdout", StdoutSink::new(args.format), console);
+        let mut delivery = Delivery::new().with_console(console);
+        // With `[[sinks]]`, the config says where alerts go (its `stdout`
+        // sink, if any, writes as the flags say); without, the console.
+        if settings.sinks.is_empty() {
+            let options = SinkOptions {
+                evaluations,
+                ..SinkOptions::default()
+            };
+            delivery.add("stdout", StdoutSink::new(args.format), options);
+        }
         let mut app = App::build(settings, &data_dir, delivery).await?;
         if let Some(path) = args.config {
             app = app.watch_config(path);

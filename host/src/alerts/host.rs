@@ -6,6 +6,7 @@
 //! | `RuleFailing{rule}` | the rule is quarantined after failing too often | it evaluates again, or is removed |
 //! | `RuleOverloaded{rule}` | samples are dropped for the rule because its queue is full | 30 s after the last drop, or it is removed |
 //! | `RemediationBreakerOpen{action}` | an action's circuit breaker opens | the breaker closes |
+//! | `DeliveryFailing{sink}` | a network sink's outbox is full and drops notifications, or the sink has failed for its `failing_after` (1 min) without a success; delivered on the other sinks only | the sink accepts a notification again, or is gone |
 //! | `RuleAlertsRefused{rule}` | a verdict of the rule is refused: it would have more active alerts than its limit | a verdict fits again on every target that was refused, or the rule is removed; not restored after a restart (the next refused verdict raises it again) |
 //!
 //! They belong to rule [`HOST_RULE`] and target [`HOST_TARGET`] (the host
@@ -121,6 +122,24 @@ impl HostAlerts {
             "RemediationBreakerOpen" => open.contains(about.as_str()),
             _ => true,
         });
+    }
+
+    /// The sinks failing now, each with why: `DeliveryFailing` holds for
+    /// exactly these. Returns whether the set changed.
+    pub fn delivery_failing(&mut self, failing: &[(String, String)]) -> bool {
+        let before = self.active.len();
+        self.active.retain(|(name, sink), _| {
+            name != "DeliveryFailing" || failing.iter().any(|(failing, _)| failing == sink)
+        });
+        let mut changed = self.active.len() != before;
+        for (sink, why) in failing {
+            let subject = ("DeliveryFailing".to_string(), sink.clone());
+            changed |= self
+                .active
+                .insert(subject, delivery_failing(sink, why))
+                .is_none();
+        }
+        changed
     }
 
     /// A verdict of `rule` was refused. Returns whether the set changed.
@@ -240,6 +259,22 @@ fn alerts_refused(rule: &str, refused: &TooManyAlerts) -> Alert {
     }
 }
 
+/// `DeliveryFailing` while a sink drops notifications or keeps failing.
+fn delivery_failing(sink: &str, why: &str) -> Alert {
+    Alert {
+        name: "DeliveryFailing".into(),
+        severity: Severity::Critical,
+        summary: why.to_string(),
+        labels: about("sink", sink),
+        annotations: about(
+            "hint",
+            "is the receiver up and reachable from this host? its notifications wait in the outbox (the oldest are dropped past `max_queue`)",
+        ),
+        for_ms: 0,
+        keep_firing_for_ms: 0,
+    }
+}
+
 /// `RemediationBreakerOpen` while an action's circuit breaker is open.
 fn breaker_open(trip: &BreakerTrip) -> Alert {
     Alert {
@@ -320,6 +355,27 @@ mod tests {
             OVERLOAD_HOLD.as_millis() as u64
         );
         host.tick(&BTreeSet::new(), &[]);
+        assert!(host.alerts().is_empty());
+    }
+
+    #[test]
+    fn delivery_failing_holds_for_exactly_the_sinks_failing_now() {
+        let mut host = HostAlerts::default();
+        let failing = |sinks: &[&str]| -> Vec<(String, String)> {
+            sinks
+                .iter()
+                .map(|sink| (sink.to_string(), format!("sink `{sink}` has failed for 1m")))
+                .collect()
+        };
+        assert!(host.delivery_failing(&failing(&["pager", "am"])));
+        assert!(!host.delivery_failing(&failing(&["pager", "am"])));
+        assert_eq!(
+            names(&host),
+            ["DeliveryFailing{am}", "DeliveryFailing{pager}"]
+        );
+        assert!(host.delivery_failing(&failing(&["am"])));
+        assert_eq!(names(&host), ["DeliveryFailing{am}"]);
+        assert!(host.delivery_failing(&[]));
         assert!(host.alerts().is_empty());
     }
 

@@ -221,6 +221,24 @@ impl Tracker {
             .flat_map(|group| group.alerts())
     }
 
+    /// Every firing alert as a firing event, dated when it became active,
+    /// in no particular order: what a sink that re-sends firing alerts
+    /// starts from after a restart.
+    pub fn firing_events(&self) -> impl Iterator<Item = AlertEvent> + '_ {
+        self.groups.iter().flat_map(|((rule, target), group)| {
+            group
+                .alerts()
+                .filter(|alert| alert.state == State::Firing)
+                .map(|alert| AlertEvent {
+                    status: Status::Firing,
+                    rule: rule.clone(),
+                    target: target.clone(),
+                    alert: alert.clone(),
+                    at_ms: alert.active_since_ms,
+                })
+        })
+    }
+
     /// Alerts currently firing, in no particular order.
     pub fn firing(&self) -> impl Iterator<Item = &TrackedAlert> {
         self.groups

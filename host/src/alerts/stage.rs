@@ -32,10 +32,25 @@ use crate::state::{StateDb, StateError};
 pub trait Outlet: Send {
     /// Takes one alert event; must not wait.
     fn alert(&self, event: AlertEvent);
+    /// Takes the events one step caused, in order; must not wait. The
+    /// default hands them over one by one; the delivery stage writes a
+    /// network sink's share in one transaction.
+    fn alerts(&self, events: Vec<AlertEvent>) {
+        for event in events {
+            self.alert(event);
+        }
+    }
     /// Takes one evaluation, for those who want them; must not wait.
     fn evaluation(&self, evaluation: &Arc<Evaluation>);
     /// Whether anyone wants evaluations at all.
     fn wants_evaluations(&self) -> bool;
+    /// The sinks failing now, each with why (raised as `DeliveryFailing`).
+    fn failing(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+    /// The alerts firing when the host started, for sinks that re-send
+    /// what is firing.
+    fn restored(&self, _firing: &[AlertEvent]) {}
 }
 
 /// Verdicts refused for breaking an alert limit, per rule: a read model
@@ -105,6 +120,8 @@ impl<O: Outlet> Alerting<O> {
         };
         alerting.send(gone);
         alerting.observe_host(now_ms);
+        let firing: Vec<AlertEvent> = alerting.tracker.firing_events().collect();
+        alerting.delivery.restored(&firing);
         Ok(alerting)
     }
 
@@ -208,6 +225,7 @@ impl<O: Outlet> Alerting<O> {
         let dropping: BTreeSet<&str> = dropped.keys().map(|rule| &**rule).collect();
         self.host.tick(&dropping, open);
         self.host.rules_overloaded(dropping);
+        self.host.delivery_failing(&self.delivery.failing());
         self.observe_host(now_ms);
     }
 
@@ -248,9 +266,7 @@ impl<O: Outlet> Alerting<O> {
     }
 
     fn send(&self, events: Vec<AlertEvent>) {
-        for event in events {
-            self.delivery.alert(event);
-        }
+        self.delivery.alerts(events);
     }
 }
 

@@ -34,6 +34,12 @@
 //! max_active_alerts_per_target = 1000  # alerts tracked (pending + firing)
 //! max_active_alerts = 10000
 //!
+//! [[sinks]]                            # optional; without any, alerts go to stdout
+//! name = "alertmanager"
+//! kind = "alertmanager"                # stdout | file | webhook | alertmanager (see sinks.rs)
+//! urls = ["http://127.0.0.1:9093"]
+//! match_labels = { severity = "critical" }
+//!
 //! [audit]                              # optional: how much the audit log keeps
 //! max_age = "30d"
 //! max_bytes = "256MiB"
@@ -57,8 +63,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+mod sinks;
 mod watch;
 
+pub use sinks::DEFAULT_SINK_TIMEOUT;
 pub use watch::ConfigWatch;
 
 use crate::actions::audit::MIN_MAX_BYTES;
@@ -67,6 +75,7 @@ use crate::alerts::{AlertLimits, RuleAlertLimits};
 use crate::duration::TextDuration;
 use crate::names::{ActionName, RuleName, Syntax, TargetName};
 use crate::runtime::{Limits, builtin};
+use crate::sinks::SinkSpec;
 use crate::size::TextSize;
 
 /// Poll interval when a target does not set one.
@@ -116,6 +125,9 @@ pub struct Settings {
     pub alert_limits: RuleAlertLimits,
     /// How much the audit log keeps. Takes effect at the next start.
     pub audit: AuditSettings,
+    /// Where alerts go (`[[sinks]]`); empty for the console alone. Takes
+    /// effect at the next start.
+    pub sinks: Vec<SinkSpec>,
 }
 
 impl Settings {
@@ -129,6 +141,7 @@ impl Settings {
                 self.reload_debounce != new.reload_debounce,
             ),
             ("shutdown_grace", self.shutdown_grace != new.shutdown_grace),
+            ("sinks", self.sinks != new.sinks),
         ];
         changed
             .into_iter()
@@ -305,6 +318,7 @@ impl Settings {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             alert_limits: RuleAlertLimits::default(),
             audit: AuditSettings::default(),
+            sinks: Vec::new(),
         }
     }
 
@@ -419,6 +433,22 @@ impl Settings {
                     })?
             }
         };
+        let mut sinks: Vec<SinkSpec> = Vec::new();
+        for spanned in file.sinks {
+            let location = at(spanned.span());
+            let sink = spanned.into_inner();
+            let name = sink.name().to_string();
+            let fail = |message: String| ConfigError {
+                location: location.clone(),
+                message: format!("sink `{name}`: {message}"),
+            };
+            if sinks.iter().any(|other| other.name == name) {
+                return Err(fail(
+                    "the name is used twice; sink names must be unique".into(),
+                ));
+            }
+            sinks.push(sink.validate(base).map_err(fail)?);
+        }
         let actions = match &file.actions {
             None => BTreeMap::new(),
             Some(table) => {
@@ -449,6 +479,7 @@ impl Settings {
             shutdown_grace: file.shutdown_grace.map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0),
             alert_limits,
             audit,
+            sinks,
         })
     }
 }
@@ -481,6 +512,8 @@ struct ConfigFile {
     targets: Vec<Spanned<TargetConfig>>,
     #[serde(default)]
     rules: Vec<Spanned<RuleConfig>>,
+    #[serde(default)]
+    sinks: Vec<Spanned<sinks::SinkConfig>>,
 }
 
 /// `[audit]`: how much the audit log keeps.

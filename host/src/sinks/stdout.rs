@@ -201,7 +201,7 @@ fn alert_text(event: &AlertEvent) -> String {
     crate::text::one_line(&line).into_owned()
 }
 
-fn alert_json(event: &AlertEvent) -> Value {
+pub(crate) fn alert_json(event: &AlertEvent) -> Value {
     let alert = &event.alert;
     let pairs = |pairs: &[(String, String)]| -> Map<String, Value> {
         pairs

@@ -1,5 +1,5 @@
 //! What Vigil keeps on disk: the data directory's layout ([`DataDir`]) and
-//! the one database file in it, `state.redb`, with its three kinds of
+//! the one database file in it, `state.redb`, with its four kinds of
 //! table. This is the only module that touches the database (redb); the
 //! others get typed calls.
 //!
@@ -12,6 +12,8 @@
 //!     action_audit                 id -> record, JSON              audit.rs   AuditTable (actions::AuditLog on top)
 //!     action_audit_unfinished      ids still `started`
 //!     action_audit_meta            next_id, bytes (the records' total size)
+//!     outbox                       (sink, sequence) -> a notification  outbox.rs  OutboxTable (sinks::outbox on top)
+//!     outbox_next                  sink -> its next sequence
 //!   cache/                         compiled rules                  data_dir.rs  DataDir::cache (runtime::CompileCache)
 //! ```
 //!
@@ -21,6 +23,7 @@
 //! | `rules` | each rule sees only its own namespace; a call's writes ([`PendingWrites`]) commit together when it returns and are dropped when it fails; sizes are capped per key, value and rule ([`MAX_KEY_BYTES`], [`MAX_VALUE_BYTES`], [`MAX_RULE_BYTES`]) | store a write that breaks a limit, or half a call |
 //! | `alerts` | one row per tracked alert; what changed in a (rule, target) group is saved in one transaction; the old whole-group table is handed over once and dropped | interpret the JSON: it is `alerts::Tracker`'s |
 //! | `audit` ([`AuditTable`]) | ids start at 1 and only go up, across restarts and pruning; a record and its unfinished mark are written together, and a finish clears the mark with the new record; the records' total size is kept with them, and a size bound is enforced in the append that breaks it; pruning keeps every unfinished record | finish a record twice; know what a record says (see below) |
+//! | `outbox` ([`OutboxTable`]) | a sink's rows come back in the order they were pushed; sequences only go up per sink, across restarts; a push and the bound's evictions commit together | know what a notification says (the bytes are `sinks::outbox`'s) |
 //! | `data_dir` ([`DataDir`]) | the layout above, in one place; errors name the path and hint at the fix | create an empty database for a command that only reads one ([`DataDir::open_existing_state`]) |
 //!
 //! **Why the audit storage deals in bytes.** `actions` is built on `state`,
@@ -37,6 +40,7 @@
 mod alerts;
 mod audit;
 mod data_dir;
+mod outbox;
 mod rules;
 
 use std::path::Path;
@@ -47,6 +51,7 @@ use redb::Database;
 pub use alerts::SavedAlert;
 pub use audit::{AuditTable, Finish};
 pub use data_dir::{DataDir, DataDirError};
+pub use outbox::OutboxTable;
 pub use rules::{MAX_KEY_BYTES, MAX_RULE_BYTES, MAX_VALUE_BYTES, PendingWrites, RuleState};
 
 /// Why the state database failed.
@@ -91,6 +96,8 @@ impl StateDb {
         txn.open_table(audit::RECORDS)?;
         txn.open_table(audit::UNFINISHED)?;
         txn.open_table(audit::META)?;
+        txn.open_table(outbox::ENTRIES)?;
+        txn.open_table(outbox::NEXT)?;
         audit::count_bytes(&txn)?;
         txn.commit()?;
         Ok(StateDb { db: Arc::new(db) })
