@@ -740,3 +740,95 @@ fn the_memory_cap_counts_every_memory_and_table_together() {
         );
     }
 }
+
+#[test]
+fn the_console_text_output_has_no_line_a_rule_wrote() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let server = StatusServer::start();
+    server.set("status", Behavior::json(json!({"cpu_usage": 10})));
+    let dir = tempfile::tempdir().unwrap();
+    let hostile = toml_path(&fixture("fixture_hostile"));
+    let config = format!(
+        "{}\n[[rules]]\nname = \"forger\"\npath = \"{hostile}\"\nconfig = {{ attack = \"forge\" }}\n\n[[rules]]\nname = \"panicker\"\npath = \"{hostile}\"\nconfig = {{ attack = \"forge\", panic = true }}\n",
+        web_target(&server.url("status")),
+    );
+    let config_path = dir.path().join("vigil.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .arg("run")
+        .arg("--config")
+        .arg(&config_path)
+        .args(["--format", "text", "--evaluations", "show", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        // Split on '\n' only: a stray '\r' must show up inside a line.
+        for line in BufReader::new(stdout).split(b'\n') {
+            let Ok(line) = line else { break };
+            if tx
+                .send(String::from_utf8_lossy(&line).into_owned())
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    // Until both rules have had 5 samples and the forged alert has fired.
+    let mut seen: Vec<String> = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let done = |seen: &[String]| {
+        let evals = |rule: &str| {
+            seen.iter()
+                .filter(|l| l.contains(&format!(" eval     web-01/{rule} ")))
+                .count()
+        };
+        evals("forger") >= 5
+            && evals("panicker") >= 5
+            && seen.iter().any(|l| l.contains("FIRING   Forged"))
+    };
+    while !done(&seen) {
+        let left = deadline
+            .checked_duration_since(std::time::Instant::now())
+            .unwrap_or_else(|| panic!("not enough output within a minute: {seen:#?}"));
+        match lines.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(error) => panic!("{error}: {seen:#?}"),
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for line in &seen {
+        assert!(
+            line.starts_with("20") && !line.starts_with("1999"),
+            "a line the rule wrote: {line:?}"
+        );
+        assert!(
+            !line.contains(['\r', '\u{1b}']),
+            "a raw control character: {line:?}"
+        );
+    }
+    let fired = seen.iter().find(|l| l.contains("FIRING   Forged")).unwrap();
+    assert!(
+        fired.ends_with("summary\\n1999-01-01T00:00:00.000000Z  INFO vigil::app: forged by the rule\\r\\u{1b}[2K"),
+        "{fired}"
+    );
+    let failed = seen
+        .iter()
+        .find(|l| l.contains("web-01/panicker") && l.contains("FAILED"))
+        .unwrap();
+    // The panic message's last line, escaped inside the host's line.
+    assert!(
+        failed.contains(
+            "(stderr: 1999-01-01T00:00:00.000000Z  INFO vigil::app: forged by the rule\\r\\u{1b}[2K)"
+        ),
+        "{failed}"
+    );
+}
