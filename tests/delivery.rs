@@ -165,19 +165,10 @@ impl Receiver {
     fn start_on(port: u16) -> Self {
         let state = Arc::new(ReceiverState::default());
         *state.answer.lock().unwrap() = 200;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
         let app = Router::new()
             .route("/hook", axum::routing::post(take))
             .with_state(state.clone());
-        runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let (runtime, addr) = common::serve(app, port);
         Receiver {
             addr,
             state,

@@ -58,19 +58,10 @@ pub struct StatusServer {
 impl StatusServer {
     pub fn start() -> Self {
         let routes: Routes = Arc::default();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
         let app = Router::new()
             .route("/{name}", axum::routing::get(answer))
             .with_state(routes.clone());
-        runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let (runtime, addr) = serve(app, 0);
         StatusServer {
             addr,
             routes,
@@ -467,4 +458,20 @@ pub fn run_audit(data: &Path, format: &str, filters: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).unwrap()
+}
+
+/// Serves `app` on `127.0.0.1:port` (0: any free port) from a runtime of
+/// its own; the server lives as long as the runtime.
+pub fn serve(app: Router, port: u16) -> (tokio::runtime::Runtime, SocketAddr) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (runtime, addr)
 }

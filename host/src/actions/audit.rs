@@ -416,25 +416,13 @@ impl AuditLog {
         let mut ledger = self.ledger();
         match ledger.plan(&record.rule, key, now_ms) {
             Write::Repeat(id) => {
-                let found = self.table.rewrite(id, |bytes| {
-                    let mut old = decode(id, bytes)?;
-                    old.repeats += 1;
-                    old.last_requested_ms = Some(now_ms);
-                    Ok::<_, AuditError>(encode(&old))
-                })?;
-                if found {
+                if self.count_again(id, now_ms, |old| old.repeats += 1)? {
                     return Ok(id);
                 }
                 ledger.lost(id);
             }
             Write::Summary(Some(id)) => {
-                let found = self.table.rewrite(id, |bytes| {
-                    let mut old = decode(id, bytes)?;
-                    old.counted += 1;
-                    old.last_requested_ms = Some(now_ms);
-                    Ok::<_, AuditError>(encode(&old))
-                })?;
-                if found {
+                if self.count_again(id, now_ms, |old| old.counted += 1)? {
                     return Ok(id);
                 }
                 ledger.lost(id);
@@ -453,6 +441,22 @@ impl AuditLog {
 
     /// Starts `rule`'s summary record for this minute with `first`, the
     /// first refusal it counts (kept as an example of them).
+    /// Counts one more refusal on record `id` (`count` says which count)
+    /// and stamps when it came; `false` if the record is gone (pruned).
+    fn count_again(
+        &self,
+        id: u64,
+        now_ms: u64,
+        count: impl FnOnce(&mut AuditRecord),
+    ) -> Result<bool, AuditError> {
+        self.table.rewrite(id, |bytes| {
+            let mut old = decode(id, bytes)?;
+            count(&mut old);
+            old.last_requested_ms = Some(now_ms);
+            Ok::<_, AuditError>(encode(&old))
+        })
+    }
+
     fn summarize(
         &self,
         ledger: &mut RefusalLedger,
