@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::bail;
@@ -25,15 +26,16 @@ use tokio::sync::mpsc;
 
 use crate::actions::dispatch::Dispatch;
 use crate::alerts::{AlertStats, Alerting};
+use crate::api::{Api, Views};
 use crate::clock::now_ms;
-use crate::config::{ConfigWatch, Settings};
+use crate::config::{ConfigWatch, ReloadRequest, Settings};
 use crate::names::RuleName;
 use crate::plugins::reload::{self, Change, ReloaderHandle, StatusBoard};
 use crate::plugins::{self, RuleBoard, Stopping, WorkerEvent};
 use crate::routing::{Router, RouterStats};
 use crate::runtime::{CompileCache, Runtime, Sample};
 use crate::sinks::Delivery;
-use crate::sources::Pollers;
+use crate::sources::{Pollers, TargetBoard};
 use crate::state::DataDir;
 
 /// Samples in flight between the sources and the router.
@@ -57,6 +59,10 @@ pub struct App {
     samples: mpsc::Receiver<Arc<Sample>>,
     status: StatusBoard,
     board: RuleBoard,
+    targets: TargetBoard,
+    api: Option<Api>,
+    running: Arc<AtomicBool>,
+    reload_requests: mpsc::Receiver<ReloadRequest>,
     config_path: Option<PathBuf>,
 }
 
@@ -85,6 +91,7 @@ impl App {
         let state = data_dir.open_state()?;
         let console = delivery.console();
         crate::sinks::spec::attach(&mut delivery, &settings.sinks, &state, console).await?;
+        let sink_stats = delivery.stats();
         // Compiled rules are kept in the data directory's cache, so a
         // restart loads them in milliseconds instead of compiling them again.
         let runtime = Runtime::new()?.with_compile_cache(CompileCache::new(data_dir.cache_dir()));
@@ -148,6 +155,25 @@ impl App {
             router.install(rule, spec.failure_policy);
         }
         let (sample_tx, samples) = mpsc::channel(SAMPLE_QUEUE);
+        let targets = TargetBoard::default();
+        let running = Arc::new(AtomicBool::new(false));
+        // One request waits at a time: more would only queue re-reads of
+        // the same file.
+        let (reload_tx, reload_requests) = mpsc::channel(1);
+        let views = Views {
+            targets: targets.clone(),
+            alerts: alerting.board(),
+            alert_stats: alerting.stats(),
+            status: status.clone(),
+            rules: board.clone(),
+            router: router.stats(),
+            sinks: sink_stats,
+            actions: dispatch.stats(),
+            audit: dispatch.audit().clone(),
+            running: running.clone(),
+            reload: reload_tx,
+        };
+        let api = Api::bind(&settings.api, data_dir, views).await?;
         Ok(App {
             settings,
             router,
@@ -160,6 +186,10 @@ impl App {
             samples,
             status,
             board,
+            targets,
+            api,
+            running,
+            reload_requests,
             config_path: None,
         })
     }
@@ -190,6 +220,16 @@ impl App {
         self.alerting.stats()
     }
 
+    /// Every target's last poll, live while the host runs.
+    pub fn targets(&self) -> TargetBoard {
+        self.targets.clone()
+    }
+
+    /// Where the API listens, when it is on.
+    pub fn api_addr(&self) -> Option<std::net::SocketAddr> {
+        self.api.as_ref().and_then(|api| api.local_addr().ok())
+    }
+
     /// The router's totals, live while the host runs.
     pub fn router_stats(&self) -> Arc<RouterStats> {
         self.router.stats()
@@ -217,11 +257,26 @@ impl App {
             sample_tx,
             mut samples,
             config_path,
+            targets,
+            api,
+            running,
+            reload_requests,
             ..
         } = self;
-        let mut pollers = Pollers::new(sample_tx);
+        let mut pollers = Pollers::new(sample_tx, targets);
         pollers.apply(&settings.targets);
-        let mut config = ConfigWatch::start(config_path.as_deref(), settings.reload_debounce)?;
+        let mut config = ConfigWatch::start(
+            config_path.as_deref(),
+            settings.reload_debounce,
+            reload_requests,
+        )?;
+        let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+        let api_task = api.map(|api| {
+            tokio::spawn(api.serve(async {
+                let _ = api_stopped.await;
+            }))
+        });
+        running.store(true, Ordering::Release);
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
         tracing::info!(
             targets = pollers.len(),
@@ -277,6 +332,11 @@ impl App {
         }
 
         tracing::info!("Shutting down.");
+        running.store(false, Ordering::Release);
+        let _ = stop_api.send(());
+        if let Some(task) = api_task {
+            let _ = task.await;
+        }
         reloader.abort();
         drop(pollers);
         Ok(stop(router, results, alerting, samples, settings.shutdown_grace).await)

@@ -40,6 +40,26 @@ impl<'de> Deserialize<'de> for TextDuration {
     }
 }
 
+/// Writes a duration as milliseconds (fractional: a loopback poll takes
+/// less than one), the unit every `_ms` field of the API uses.
+pub fn serialize_ms<S: serde::Serializer>(
+    duration: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(duration.as_secs_f64() * 1000.0)
+}
+
+/// [`serialize_ms`] for a duration that may be absent (`null`).
+pub fn serialize_opt_ms<S: serde::Serializer>(
+    duration: &Option<Duration>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match duration {
+        Some(duration) => serialize_ms(duration, serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,7 +36,8 @@
 //! - the pipeline: [`sources`] → [`routing`] → [`plugins`] (rule workers, on
 //!   the [`runtime`]) → [`alerts`] → [`sinks`], wired together by [`app`];
 //! - beside it: [`actions`] (remediation the rules ask for), [`state`] (the
-//!   one database), [`config`] (settings and their reload);
+//!   one database), [`config`] (settings and their reload), [`api`] (the
+//!   HTTP API, `/metrics` and the page, over every stage's read model);
 //! - shared by all: [`names`], [`clock`], [`duration`], [`size`], [`hash`],
 //!   [`http`], [`process`], [`text`], [`watch`];
 //! - the rule authors' tools: [`cli`], [`casefile`] (`vigil test`),
@@ -53,6 +54,7 @@ pub mod sources;
 
 // Beside the pipeline.
 pub mod actions;
+pub mod api;
 pub mod config;
 pub mod state;
 

@@ -6,8 +6,8 @@
 //! and then every [`RETENTION_EVERY`] ([`Dispatch::tick`]).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -40,9 +40,37 @@ pub struct Feedback {
     pub breaker_opened: Option<BreakerTrip>,
 }
 
+/// Requests handled, by action and outcome (`succeeded`, `failed`,
+/// `timed-out`, `dry-run`, `refused`): the read model of this stage.
+/// Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct ActionStats(Arc<Mutex<BTreeMap<(ActionName, &'static str), u64>>>);
+
+impl ActionStats {
+    /// Counts so far, by (action, outcome).
+    pub fn snapshot(&self) -> BTreeMap<(ActionName, &'static str), u64> {
+        self.lock().clone()
+    }
+
+    fn handled(&self, action: &str, outcome: &'static str) {
+        *self
+            .lock()
+            .entry((ActionName::from(action), outcome))
+            .or_default() += 1;
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<(ActionName, &'static str), u64>> {
+        // Counters: no invariant a panic could break.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 /// Hands action requests to the remediation gate and collects outcomes.
 pub struct Dispatch {
     remediation: Arc<Remediation>,
+    stats: ActionStats,
     feedback: mpsc::Sender<Feedback>,
     outcomes: mpsc::Receiver<Feedback>,
     /// When retention last ran, and whether a run is under way.
@@ -91,6 +119,7 @@ impl Dispatch {
             outcomes,
             retained_ms: now,
             retaining: Arc::default(),
+            stats: ActionStats::default(),
         })
     }
 
@@ -102,6 +131,7 @@ impl Dispatch {
         };
         for request in &verdict.actions {
             let (remediation, feedback) = (self.remediation.clone(), self.feedback.clone());
+            let stats = self.stats.clone();
             let rule = evaluation.rule.clone();
             let target = evaluation.sample.target.clone();
             let request = request.clone();
@@ -111,6 +141,7 @@ impl Dispatch {
             tokio::spawn(async move {
                 match remediation.handle(&rule, &target, &request, now_ms()).await {
                     Ok(handled) => {
+                        stats.handled(&request.action, handled.outcome.status.as_str());
                         if log.allow() {
                             tracing::info!(
                             rule = %rule,
@@ -144,6 +175,16 @@ impl Dispatch {
                 }
             });
         }
+    }
+
+    /// Requests handled so far, by action and outcome.
+    pub fn stats(&self) -> ActionStats {
+        self.stats.clone()
+    }
+
+    /// The audit log, for readers (the API).
+    pub fn audit(&self) -> &super::AuditLog {
+        self.remediation.audit()
     }
 
     /// The next outcome to hand back.

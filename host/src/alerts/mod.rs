@@ -6,6 +6,7 @@
 //! [`bounds`]; [`host`] is what Vigil says about itself; [`Alerting`] is the
 //! pipeline stage that ties them to the sinks.
 
+pub mod board;
 pub mod bounds;
 pub mod host;
 pub mod lifecycle;
@@ -13,6 +14,7 @@ mod stage;
 
 use std::collections::HashMap;
 
+pub use board::{ActiveAlert, AlertBoard};
 pub use bounds::{AlertLimits, RuleAlertLimits, TooManyAlerts};
 pub use host::{HOST_RULE, HOST_TARGET, HostAlerts};
 pub use lifecycle::{AlertEvent, Fingerprint, Severity, State, Status, TrackedAlert};
@@ -40,6 +42,7 @@ pub struct Tracker {
     per_rule: HashMap<RuleName, usize>,
     limits: RuleAlertLimits,
     store: Option<StateDb>,
+    board: AlertBoard,
 }
 
 impl Tracker {
@@ -76,14 +79,17 @@ impl Tracker {
             }
         }
         let mut per_rule = HashMap::new();
-        for ((rule, _), group) in &groups {
+        let board = AlertBoard::default();
+        for ((rule, target), group) in &groups {
             *per_rule.entry(rule.clone()).or_default() += group.len();
+            board.publish(rule, target, group.alerts());
         }
         Ok(Tracker {
             groups,
             per_rule,
             limits: RuleAlertLimits::default(),
             store: Some(store),
+            board,
         })
     }
 
@@ -116,6 +122,10 @@ impl Tracker {
         if let Some(store) = &self.store {
             save_changes(store, &key, group, &before);
         }
+        if after_len > 0 || !before.is_empty() {
+            self.board.publish(rule, target, group.alerts());
+        }
+        self.board.announced(&events);
         if after_len == 0 {
             self.groups.remove(&key);
         }
@@ -189,6 +199,7 @@ impl Tracker {
                 let key = (rule.clone(), target.clone());
                 save_changes(store, &key, &lifecycle::Group::default(), &group.shape());
             }
+            self.board.publish(rule, target, std::iter::empty());
             if let Some(total) = self.per_rule.get_mut(rule) {
                 *total -= group.len();
                 if *total == 0 {
@@ -206,7 +217,14 @@ impl Tracker {
             }
             false
         });
+        self.board.announced(&events);
         events
+    }
+
+    /// The read model of what this tracker holds, kept current as it
+    /// changes.
+    pub fn board(&self) -> AlertBoard {
+        self.board.clone()
     }
 
     /// The alerts tracked for (`rule`, `target`), pending and firing.

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use super::bounds::{RuleAlertLimits, TooManyAlerts};
 use super::host::{HOST_RULE, HOST_TARGET, HostAlerts};
-use super::{AlertEvent, Tracker};
+use super::{AlertBoard, AlertEvent, Tracker};
 use crate::actions::BreakerTrip;
 use crate::names::{RuleName, TargetName};
 use crate::plugins::Evaluation;
@@ -177,6 +177,11 @@ impl<O: Outlet> Alerting<O> {
     /// Verdicts refused per rule, live while the host runs.
     pub fn stats(&self) -> AlertStats {
         self.stats.clone()
+    }
+
+    /// Every alert tracked now, live while the host runs.
+    pub fn board(&self) -> AlertBoard {
+        self.tracker.board()
     }
 
     fn refused(

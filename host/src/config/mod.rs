@@ -44,6 +44,10 @@
 //! max_age = "30d"
 //! max_bytes = "256MiB"
 //! refusal_records_per_minute = 60      # per rule; the rest are counted
+//!
+//! [api]                                # optional: the HTTP API, /metrics and the page
+//! listen = "127.0.0.1:9470"            # the default; "off" for none
+//! token_file = "api.token"             # bearer token for POST /api/v1/reload
 //! ```
 //!
 //! Target kinds ([`TargetKind`]):
@@ -63,11 +67,14 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+mod api;
 mod sinks;
 mod watch;
 
+pub use api::{ApiSettings, DEFAULT_LISTEN, Listen};
+
 pub use sinks::DEFAULT_SINK_TIMEOUT;
-pub use watch::ConfigWatch;
+pub use watch::{ConfigWatch, ReloadRequest};
 
 use crate::actions::audit::MIN_MAX_BYTES;
 use crate::actions::{ActionSpec, AuditSettings, Mode, parse_actions};
@@ -128,6 +135,8 @@ pub struct Settings {
     /// Where alerts go (`[[sinks]]`); empty for the console alone. Takes
     /// effect at the next start.
     pub sinks: Vec<SinkSpec>,
+    /// The HTTP API (`[api]`). Takes effect at the next start.
+    pub api: ApiSettings,
 }
 
 impl Settings {
@@ -142,6 +151,7 @@ impl Settings {
             ),
             ("shutdown_grace", self.shutdown_grace != new.shutdown_grace),
             ("sinks", self.sinks != new.sinks),
+            ("api", self.api != new.api),
         ];
         changed
             .into_iter()
@@ -229,6 +239,18 @@ pub enum TargetKind {
     },
     /// This machine: CPU, memory, load and disks.
     Local,
+}
+
+impl TargetKind {
+    /// `http-json`, `prometheus`, `command` or `local`, as in the config.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TargetKind::HttpJson { .. } => "http-json",
+            TargetKind::Prometheus { .. } => "prometheus",
+            TargetKind::Command { .. } => "command",
+            TargetKind::Local => "local",
+        }
+    }
 }
 
 /// One rule to load.
@@ -319,6 +341,7 @@ impl Settings {
             alert_limits: RuleAlertLimits::default(),
             audit: AuditSettings::default(),
             sinks: Vec::new(),
+            api: ApiSettings::default(),
         }
     }
 
@@ -433,6 +456,19 @@ impl Settings {
                     })?
             }
         };
+        let api = match file.api {
+            None => ApiSettings::default(),
+            Some(spanned) => {
+                let location = at(spanned.span());
+                spanned
+                    .into_inner()
+                    .validate(base)
+                    .map_err(|message| ConfigError {
+                        location,
+                        message: format!("[api]: {message}"),
+                    })?
+            }
+        };
         let mut sinks: Vec<SinkSpec> = Vec::new();
         for spanned in file.sinks {
             let location = at(spanned.span());
@@ -480,6 +516,7 @@ impl Settings {
             alert_limits,
             audit,
             sinks,
+            api,
         })
     }
 }
@@ -508,6 +545,7 @@ struct ConfigFile {
     reload_debounce: Option<ConfigDuration>,
     shutdown_grace: Option<ConfigDuration>,
     audit: Option<Spanned<AuditConfig>>,
+    api: Option<Spanned<api::ApiConfig>>,
     #[serde(default)]
     targets: Vec<Spanned<TargetConfig>>,
     #[serde(default)]

@@ -1,32 +1,45 @@
-//! Config reload: the config file is watched, and re-read on `SIGHUP`.
+//! Config reload: the config file is watched, and re-read on `SIGHUP` or
+//! `POST /api/v1/reload`.
 //!
 //! A changed file is validated whole before anything is applied: a broken
 //! edit is refused with file, line and reason, and the running config
-//! stays. An event that leaves the text as it was is ignored; `SIGHUP`
-//! always reloads (an operator asking for a reload gets one).
+//! stays. An event that leaves the text as it was is ignored; `SIGHUP` and
+//! the API always reload (an operator asking for a reload gets one), and
+//! the API's caller is told whether the config was taken or why not.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio::sync::{mpsc, oneshot};
 
 use super::Settings;
 use crate::hash::sha256_hex as content_hash;
 use crate::watch::{DebouncedWatch, folder_of};
 
-/// Where the next config comes from: the file (watched) and `SIGHUP`.
+/// A reload someone asked for: the answer is `Ok` once the new config is
+/// taken, or the reason it was refused.
+pub struct ReloadRequest(pub oneshot::Sender<Result<(), String>>);
+
+/// Where the next config comes from: the file (watched), `SIGHUP` and
+/// reload requests.
 pub struct ConfigWatch {
     path: Option<PathBuf>,
     watch: Option<DebouncedWatch>,
     hangups: tokio::signal::unix::Signal,
+    requests: mpsc::Receiver<ReloadRequest>,
     /// Hash of the config text in force, to ignore events that change nothing.
     loaded: String,
 }
 
 impl ConfigWatch {
     /// Watches `path` (when vigil runs with a config file) and listens for
-    /// `SIGHUP` (always: without a file it is logged and ignored).
-    pub fn start(path: Option<&Path>, debounce: Duration) -> anyhow::Result<Self> {
+    /// `SIGHUP` and `requests` (always: without a file they are refused).
+    pub fn start(
+        path: Option<&Path>,
+        debounce: Duration,
+        requests: mpsc::Receiver<ReloadRequest>,
+    ) -> anyhow::Result<Self> {
         let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("cannot listen for SIGHUP")?;
         let Some(path) = path else {
@@ -34,6 +47,7 @@ impl ConfigWatch {
                 path: None,
                 watch: None,
                 hangups,
+                requests,
                 loaded: String::new(),
             });
         };
@@ -48,57 +62,69 @@ impl ConfigWatch {
             path: Some(path.to_path_buf()),
             watch: Some(watch),
             hangups,
+            requests,
             loaded,
         })
     }
 
     /// Waits for the next config to apply: the file changed (and its text
-    /// did), or `SIGHUP`. A config that does not validate is logged and
-    /// skipped; this keeps waiting.
+    /// did), `SIGHUP`, or a request. A config that does not validate is
+    /// logged (and the requester told) and skipped; this keeps waiting.
     pub async fn next(&mut self) -> Settings {
         loop {
-            let forced = tokio::select! {
+            let (forced, reply) = tokio::select! {
                 _ = async {
                     match &mut self.watch {
                         Some(watch) => watch.next().await,
                         None => std::future::pending().await,
                     }
-                } => false,
-                Some(()) = self.hangups.recv() => true,
+                } => (false, None),
+                Some(()) = self.hangups.recv() => (true, None),
+                Some(ReloadRequest(reply)) = self.requests.recv() => (true, Some(reply)),
             };
-            if let Some(settings) = self.reload(forced) {
+            let result = self.reload(forced);
+            let (answer, settings) = match result {
+                Ok(settings) => (Ok(()), settings),
+                Err(reason) => (Err(reason), None),
+            };
+            if let Some(reply) = reply {
+                // The requester may have given up waiting: nothing to do.
+                let _ = reply.send(answer);
+            }
+            if let Some(settings) = settings {
                 return settings;
             }
         }
     }
 
-    /// Reads and validates the config again. A broken one is refused with
-    /// file, line and reason, and the running config stays.
-    fn reload(&mut self, forced: bool) -> Option<Settings> {
+    /// Reads and validates the config again: `Ok(None)` when nothing
+    /// changed, `Err` with the reason when it is refused (file, line and
+    /// reason; the running config stays).
+    fn reload(&mut self, forced: bool) -> Result<Option<Settings>, String> {
         let Some(path) = &self.path else {
-            tracing::info!("SIGHUP ignored: vigil runs without a config file.");
-            return None;
+            tracing::info!("Reload ignored: vigil runs without a config file.");
+            return Err("vigil runs without a config file: there is nothing to reload\nhint: start it with --config FILE".into());
         };
         let text = match std::fs::read(path) {
             Ok(text) => text,
             Err(error) => {
                 tracing::error!(path = %path.display(), %error, "Config reload refused: cannot read the file; the running config stays.");
-                return None;
+                return Err(format!("cannot read {}: {error}", path.display()));
             }
         };
         let hash = content_hash(&text);
         if !forced && self.loaded == hash {
-            return None;
+            return Ok(None);
         }
         self.loaded = hash;
         match Settings::load(path) {
             Ok(settings) => {
                 tracing::info!(path = %path.display(), forced, "Config reloaded.");
-                Some(settings)
+                Ok(Some(settings))
             }
             Err(error) => {
                 tracing::error!(%error, "Config reload refused; the running config stays.");
-                None
+                Err(error.to_string())
             }
         }
     }

@@ -22,8 +22,8 @@ pub use crate::config::FailurePolicy;
 /// config that names them).
 pub use crate::runtime::builtin;
 pub use worker::{
-    Evaluation, QUEUE, Refused, RuleBoard, RuleCounters, RuleHealth, RuleWorker, Stopping,
-    WorkerEvent,
+    Evaluation, QUEUE, Refused, RuleBoard, RuleCounters, RuleHealth, RuleState, RuleWorker,
+    Stopping, WorkerEvent,
 };
 
 use crate::config::{RuleSource, RuleSpec};

@@ -57,6 +57,14 @@ pub struct RuleStatus {
     pub last_error: Option<String>,
     /// When the last change (install, refusal, removal) happened.
     pub changed_at_ms: u64,
+    /// Where the component comes from: its file, or `builtin:NAME`.
+    pub source: String,
+    /// When the version serving was loaded (0: none serves).
+    pub loaded_at_ms: u64,
+    /// Versions loaded after the first (hot reloads).
+    pub reloads: u64,
+    /// Changes refused (the running version stayed).
+    pub refused: u64,
 }
 
 /// The status of every rule, shared between the reloader and readers.
@@ -69,18 +77,24 @@ impl StatusBoard {
         self.0.lock().expect("status lock").clone()
     }
 
-    /// Records that `rule` serves `version` of `hash`.
-    pub fn installed(&self, rule: &str, version: u64, hash: &str) {
+    /// Records that `rule` serves `version` of `hash`, from `source`.
+    pub fn installed(&self, rule: &str, version: u64, hash: &str, source: &RuleSource) {
+        let now = now_ms();
         let mut board = self.0.lock().expect("status lock");
-        board.insert(
-            rule.to_string(),
-            RuleStatus {
-                version,
-                hash: hash.to_string(),
-                last_error: None,
-                changed_at_ms: now_ms(),
-            },
-        );
+        let status = board.entry(rule.to_string()).or_default();
+        if status.loaded_at_ms > 0 || status.version > 0 {
+            status.reloads += 1;
+        }
+        *status = RuleStatus {
+            version,
+            hash: hash.to_string(),
+            last_error: None,
+            changed_at_ms: now,
+            source: source.to_string(),
+            loaded_at_ms: now,
+            reloads: status.reloads,
+            refused: status.refused,
+        };
     }
 
     fn remove(&self, rule: &str) {
@@ -153,7 +167,7 @@ pub fn spawn(
         .iter()
         .zip(specs)
         .map(|(rule, spec)| {
-            status.installed(&rule.name, rule.version, &rule.hash);
+            status.installed(&rule.name, rule.version, &rule.hash, &spec.source);
             Watched {
                 spec: spec.clone(),
                 hash: Some(rule.hash.clone()),
@@ -340,6 +354,7 @@ impl Reloader {
                     self.status.update(&name, |status| {
                         status.version = 0;
                         status.hash.clear();
+                        status.loaded_at_ms = 0;
                     });
                     self.changes
                         .send(Change::Remove(name.as_str().into()))
@@ -417,7 +432,8 @@ impl Reloader {
                         let name = self.watched[index].spec.name.clone();
                         tracing::error!(rule = %name, path = %path.display(), %error, "Rule reload refused; cannot read the file.");
                         self.status.update(&name, |status| {
-                            status.last_error = Some(format!("cannot read the file: {error}"))
+                            status.last_error = Some(format!("cannot read the file: {error}"));
+                            status.refused += 1;
                         });
                         continue;
                     }
@@ -479,7 +495,8 @@ impl Reloader {
                 rule.refused = None;
                 loaded.version = rule.version;
                 tracing::info!(rule = %name, version = rule.version, hash = %&hash[..12], "Rule reloaded.");
-                self.status.installed(&name, rule.version, &hash);
+                self.status
+                    .installed(&name, rule.version, &hash, &rule.spec.source);
                 let change = Change::Install(Box::new(loaded), rule.spec.failure_policy);
                 self.changes.send(change).map_err(|_| Closed)?;
             }
@@ -487,8 +504,10 @@ impl Reloader {
                 let reason = error.reason.clone();
                 rule.refused = Some(hash);
                 tracing::error!(rule = %name, %error, "Rule reload refused; the running version stays.");
-                self.status
-                    .update(&name, |status| status.last_error = Some(reason));
+                self.status.update(&name, |status| {
+                    status.last_error = Some(reason);
+                    status.refused += 1;
+                });
             }
         }
         Ok(())

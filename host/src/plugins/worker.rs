@@ -95,9 +95,64 @@ pub enum WorkerEvent {
     },
 }
 
+/// Upper bounds (seconds) of the evaluation duration histogram: a Rust
+/// rule takes microseconds, Python milliseconds; the default deadline is
+/// 100 ms.
+const EVALUATION_BUCKETS: [f64; 12] = [
+    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005, 0.025, 0.1,
+    1.0,
+];
+
+/// How a rule stands now, as the API shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RuleState {
+    /// `healthy`, `failing` or `quarantined` (`unknown` before the first
+    /// evaluation).
+    pub health: &'static str,
+    /// Failures in a row.
+    pub consecutive_failures: u32,
+    /// The failure that led to the quarantine, while quarantined.
+    #[serde(rename = "last_failure")]
+    pub last_error: Option<String>,
+    /// Until when it is quarantined (ms since the epoch).
+    pub quarantined_until_ms: Option<u64>,
+}
+
+impl RuleState {
+    fn of(health: &RuleHealth) -> Self {
+        match health {
+            RuleHealth::Healthy => RuleState {
+                health: "healthy",
+                ..RuleState::default()
+            },
+            RuleHealth::Failing { consecutive } => RuleState {
+                health: "failing",
+                consecutive_failures: *consecutive,
+                ..RuleState::default()
+            },
+            RuleHealth::Quarantined {
+                consecutive,
+                last_error,
+                retry_in,
+            } => RuleState {
+                health: "quarantined",
+                consecutive_failures: *consecutive,
+                last_error: Some(last_error.to_string()),
+                quarantined_until_ms: Some(
+                    crate::clock::now_ms().saturating_add(retry_in.as_millis() as u64),
+                ),
+            },
+        }
+    }
+}
+
 /// Per-rule counters, readable while the rule runs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RuleCounters {
+    /// How the rule stands after its last evaluation.
+    pub state: std::sync::Mutex<RuleState>,
+    /// How long calls take (skipped ones are not counted).
+    pub durations: prometheus_client::metrics::histogram::Histogram,
     /// Calls made (successful or not).
     pub evaluations: AtomicU64,
     /// Calls that hit their deadline.
@@ -124,7 +179,50 @@ pub struct RuleCounters {
     pub feedback_dropped: AtomicU64,
 }
 
+impl Default for RuleCounters {
+    fn default() -> Self {
+        RuleCounters {
+            state: std::sync::Mutex::new(RuleState {
+                health: "unknown",
+                ..RuleState::default()
+            }),
+            durations: prometheus_client::metrics::histogram::Histogram::new(EVALUATION_BUCKETS),
+            evaluations: AtomicU64::default(),
+            timeouts: AtomicU64::default(),
+            memory_limits: AtomicU64::default(),
+            traps: AtomicU64::default(),
+            verdicts_too_large: AtomicU64::default(),
+            invalid_verdicts: AtomicU64::default(),
+            copy_limits: AtomicU64::default(),
+            quarantines: AtomicU64::default(),
+            skipped: AtomicU64::default(),
+            dropped: AtomicU64::default(),
+            abandoned: AtomicU64::default(),
+            feedback_dropped: AtomicU64::default(),
+        }
+    }
+}
+
 impl RuleCounters {
+    /// How the rule stands now.
+    pub fn state(&self) -> RuleState {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn settled(&self, health: &RuleHealth) {
+        let state = RuleState::of(health);
+        let mut current = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if *current != state {
+            *current = state;
+        }
+    }
+
     fn count(&self, result: &Result<Verdict, CallError>) {
         let counter = match result {
             Ok(_) => None,
@@ -431,7 +529,11 @@ impl Worker {
             }
         };
         self.counters.count(&result);
+        if !matches!(result, Err(CallError::Quarantined(_))) {
+            self.counters.durations.observe(duration.as_secs_f64());
+        }
         let health = self.update_health(&result);
+        self.counters.settled(&health);
         Evaluation {
             rule: self.name.clone(),
             version: self.version,

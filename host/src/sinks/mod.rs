@@ -204,6 +204,15 @@ impl Delivery {
         stats
     }
 
+    /// Every attached sink's counters, by name in the order attached: the
+    /// read model of this stage.
+    pub fn stats(&self) -> Vec<(Arc<str>, Arc<SinkStats>)> {
+        self.sinks
+            .iter()
+            .map(|sink| (sink.name.clone(), sink.stats.clone()))
+            .collect()
+    }
+
     /// Attaches network sink `sink` under `name` behind a durable outbox in
     /// `state`, starting with what its outbox kept from the last run, and
     /// starts its task (call inside a tokio runtime). It never receives

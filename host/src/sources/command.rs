@@ -25,7 +25,7 @@
 use std::time::Duration;
 
 use super::perfdata::{self, PerfValue};
-use super::{Reading, Source, describe};
+use super::{PollError, Reading, Reason, Source, describe};
 use crate::config::CHECK_OUTPUT_LABEL;
 use crate::process::{self, Bounds, Captured, End, Environment, Overflow};
 use crate::runtime::{Label, Metric};
@@ -100,14 +100,19 @@ fn said(finished: &process::Finished) -> String {
 }
 
 impl Source for CommandSource {
-    async fn poll(&mut self) -> Result<Reading, String> {
+    async fn poll(&mut self) -> Result<Reading, PollError> {
         let finished = process::run(&self.argv, &self.bounds, |_| {}).await?;
         let status = match finished.end {
             End::Exited(code @ 0..=3) => code,
-            ref end => return Err(self.down(end.clone(), &finished)),
+            ref end => {
+                return Err(PollError::new(
+                    Reason::Check,
+                    self.down(end.clone(), &finished),
+                ));
+            }
         };
         let stdout = String::from_utf8_lossy(&finished.stdout.kept);
-        let output = perfdata::parse_output(&stdout)?;
+        let output = perfdata::parse_output(&stdout).map_err(PollError::malformed)?;
         Ok(Reading {
             metrics: metrics(status, &output.perfdata),
             labels: vec![Label {
@@ -170,6 +175,7 @@ mod tests {
         CommandSource::new(argv, Duration::from_secs(20), 1000)
             .poll()
             .await
+            .map_err(|error| error.message)
     }
 
     fn names(reading: &Reading) -> Vec<String> {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use reqwest::header::{ACCEPT, HeaderValue};
 
 use super::describe;
+use super::failure::{PollError, Reason};
 use crate::http::read_body_capped;
 
 /// A capped `GET` of one URL.
@@ -45,7 +46,7 @@ impl CappedGet {
     }
 
     /// The body of a 2xx answer, or the reason there is none.
-    pub async fn fetch(&self) -> Result<Vec<u8>, String> {
+    pub async fn fetch(&self) -> Result<Vec<u8>, PollError> {
         let mut request = self.client.get(self.url.clone()).timeout(self.timeout);
         if let Some(accept) = &self.accept {
             request = request.header(ACCEPT, accept.clone());
@@ -56,7 +57,10 @@ impl CappedGet {
             .map_err(|error| self.describe_error(&error))?;
         let status = response.status();
         if !status.is_success() {
-            return Err(format!("HTTP {status} from {}", self.url));
+            return Err(PollError::new(
+                Reason::HttpStatus,
+                format!("HTTP {status} from {}", self.url),
+            ));
         }
         if let Some(length) = response.content_length()
             && length > self.max_body_bytes as u64
@@ -72,19 +76,25 @@ impl CappedGet {
         Ok(body.bytes)
     }
 
-    fn too_large(&self) -> String {
-        format!(
-            "body larger than {} bytes (max_body_bytes)",
-            self.max_body_bytes
+    fn too_large(&self) -> PollError {
+        PollError::new(
+            Reason::TooLarge,
+            format!(
+                "body larger than {} bytes (max_body_bytes)",
+                self.max_body_bytes
+            ),
         )
     }
 
-    fn describe_error(&self, error: &reqwest::Error) -> String {
+    fn describe_error(&self, error: &reqwest::Error) -> PollError {
         if error.is_timeout() {
-            return format!(
-                "timed out after {} waiting for {}",
-                describe(self.timeout),
-                self.url
+            return PollError::new(
+                Reason::Timeout,
+                format!(
+                    "timed out after {} waiting for {}",
+                    describe(self.timeout),
+                    self.url
+                ),
             );
         }
         // The innermost cause says what happened ("Connection refused").
@@ -92,11 +102,11 @@ impl CappedGet {
         while let Some(source) = cause.source() {
             cause = source;
         }
-        let what = if error.is_connect() {
-            "cannot connect to"
+        let (reason, what) = if error.is_connect() {
+            (Reason::Connect, "cannot connect to")
         } else {
-            "request failed for"
+            (Reason::Other, "request failed for")
         };
-        format!("{what} {}: {cause}", self.url)
+        PollError::new(reason, format!("{what} {}: {cause}", self.url))
     }
 }

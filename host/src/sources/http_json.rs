@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::fetch::CappedGet;
-use super::{Reading, Source};
+use super::{PollError, Reading, Source};
 use crate::runtime::Metric;
 
 /// Most metrics taken from one body; past this the body is refused, since a
@@ -33,21 +33,24 @@ impl HttpJsonSource {
 }
 
 impl Source for HttpJsonSource {
-    async fn poll(&mut self) -> Result<Reading, String> {
+    async fn poll(&mut self) -> Result<Reading, PollError> {
         let body = self.get.fetch().await?;
-        let value: Value =
-            serde_json::from_slice(&body).map_err(|error| format!("invalid JSON: {error}"))?;
+        let value: Value = serde_json::from_slice(&body)
+            .map_err(|error| PollError::malformed(format!("invalid JSON: {error}")))?;
         if !value.is_object() {
-            return Err(format!(
+            return Err(PollError::malformed(format!(
                 "expected a JSON object of metrics, got {}",
                 kind(&value)
-            ));
+            )));
         }
         let metrics = flatten(&value);
         if metrics.len() > MAX_METRICS {
-            return Err(format!(
-                "{} numeric fields; at most {MAX_METRICS} are taken",
-                metrics.len()
+            return Err(PollError::new(
+                super::Reason::TooLarge,
+                format!(
+                    "{} numeric fields; at most {MAX_METRICS} are taken",
+                    metrics.len()
+                ),
             ));
         }
         Ok(metrics.into())

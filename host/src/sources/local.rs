@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use sysinfo::{Disks, MINIMUM_CPU_UPDATE_INTERVAL, System};
 
-use super::{Reading, Source};
+use super::{PollError, Reading, Source};
 use crate::runtime::{Label, Metric};
 
 /// Reads this machine.
@@ -60,7 +60,7 @@ fn metric(name: &str, value: f64) -> Metric {
 }
 
 impl Source for LocalSource {
-    async fn poll(&mut self) -> Result<Reading, String> {
+    async fn poll(&mut self) -> Result<Reading, PollError> {
         // CPU usage is a difference between two readings; too close together
         // and it means nothing.
         let since = self.last_cpu_refresh.elapsed();

@@ -16,8 +16,10 @@
 //! `cpu=0,mode=idle`; a check's `load1` with its `unit`), in every kind:
 //! names stay the names the source printed.
 
+pub mod board;
 pub mod command;
 pub mod exposition;
+mod failure;
 mod fetch;
 pub mod http_json;
 pub mod local;
@@ -32,7 +34,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 
+pub use board::{TargetBoard, TargetHealth, TargetView};
 pub use command::CommandSource;
+pub use failure::{PollError, Reason};
 pub use http_json::{HttpJsonSource, flatten};
 pub use local::LocalSource;
 pub use pollers::Pollers;
@@ -45,7 +49,7 @@ use crate::runtime::{Health, Label, Metric, Sample};
 /// Something that can be polled for metrics.
 pub trait Source: Send + 'static {
     /// Takes one reading. `Err` is the reason the target counts as down.
-    fn poll(&mut self) -> impl Future<Output = Result<Reading, String>> + Send;
+    fn poll(&mut self) -> impl Future<Output = Result<Reading, PollError>> + Send;
 }
 
 /// What one successful poll read.
@@ -68,10 +72,11 @@ impl From<Vec<Metric>> for Reading {
 }
 
 /// Starts polling `target` every interval, sending each sample to `samples`
-/// until that channel closes.
+/// until that channel closes and publishing each poll on `board`.
 pub fn spawn(
     target: &TargetSpec,
     samples: mpsc::Sender<Arc<Sample>>,
+    board: TargetBoard,
 ) -> tokio::task::JoinHandle<()> {
     match &target.kind {
         TargetKind::HttpJson {
@@ -80,7 +85,7 @@ pub fn spawn(
             max_body_bytes,
         } => {
             let source = HttpJsonSource::new(url.clone(), *timeout, *max_body_bytes);
-            tokio::spawn(run(target.clone(), source, samples))
+            tokio::spawn(run(target.clone(), source, samples, board))
         }
         TargetKind::Prometheus {
             url,
@@ -88,7 +93,7 @@ pub fn spawn(
             max_body_bytes,
         } => {
             let source = PrometheusSource::new(url.clone(), *timeout, *max_body_bytes);
-            tokio::spawn(run(target.clone(), source, samples))
+            tokio::spawn(run(target.clone(), source, samples, board))
         }
         TargetKind::Command {
             argv,
@@ -96,13 +101,18 @@ pub fn spawn(
             max_output_bytes,
         } => {
             let source = CommandSource::new(argv.clone(), *timeout, *max_output_bytes);
-            tokio::spawn(run(target.clone(), source, samples))
+            tokio::spawn(run(target.clone(), source, samples, board))
         }
-        TargetKind::Local => tokio::spawn(run(target.clone(), LocalSource::new(), samples)),
+        TargetKind::Local => tokio::spawn(run(target.clone(), LocalSource::new(), samples, board)),
     }
 }
 
-async fn run<S: Source>(target: TargetSpec, mut source: S, samples: mpsc::Sender<Arc<Sample>>) {
+async fn run<S: Source>(
+    target: TargetSpec,
+    mut source: S,
+    samples: mpsc::Sender<Arc<Sample>>,
+    board: TargetBoard,
+) {
     let labels: Vec<Label> = target
         .labels
         .iter()
@@ -117,11 +127,19 @@ async fn run<S: Source>(target: TargetSpec, mut source: S, samples: mpsc::Sender
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let (result, extra) = match source.poll().await {
+        let (started_ms, started) = (now_ms(), std::time::Instant::now());
+        let polled = source.poll().await;
+        board.polled(
+            &target.name,
+            started_ms,
+            started.elapsed(),
+            polled.as_ref().map(|_| ()),
+        );
+        let (result, extra) = match polled {
             Ok(reading) => (Ok(reading.metrics), reading.labels),
-            Err(reason) => {
-                tracing::warn!(target = %target.name, reason, "Target is down.");
-                (Err(reason), Vec::new())
+            Err(error) => {
+                tracing::warn!(target = %target.name, reason = %error.reason, message = error.message, "Target is down.");
+                (Err(error.message), Vec::new())
             }
         };
         let mut sample = make_sample(&target.name, &labels, result, now_ms());

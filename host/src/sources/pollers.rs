@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use super::TargetBoard;
 use crate::config::TargetSpec;
 use crate::names::TargetName;
 use crate::runtime::Sample;
@@ -13,14 +14,17 @@ use crate::runtime::Sample;
 pub struct Pollers {
     running: HashMap<TargetName, (TargetSpec, tokio::task::JoinHandle<()>)>,
     samples: mpsc::Sender<Arc<Sample>>,
+    board: TargetBoard,
 }
 
 impl Pollers {
-    /// No targets yet; samples will go to `samples`.
-    pub fn new(samples: mpsc::Sender<Arc<Sample>>) -> Self {
+    /// No targets yet; samples will go to `samples`, and each poll is
+    /// published on `board`.
+    pub fn new(samples: mpsc::Sender<Arc<Sample>>, board: TargetBoard) -> Self {
         Pollers {
             running: HashMap::new(),
             samples,
+            board,
         }
     }
 
@@ -33,6 +37,7 @@ impl Pollers {
             if !keep {
                 tracing::info!(target = %name, "Target removed; polling stops.");
                 task.abort();
+                self.board.forget(name);
             }
             keep
         });
@@ -48,7 +53,8 @@ impl Pollers {
                 }
                 None => {}
             }
-            let task = super::spawn(target, self.samples.clone());
+            self.board.track(target);
+            let task = super::spawn(target, self.samples.clone(), self.board.clone());
             self.running
                 .insert(target.name.clone(), (target.clone(), task));
         }

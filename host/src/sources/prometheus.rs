@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use super::exposition;
 use super::fetch::CappedGet;
-use super::{Reading, Source};
+use super::{PollError, Reading, Source};
 
 /// Most series taken from one page. A full node_exporter page of a large
 /// machine has a few thousand; past this the page is refused, since every
@@ -48,7 +48,7 @@ impl PrometheusSource {
 }
 
 impl Source for PrometheusSource {
-    async fn poll(&mut self) -> Result<Reading, String> {
+    async fn poll(&mut self) -> Result<Reading, PollError> {
         let body = self.get.fetch().await?;
         let text = std::str::from_utf8(&body).map_err(|error| {
             let line = body[..error.valid_up_to()]
@@ -56,10 +56,10 @@ impl Source for PrometheusSource {
                 .filter(|&&b| b == b'\n')
                 .count()
                 + 1;
-            format!("malformed page at line {line}: not UTF-8 text")
+            PollError::malformed(format!("malformed page at line {line}: not UTF-8 text"))
         })?;
         exposition::parse(text, MAX_SERIES)
             .map(Reading::from)
-            .map_err(|error| error.to_string())
+            .map_err(|error| PollError::malformed(error.to_string()))
     }
 }

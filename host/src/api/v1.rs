@@ -1,0 +1,393 @@
+//! `/api/v1`: the JSON API. Every list takes filters as query parameters;
+//! a parameter the endpoint does not know is refused (400) with the ones it
+//! does, so a typo never silently matches everything.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{RawQuery, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use super::{ApiError, Shared};
+use crate::actions::{AuditQuery, AuditStatus};
+use crate::alerts::{ActiveAlert, Severity, State as AlertState};
+use crate::config::ReloadRequest;
+use crate::plugins::RuleState;
+use crate::sources::{Reason, TargetHealth, TargetView};
+
+/// Most audit records one request returns.
+pub const MAX_AUDIT_LIMIT: usize = 1000;
+/// How long `POST /reload` waits for the config to be read.
+const RELOAD_WAIT: Duration = Duration::from_secs(30);
+
+/// The OpenAPI document, checked against the running server by the tests.
+pub const OPENAPI: &str = include_str!("openapi.yaml");
+
+pub(super) fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/rules", get(rules))
+        .route("/api/v1/targets", get(targets))
+        .route("/api/v1/audit", get(audit))
+        .route("/api/v1/reload", post(reload))
+        .route("/api/v1/openapi.yaml", get(openapi))
+}
+
+/// Query parameters, checked against what an endpoint takes.
+struct Filters(Vec<(String, String)>);
+
+impl Filters {
+    /// Parses `raw`; `repeatable` may appear more than once, `single` once.
+    fn parse(
+        raw: Option<String>,
+        single: &[&str],
+        repeatable: &[&str],
+    ) -> Result<Filters, ApiError> {
+        let raw = raw.unwrap_or_default();
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(raw.as_bytes())
+            .into_owned()
+            .collect();
+        for (index, (key, _)) in pairs.iter().enumerate() {
+            let known: Vec<&str> = single.iter().chain(repeatable).copied().collect();
+            if !known.contains(&key.as_str()) {
+                let hint = if known.is_empty() {
+                    "this endpoint takes no parameters".to_string()
+                } else {
+                    format!("the parameters are: {}", known.join(", "))
+                };
+                return Err(ApiError::bad(format!(
+                    "unknown parameter `{}`); {hint}",
+                    crate::text::prefix(key, 100)
+                )));
+            }
+            if single.contains(&key.as_str()) && pairs[..index].iter().any(|(k, _)| k == key) {
+                return Err(ApiError::bad(format!(
+                    "parameter `{key}` is given twice); it takes one value"
+                )));
+            }
+        }
+        Ok(Filters(pairs))
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn all(&self, key: &str) -> impl Iterator<Item = &str> {
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+type Answer = Result<Response, ApiError>;
+
+/// One alert as the API shows it.
+#[derive(Serialize)]
+struct AlertJson<'a> {
+    rule: &'a str,
+    target: &'a str,
+    name: &'a str,
+    state: AlertState,
+    severity: Severity,
+    summary: &'a str,
+    labels: BTreeMap<&'a str, &'a str>,
+    annotations: BTreeMap<&'a str, &'a str>,
+    fingerprint: String,
+    active_since_ms: u64,
+    last_seen_ms: u64,
+    for_ms: u64,
+}
+
+impl<'a> From<&'a ActiveAlert> for AlertJson<'a> {
+    fn from(active: &'a ActiveAlert) -> Self {
+        let alert = &active.alert;
+        AlertJson {
+            rule: &active.rule,
+            target: &active.target,
+            name: &alert.name,
+            state: alert.state,
+            severity: alert.severity,
+            summary: &alert.summary,
+            labels: pairs(&alert.labels),
+            annotations: pairs(&alert.annotations),
+            fingerprint: alert.fingerprint.to_string(),
+            active_since_ms: alert.active_since_ms,
+            last_seen_ms: alert.last_seen_ms,
+            for_ms: alert.for_ms,
+        }
+    }
+}
+
+fn pairs(list: &[(String, String)]) -> BTreeMap<&str, &str> {
+    list.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// `GET /api/v1/alerts?rule=&target=&name=&state=&severity=&label=k=v`
+async fn alerts(State(shared): State<Arc<Shared>>, RawQuery(raw): RawQuery) -> Answer {
+    let filters = Filters::parse(
+        raw,
+        &["rule", "target", "name", "state", "severity"],
+        &["label"],
+    )?;
+    let state = match filters.get("state") {
+        None => None,
+        Some("pending") => Some(AlertState::Pending),
+        Some("firing") => Some(AlertState::Firing),
+        Some(other) => {
+            return Err(ApiError::bad(format!(
+                "state `{}` is not one of: pending, firing",
+                crate::text::prefix(other, 100)
+            )));
+        }
+    };
+    let severity = match filters.get("severity") {
+        None => None,
+        Some("info") => Some(Severity::Info),
+        Some("warning") => Some(Severity::Warning),
+        Some("critical") => Some(Severity::Critical),
+        Some(other) => {
+            return Err(ApiError::bad(format!(
+                "severity `{}` is not one of: info, warning, critical",
+                crate::text::prefix(other, 100)
+            )));
+        }
+    };
+    let mut labels = Vec::new();
+    for matcher in filters.all("label") {
+        match matcher.split_once('=') {
+            Some((name, value)) if !name.is_empty() => labels.push((name, value)),
+            _ => {
+                return Err(ApiError::bad(format!(
+                    "label `{}` is not NAME=VALUE, e.g. label=team=db",
+                    crate::text::prefix(matcher, 100)
+                )));
+            }
+        }
+    }
+    let all = shared.views.alerts.snapshot();
+    let selected: Vec<AlertJson> = all
+        .iter()
+        .filter(|active| {
+            filters.get("rule").is_none_or(|rule| *active.rule == *rule)
+                && filters
+                    .get("target")
+                    .is_none_or(|target| *active.target == *target)
+                && filters
+                    .get("name")
+                    .is_none_or(|name| active.alert.name == name)
+                && state.is_none_or(|state| active.alert.state == state)
+                && severity.is_none_or(|severity| active.alert.severity == severity)
+                && labels.iter().all(|(name, value)| {
+                    active
+                        .alert
+                        .labels
+                        .iter()
+                        .any(|(k, v)| k == name && v == value)
+                })
+        })
+        .map(AlertJson::from)
+        .collect();
+    Ok(axum::Json(serde_json::json!({ "alerts": selected })).into_response())
+}
+
+/// One rule as the API shows it.
+#[derive(Serialize)]
+struct RuleJson {
+    name: String,
+    version: u64,
+    hash: String,
+    source: String,
+    loaded_at_ms: u64,
+    last_reload_error: Option<String>,
+    reloads: u64,
+    refused_reloads: u64,
+    #[serde(flatten)]
+    state: RuleState,
+    counters: BTreeMap<&'static str, u64>,
+}
+
+/// `GET /api/v1/rules?name=`
+async fn rules(State(shared): State<Arc<Shared>>, RawQuery(raw): RawQuery) -> Answer {
+    let filters = Filters::parse(raw, &["name"], &[])?;
+    let views = &shared.views;
+    let refused = views.alert_stats.refused_verdicts();
+    let rules: Vec<RuleJson> = views
+        .status
+        .snapshot()
+        .into_iter()
+        .filter(|(name, _)| filters.get("name").is_none_or(|wanted| name == wanted))
+        .map(|(name, status)| {
+            let counters = views.rules.get(&name);
+            let mut counts = counters
+                .as_deref()
+                .map(super::metrics::rule_counts)
+                .unwrap_or_default();
+            counts.insert(
+                "refused_verdicts",
+                refused.get(name.as_str()).copied().unwrap_or(0),
+            );
+            RuleJson {
+                version: status.version,
+                hash: status.hash,
+                source: status.source,
+                loaded_at_ms: status.loaded_at_ms,
+                last_reload_error: status.last_error,
+                reloads: status.reloads,
+                refused_reloads: status.refused,
+                state: counters.map(|c| c.state()).unwrap_or(RuleState {
+                    health: "unknown",
+                    ..RuleState::default()
+                }),
+                counters: counts.into_iter().collect(),
+                name,
+            }
+        })
+        .collect();
+    Ok(axum::Json(serde_json::json!({ "rules": rules })).into_response())
+}
+
+/// `GET /api/v1/targets?name=&health=&reason=`
+async fn targets(State(shared): State<Arc<Shared>>, RawQuery(raw): RawQuery) -> Answer {
+    let filters = Filters::parse(raw, &["name", "health", "reason"], &[])?;
+    let health = match filters.get("health") {
+        None => None,
+        Some("up") => Some(TargetHealth::Up),
+        Some("down") => Some(TargetHealth::Down),
+        Some("unknown") => Some(TargetHealth::Unknown),
+        Some(other) => {
+            return Err(ApiError::bad(format!(
+                "health `{}` is not one of: up, down, unknown",
+                crate::text::prefix(other, 100)
+            )));
+        }
+    };
+    let reason = match filters.get("reason") {
+        None => None,
+        Some(text) => match Reason::ALL.into_iter().find(|r| r.as_str() == text) {
+            Some(reason) => Some(reason),
+            None => {
+                let names: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+                return Err(ApiError::bad(format!(
+                    "reason `{}` is not one of: {}",
+                    crate::text::prefix(text, 100),
+                    names.join(", ")
+                )));
+            }
+        },
+    };
+    let targets: Vec<TargetView> = shared
+        .views
+        .targets
+        .snapshot()
+        .into_iter()
+        .filter(|view| {
+            filters.get("name").is_none_or(|name| *view.name == *name)
+                && health.is_none_or(|health| view.health == health)
+                && reason.is_none_or(|reason| view.reason == Some(reason))
+        })
+        .collect();
+    Ok(axum::Json(serde_json::json!({ "targets": targets })).into_response())
+}
+
+/// `GET /api/v1/audit?action=&target=&rule=&status=&since=1h&limit=100`
+async fn audit(State(shared): State<Arc<Shared>>, RawQuery(raw): RawQuery) -> Answer {
+    let filters = Filters::parse(
+        raw,
+        &["action", "target", "rule", "status", "since", "limit"],
+        &[],
+    )?;
+    let status = match filters.get("status").map(str::parse::<AuditStatus>) {
+        None => None,
+        Some(Ok(status)) => Some(status),
+        Some(Err(message)) => return Err(ApiError::bad(message)),
+    };
+    let since_ms = match filters.get("since").map(humantime::parse_duration) {
+        None => None,
+        Some(Ok(since)) => Some(
+            crate::clock::now_ms()
+                .saturating_sub(u64::try_from(since.as_millis()).unwrap_or(u64::MAX)),
+        ),
+        Some(Err(problem)) => {
+            return Err(ApiError::bad(format!(
+                "since `{}` is not a duration ({problem}); write e.g. since=1h",
+                crate::text::prefix(filters.get("since").unwrap_or_default(), 100)
+            )));
+        }
+    };
+    let limit = match filters.get("limit").map(str::parse::<usize>) {
+        None => 100,
+        Some(Ok(limit)) if (1..=MAX_AUDIT_LIMIT).contains(&limit) => limit,
+        Some(_) => {
+            return Err(ApiError::bad(format!(
+                "limit must be a whole number from 1 to {MAX_AUDIT_LIMIT}"
+            )));
+        }
+    };
+    let query = AuditQuery {
+        action: filters.get("action").map(str::to_string),
+        target: filters.get("target").map(str::to_string),
+        rule: filters.get("rule").map(str::to_string),
+        since_ms,
+        status,
+        limit: Some(limit),
+    };
+    let log = shared.views.audit.clone();
+    // A filter that matches little reads the whole log: off the async
+    // workers.
+    match tokio::task::spawn_blocking(move || log.list(&query)).await {
+        Ok(Ok(records)) => {
+            Ok(axum::Json(serde_json::json!({ "records": records })).into_response())
+        }
+        Ok(Err(problem)) => Err(ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            problem.to_string(),
+        )),
+        Err(_) => Err(ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "reading the audit log failed".into(),
+        )),
+    }
+}
+
+/// `POST /api/v1/reload`: re-reads the config, as `SIGHUP` does, and says
+/// whether it was taken.
+async fn reload(State(shared): State<Arc<Shared>>, RawQuery(raw): RawQuery) -> Answer {
+    Filters::parse(raw, &[], &[])?;
+    let (reply, answer) = oneshot::channel();
+    if shared.views.reload.try_send(ReloadRequest(reply)).is_err() {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "a reload is already waiting; try again in a moment".into(),
+        ));
+    }
+    match tokio::time::timeout(RELOAD_WAIT, answer).await {
+        Ok(Ok(Ok(()))) => Ok(axum::Json(serde_json::json!({ "reloaded": true })).into_response()),
+        Ok(Ok(Err(reason))) if reason.starts_with("vigil runs without a config file") => {
+            Err(ApiError(StatusCode::CONFLICT, reason))
+        }
+        Ok(Ok(Err(reason))) => Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, reason)),
+        Ok(Err(_)) => Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the host is shutting down".into(),
+        )),
+        Err(_) => Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the config was not read within {}s", RELOAD_WAIT.as_secs()),
+        )),
+    }
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI).into_response()
+}
