@@ -36,9 +36,15 @@ enum Command {
     /// `[audit] refusal_records_per_minute`, a rule's refusals are counted in
     /// one summary record a minute (`counted`).
     ///
-    /// Reads the data directory directly, so run it while vigil is stopped
-    /// (the database allows one process at a time).
+    /// While vigil runs on the data directory, this asks its API (the
+    /// database allows one process at a time); otherwise it reads the
+    /// database directly.
     Audit(AuditArgs),
+    /// Show what a running vigil is doing: every target's last poll, every
+    /// rule's version and health, the alerts firing and pending. Asks the
+    /// API of the vigil running on the data directory; when none runs, says
+    /// so (exit status 1) and lists the alerts saved when it stopped.
+    Status(StatusArgs),
     /// Check that a file is a rule this host can run: a component for the
     /// `rule` world of the contract version it serves, whose `configure` accepts
     /// the config. Prints what it imports, its size, compile time and what
@@ -118,6 +124,16 @@ struct AuditArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct StatusArgs {
+    /// The data directory [default: as for `run`].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Text for people or JSON.
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+#[derive(Debug, clap::Args)]
 struct RunArgs {
     /// The TOML config file.
     #[arg(long, short)]
@@ -186,6 +202,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run_monitor(args),
         Command::Audit(args) => audit(args),
+        Command::Status(args) => crate::api::status::run(
+            &args
+                .data_dir
+                .map_or_else(DataDir::default_location, DataDir::new),
+            args.format == Format::Json,
+        ),
         Command::Check(args) => check(args),
         Command::New(args) => new(args),
         Command::Test(args) => {
@@ -310,19 +332,55 @@ fn audit(args: AuditArgs) -> anyhow::Result<()> {
     let data_dir = args
         .data_dir
         .map_or_else(DataDir::default_location, DataDir::new);
-    let state = data_dir.open_existing_state()?;
-    let log = AuditLog::open(&state)?;
-    let since_ms = args.since.map(|since| {
-        crate::clock::now_ms().saturating_sub(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
-    });
-    let records = log.list(&AuditQuery {
-        action: args.action,
-        target: args.target,
-        rule: args.rule,
-        since_ms,
-        status: args.status,
-        limit: Some(args.limit),
-    })?;
+    let records = match crate::api::client::Client::find(&data_dir) {
+        Some(client) => {
+            if args.limit > crate::api::v1::MAX_AUDIT_LIMIT {
+                anyhow::bail!(
+                    "--limit {} is more than a running vigil returns at once ({})\nhint: narrow the search with --since, --rule, --target or --action",
+                    args.limit,
+                    crate::api::v1::MAX_AUDIT_LIMIT
+                );
+            }
+            let query = crate::api::client::query([
+                ("action", args.action),
+                ("target", args.target),
+                ("rule", args.rule),
+                ("status", args.status.map(|status| status.to_string())),
+                (
+                    "since",
+                    args.since.map(|since| format!("{}ms", since.as_millis())),
+                ),
+                ("limit", Some(args.limit.to_string())),
+            ]);
+            #[derive(serde::Deserialize)]
+            struct Records {
+                records: Vec<crate::actions::AuditRecord>,
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime
+                .block_on(client.get::<Records>(&format!("/api/v1/audit{query}")))?
+                .records
+        }
+        None => {
+            let state = data_dir.open_existing_state()?;
+            let log = AuditLog::open(&state)?;
+            let since_ms = args.since.map(|since| {
+                crate::clock::now_ms()
+                    .saturating_sub(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+            });
+            log.list(&AuditQuery {
+                action: args.action,
+                target: args.target,
+                rule: args.rule,
+                since_ms,
+                status: args.status,
+                limit: Some(args.limit),
+            })?
+        }
+    };
     let mut out = std::io::stdout().lock();
     for record in &records {
         let line = match args.format {

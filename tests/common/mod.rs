@@ -31,6 +31,9 @@ pub enum Behavior {
     /// 200 with this JSON object plus `"request_id"`: the number of the
     /// request, which makes every sample unique.
     Numbered(Value),
+    /// No answer until the flag is set, then 200 with the body: a poll the
+    /// test holds for as long as it likes.
+    Held(Arc<std::sync::atomic::AtomicBool>, String),
 }
 
 impl Behavior {
@@ -114,6 +117,12 @@ async fn answer(State(routes): State<Routes>, UrlPath(name): UrlPath<String>) ->
         Some(Behavior::Status(code)) => StatusCode::from_u16(code).unwrap().into_response(),
         Some(Behavior::Slow(delay, body)) => {
             tokio::time::sleep(delay).await;
+            body.into_response()
+        }
+        Some(Behavior::Held(released, body)) => {
+            while !released.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             body.into_response()
         }
         Some(Behavior::Numbered(mut value)) => {
@@ -474,4 +483,95 @@ pub fn serve(app: Router, port: u16) -> (tokio::runtime::Runtime, SocketAddr) {
     let addr = listener.local_addr().unwrap();
     runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
     (runtime, addr)
+}
+
+/// The base URL of the API of the vigil running on `data_dir` (`http://
+/// 127.0.0.1:PORT`), once it has written its address file.
+pub fn api_base(data_dir: &Path) -> String {
+    let file = data_dir.join("api.json");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(addr) = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+            .and_then(|value| value["addr"].as_str().map(str::to_string))
+        {
+            return format!("http://{addr}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "vigil wrote no {} within 60s",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One HTTP request: `method url` with an optional bearer token. The
+/// status, the `Content-Type` and the body.
+pub fn http(method: &str, url: &str, token: Option<&str>) -> (u16, String, String) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let mut request = client
+            .request(method.parse().unwrap(), url)
+            .timeout(Duration::from_secs(60));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap_or_else(|error| {
+            panic!("{method} {url} failed: {error}");
+        });
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|value| value.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        (status, content_type, response.text().await.unwrap())
+    })
+}
+
+/// `GET url`, which must answer 200 with JSON: the document.
+pub fn get_json(url: &str) -> Value {
+    let (status, content_type, body) = http("GET", url, None);
+    assert_eq!(status, 200, "GET {url}: {body}");
+    assert_eq!(content_type, "application/json", "GET {url}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Polls `GET url` until `done` holds for its JSON (at most 60 s): the
+/// document that satisfied it.
+pub fn poll_json(url: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let value = get_json(url);
+        if done(&value) {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {what} at {url} within 60s; last answer: {value}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `vigil audit` over the data directory of a vigil that is running (so
+/// it asks the API), as text: what it printed.
+pub fn run_audit_running(data: &Path) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["audit", "--data-dir"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
 }

@@ -17,8 +17,10 @@
 //! The token guards what changes state; on an address other machines can
 //! reach, it guards everything but `/healthz` and `/readyz`.
 
+pub mod client;
 pub mod metrics;
 mod page;
+pub mod status;
 pub mod v1;
 
 use std::net::SocketAddr;
@@ -50,8 +52,8 @@ use crate::state::DataDir;
 pub const MAX_QUERY_BYTES: usize = 4096;
 
 /// The file in the data directory that says where a running host's API
-/// listens (`{"addr": "127.0.0.1:9470"}`), for `vigil status` and `vigil
-/// audit`; removed when the host stops.
+/// listens (`{"addr": "127.0.0.1:9470", "pid": 4242}`), for `vigil status`
+/// and `vigil audit`; removed when the host stops.
 pub const ADDR_FILE: &str = "api.json";
 /// The token file a host makes in its data directory when the config names
 /// none.
@@ -138,7 +140,7 @@ impl Api {
         let guard_reads = !addr.ip().is_loopback();
         let local = listener.local_addr()?;
         let addr_file = data_dir.path().join(ADDR_FILE);
-        let record = serde_json::json!({ "addr": local.to_string() });
+        let record = serde_json::json!({ "addr": local.to_string(), "pid": std::process::id() });
         std::fs::write(&addr_file, record.to_string())
             .with_context(|| format!("cannot write {}", addr_file.display()))?;
         tracing::info!(url = %format!("http://{local}/"), "API and page listening.");
@@ -355,14 +357,4 @@ fn getrandom(bytes: &mut [u8]) -> anyhow::Result<()> {
     std::fs::File::open("/dev/urandom")
         .and_then(|mut random| random.read_exact(bytes))
         .context("cannot read /dev/urandom for the API token")
-}
-
-/// Where the running host that owns `data_dir` serves its API, if one
-/// does (its address file exists and something answers there).
-pub fn running_host(data_dir: &DataDir) -> Option<SocketAddr> {
-    let text = std::fs::read_to_string(data_dir.path().join(ADDR_FILE)).ok()?;
-    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let addr: SocketAddr = value.get("addr")?.as_str()?.parse().ok()?;
-    std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(1)).ok()?;
-    Some(addr)
 }

@@ -92,3 +92,55 @@ impl ApiConfig {
         Ok(ApiSettings { listen, token_file })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validate(text: &str) -> Result<ApiSettings, String> {
+        toml::from_str::<ApiConfig>(text)
+            .map_err(|error| error.to_string())?
+            .validate(Path::new("/etc/vigil"))
+    }
+
+    #[test]
+    fn the_default_is_loopback_and_may_move_when_taken() {
+        let settings = validate("").unwrap();
+        assert_eq!(settings, ApiSettings::default());
+        assert!(
+            matches!(settings.listen, Listen::Default(addr) if addr.to_string() == DEFAULT_LISTEN)
+        );
+    }
+
+    #[test]
+    fn an_address_the_operator_chose_is_kept_and_off_is_off() {
+        let chosen = validate("listen = \"[::1]:9999\"").unwrap();
+        assert_eq!(
+            chosen.listen,
+            Listen::Configured("[::1]:9999".parse().unwrap())
+        );
+        assert_eq!(validate("listen = \"off\"").unwrap().listen, Listen::Off);
+        let token = validate("token_file = \"secret/api.token\"").unwrap();
+        assert_eq!(
+            token.token_file,
+            Some(PathBuf::from("/etc/vigil/secret/api.token"))
+        );
+    }
+
+    #[test]
+    fn a_bad_address_or_an_open_one_without_a_token_is_refused() {
+        let error = validate("listen = \"localhost\"").unwrap_err();
+        assert!(
+            error.starts_with("listen = \"localhost\" is not an address\nhint: "),
+            "{error}"
+        );
+        let error = validate("listen = \"0.0.0.0:9470\"").unwrap_err();
+        assert!(
+            error.contains("reachable from other machines, and no token_file is set"),
+            "{error}"
+        );
+        assert!(validate("listen = \"0.0.0.0:9470\"\ntoken_file = \"t\"").is_ok());
+        let error = validate("port = 1").unwrap_err();
+        assert!(error.contains("unknown field `port`"), "{error}");
+    }
+}
