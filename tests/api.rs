@@ -402,3 +402,58 @@ fn on_an_address_others_can_reach_every_read_needs_the_token() {
     assert!(!data.join("api.token").exists());
     drop(vigil);
 }
+
+#[test]
+fn status_and_audit_find_the_host_through_its_config() {
+    let server = StatusServer::start();
+    server.set("web", Behavior::json(json!({"cpu_usage": 10})));
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "data_dir = \"state\"\n\n[[targets]]\nname = \"web-01\"\nkind = \"http-json\"\nurl = \"{}\"\ninterval = \"100ms\"\n\n[api]\nlisten = \"127.0.0.1:0\"\n",
+        server.url("web")
+    );
+    let data = dir.path().join("state");
+    let mut vigil = Vigil::start_with_data_dir(&config, &data, dir);
+    let base = api_base(&data);
+    poll_json(&format!("{base}/api/v1/targets"), "web-01 up", |v| {
+        v["targets"][0]["health"] == "up"
+    });
+    let config_path = vigil.config_path();
+    let vigil_cmd = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(args)
+            .arg("--config")
+            .arg(&config_path)
+            .output()
+            .unwrap()
+    };
+    let status = vigil_cmd(&["status", "--format", "json"]);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let report: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(report["running"], true);
+    assert_eq!(report["api"], base);
+    assert_eq!(report["targets"][0]["name"], "web-01");
+    let audit = vigil_cmd(&["audit", "--format", "json"]);
+    assert!(
+        audit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&audit.stderr)
+    );
+    // A stopped host: status says so, and fails; audit reads the database.
+    vigil.terminate();
+    let status = vigil_cmd(&["status"]);
+    assert_eq!(status.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.starts_with("vigil is not running on "), "{text}");
+    assert!(text.contains("alerts saved when it stopped: 0"), "{text}");
+    let audit = vigil_cmd(&["audit"]);
+    assert!(
+        audit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&audit.stderr)
+    );
+}

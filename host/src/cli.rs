@@ -96,9 +96,8 @@ struct CheckArgs {
 
 #[derive(Debug, clap::Args)]
 struct AuditArgs {
-    /// The data directory [default: as for `run`].
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    host: HostArgs,
     /// Only this action.
     #[arg(long)]
     action: Option<String>,
@@ -123,11 +122,35 @@ struct AuditArgs {
     format: Format,
 }
 
+/// Which host a command is about: the one whose data directory this is.
 #[derive(Debug, clap::Args)]
-struct StatusArgs {
-    /// The data directory [default: as for `run`].
+struct HostArgs {
+    /// The data directory [default: the config's `data_dir`, else as for
+    /// `run`].
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// The config the host runs with, to find its `data_dir`.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+impl HostArgs {
+    fn data_dir(self) -> anyhow::Result<DataDir> {
+        if let Some(dir) = self.data_dir {
+            return Ok(DataDir::new(dir));
+        }
+        let from_config = match &self.config {
+            Some(path) => Settings::load(path)?.data_dir,
+            None => None,
+        };
+        Ok(from_config.map_or_else(DataDir::default_location, DataDir::new))
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    host: HostArgs,
     /// Text for people or JSON.
     #[arg(long, value_enum, default_value_t)]
     format: Format,
@@ -202,12 +225,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run_monitor(args),
         Command::Audit(args) => audit(args),
-        Command::Status(args) => crate::api::status::run(
-            &args
-                .data_dir
-                .map_or_else(DataDir::default_location, DataDir::new),
-            args.format == Format::Json,
-        ),
+        Command::Status(args) => {
+            crate::api::status::run(&args.host.data_dir()?, args.format == Format::Json)
+        }
         Command::Check(args) => check(args),
         Command::New(args) => new(args),
         Command::Test(args) => {
@@ -329,9 +349,7 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
 
 fn audit(args: AuditArgs) -> anyhow::Result<()> {
     use crate::actions::{AuditLog, AuditQuery};
-    let data_dir = args
-        .data_dir
-        .map_or_else(DataDir::default_location, DataDir::new);
+    let data_dir = args.host.data_dir()?;
     let records = match crate::api::client::Client::find(&data_dir) {
         Some(client) => {
             if args.limit > crate::api::v1::MAX_AUDIT_LIMIT {
