@@ -194,7 +194,11 @@ fn every_endpoint_answers_what_the_host_is_doing() {
         "{text}"
     );
     assert!(text.contains("targets: 2 (1 down)"), "{text}");
-    let audit = common::run_audit_running(&data);
+    let audit = common::run_vigil([
+        std::ffi::OsStr::new("audit"),
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+    ]);
     assert_eq!(audit, "", "no action was requested");
 }
 

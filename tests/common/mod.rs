@@ -445,20 +445,10 @@ pub fn componentize_py() -> PathBuf {
     }
 }
 
-/// `vigil audit` over a stopped vigil's data directory, in `format`, with
-/// extra `filters`: what it printed.
-pub fn run_audit(data: &Path, format: &str, filters: &[&str]) -> String {
+/// `vigil ARGS...`, which must succeed: what it printed.
+pub fn run_vigil<I: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = I>) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args([
-            "audit",
-            "--format",
-            format,
-            "--limit",
-            "100000",
-            "--data-dir",
-        ])
-        .arg(data)
-        .args(filters)
+        .args(args)
         .output()
         .unwrap();
     assert!(
@@ -467,6 +457,19 @@ pub fn run_audit(data: &Path, format: &str, filters: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).unwrap()
+}
+
+/// `vigil audit` over a stopped vigil's data directory, in `format`, with
+/// extra `filters`: what it printed.
+pub fn run_audit(data: &Path, format: &str, filters: &[&str]) -> String {
+    let mut args: Vec<std::ffi::OsString> = ["audit", "--format", format, "--limit", "100000"]
+        .iter()
+        .map(Into::into)
+        .collect();
+    args.push("--data-dir".into());
+    args.push(data.into());
+    args.extend(filters.iter().map(Into::into));
+    run_vigil(args)
 }
 
 /// Serves `app` on `127.0.0.1:port` (0: any free port) from a runtime of
@@ -558,20 +561,4 @@ pub fn poll_json(url: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value 
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// `vigil audit` over the data directory of a vigil that is running (so
-/// it asks the API), as text: what it printed.
-pub fn run_audit_running(data: &Path) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["audit", "--data-dir"])
-        .arg(data)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
 }

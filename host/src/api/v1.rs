@@ -82,6 +82,25 @@ impl Filters {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The value of `key` among `options` (text, value), if given; a value
+    /// not among them is refused with the list.
+    fn choice<T: Copy>(&self, key: &str, options: &[(&str, T)]) -> Result<Option<T>, ApiError> {
+        let Some(given) = self.get(key) else {
+            return Ok(None);
+        };
+        match options.iter().find(|(text, _)| *text == given) {
+            Some((_, value)) => Ok(Some(*value)),
+            None => {
+                let texts: Vec<&str> = options.iter().map(|(text, _)| *text).collect();
+                Err(ApiError::bad(format!(
+                    "{key} `{}` is not one of: {}",
+                    crate::text::prefix(given, 100),
+                    texts.join(", ")
+                )))
+            }
+        }
+    }
+
     fn all(&self, key: &str) -> impl Iterator<Item = &str> {
         self.0
             .iter()
@@ -165,29 +184,21 @@ async fn alerts(State(shared): State<Arc<Shared>>, RawQuery(raw): RawQuery) -> A
         &["rule", "target", "name", "state", "severity"],
         &["label"],
     )?;
-    let state = match filters.get("state") {
-        None => None,
-        Some("pending") => Some(AlertState::Pending),
-        Some("firing") => Some(AlertState::Firing),
-        Some(other) => {
-            return Err(ApiError::bad(format!(
-                "state `{}` is not one of: pending, firing",
-                crate::text::prefix(other, 100)
-            )));
-        }
-    };
-    let severity = match filters.get("severity") {
-        None => None,
-        Some("info") => Some(Severity::Info),
-        Some("warning") => Some(Severity::Warning),
-        Some("critical") => Some(Severity::Critical),
-        Some(other) => {
-            return Err(ApiError::bad(format!(
-                "severity `{}` is not one of: info, warning, critical",
-                crate::text::prefix(other, 100)
-            )));
-        }
-    };
+    let state = filters.choice(
+        "state",
+        &[
+            ("pending", AlertState::Pending),
+            ("firing", AlertState::Firing),
+        ],
+    )?;
+    let severity = filters.choice(
+        "severity",
+        &[
+            ("info", Severity::Info),
+            ("warning", Severity::Warning),
+            ("critical", Severity::Critical),
+        ],
+    )?;
     let mut labels = Vec::new();
     for matcher in filters.all("label") {
         match matcher.split_once('=') {
@@ -285,32 +296,16 @@ async fn rules(State(shared): State<Arc<Shared>>, RawQuery(raw): RawQuery) -> An
 /// `GET /api/v1/targets?name=&health=&reason=`
 async fn targets(State(shared): State<Arc<Shared>>, RawQuery(raw): RawQuery) -> Answer {
     let filters = Filters::parse(raw, &["name", "health", "reason"], &[])?;
-    let health = match filters.get("health") {
-        None => None,
-        Some("up") => Some(TargetHealth::Up),
-        Some("down") => Some(TargetHealth::Down),
-        Some("unknown") => Some(TargetHealth::Unknown),
-        Some(other) => {
-            return Err(ApiError::bad(format!(
-                "health `{}` is not one of: up, down, unknown",
-                crate::text::prefix(other, 100)
-            )));
-        }
-    };
-    let reason = match filters.get("reason") {
-        None => None,
-        Some(text) => match Reason::ALL.into_iter().find(|r| r.as_str() == text) {
-            Some(reason) => Some(reason),
-            None => {
-                let names: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
-                return Err(ApiError::bad(format!(
-                    "reason `{}` is not one of: {}",
-                    crate::text::prefix(text, 100),
-                    names.join(", ")
-                )));
-            }
-        },
-    };
+    let health = filters.choice(
+        "health",
+        &[
+            ("up", TargetHealth::Up),
+            ("down", TargetHealth::Down),
+            ("unknown", TargetHealth::Unknown),
+        ],
+    )?;
+    let reasons: Vec<(&str, Reason)> = Reason::ALL.iter().map(|r| (r.as_str(), *r)).collect();
+    let reason = filters.choice("reason", &reasons)?;
     let targets: Vec<TargetView> = shared
         .views
         .targets
