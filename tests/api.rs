@@ -441,7 +441,8 @@ fn status_and_audit_find_the_host_through_its_config() {
     assert_eq!(report["running"], true);
     assert_eq!(report["api"], base);
     assert_eq!(report["targets"][0]["name"], "web-01");
-    let audit = vigil_cmd(&["audit", "--format", "json"]);
+    // --since of 30 days is passed on in units the API takes.
+    let audit = vigil_cmd(&["audit", "--format", "json", "--since", "30d"]);
     assert!(
         audit.status.success(),
         "{}",

@@ -364,10 +364,7 @@ fn audit(args: AuditArgs) -> anyhow::Result<()> {
                 ("target", args.target),
                 ("rule", args.rule),
                 ("status", args.status.map(|status| status.to_string())),
-                (
-                    "since",
-                    args.since.map(|since| format!("{}ms", since.as_millis())),
-                ),
+                ("since", args.since.map(since_param)),
                 ("limit", Some(args.limit.to_string())),
             ]);
             #[derive(serde::Deserialize)]
@@ -431,6 +428,17 @@ fn audit(args: AuditArgs) -> anyhow::Result<()> {
         std::io::Write::write_all(&mut out, format!("{line}\n").as_bytes())?;
     }
     Ok(())
+}
+
+/// `--since` as the API's `since` takes it: whole seconds and
+/// milliseconds (`5400s`, `1s500ms`, `250ms`), each at most nine digits.
+fn since_param(since: std::time::Duration) -> String {
+    let (seconds, millis) = (since.as_secs().min(999_999_999), since.subsec_millis());
+    match (seconds, millis) {
+        (0, millis) => format!("{millis}ms"),
+        (seconds, 0) => format!("{seconds}s"),
+        (seconds, millis) => format!("{seconds}s{millis}ms"),
+    }
 }
 
 /// How many refusals an aggregated record stands for, as ` [×N, last at

@@ -62,13 +62,13 @@ impl Filters {
                     format!("the parameters are: {}", known.join(", "))
                 };
                 return Err(ApiError::bad(format!(
-                    "unknown parameter `{}`); {hint}",
+                    "unknown parameter `{}`; {hint}",
                     crate::text::prefix(key, 100)
                 )));
             }
             if single.contains(&key.as_str()) && pairs[..index].iter().any(|(k, _)| k == key) {
                 return Err(ApiError::bad(format!(
-                    "parameter `{key}` is given twice); it takes one value"
+                    "parameter `{key}` is given twice; it takes one value"
                 )));
             }
         }
@@ -332,15 +332,15 @@ async fn audit(State(shared): State<Arc<Shared>>, RawQuery(raw): RawQuery) -> An
         Some(Ok(status)) => Some(status),
         Some(Err(message)) => return Err(ApiError::bad(message)),
     };
-    let since_ms = match filters.get("since").map(humantime::parse_duration) {
+    let since_ms = match filters.get("since").map(parse_since) {
         None => None,
-        Some(Ok(since)) => Some(
+        Some(Some(since)) => Some(
             crate::clock::now_ms()
                 .saturating_sub(u64::try_from(since.as_millis()).unwrap_or(u64::MAX)),
         ),
-        Some(Err(problem)) => {
+        Some(None) => {
             return Err(ApiError::bad(format!(
-                "since `{}` is not a duration ({problem}); write e.g. since=1h",
+                "since `{}` is not a duration; write whole numbers with a unit (ms, s, m, h, d, w), e.g. since=1h or since=1h30m",
                 crate::text::prefix(filters.get("since").unwrap_or_default(), 100)
             )));
         }
@@ -378,6 +378,41 @@ async fn audit(State(shared): State<Arc<Shared>>, RawQuery(raw): RawQuery) -> An
     }
 }
 
+/// Parses `since`: one or more whole numbers of at most 9 digits, each
+/// followed by a unit (`ms`, `s`, `m`, `h`, `d`, `w`): `90s`, `1h30m`.
+///
+/// Narrower than the config's durations (humantime: fractions, spaces,
+/// `min`, `hours`, ...) on purpose: the OpenAPI document states this
+/// grammar as a pattern, and a query parameter whose accepted values a
+/// pattern cannot state would accept what its document calls invalid.
+fn parse_since(text: &str) -> Option<Duration> {
+    const UNITS: [(&str, u64); 6] = [
+        ("ms", 1),
+        ("s", 1_000),
+        ("m", 60_000),
+        ("h", 3_600_000),
+        ("d", 86_400_000),
+        ("w", 604_800_000),
+    ];
+    let mut rest = text;
+    let mut total_ms: u64 = 0;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if !(1..=9).contains(&digits) {
+            return None;
+        }
+        let number: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, ms) = UNITS.iter().find(|(unit, _)| rest.starts_with(unit))?;
+        rest = &rest[unit.len()..];
+        total_ms = total_ms.saturating_add(number.saturating_mul(*ms));
+    }
+    Some(Duration::from_millis(total_ms))
+}
+
 /// `POST /api/v1/reload`: re-reads the config, as `SIGHUP` does, and says
 /// whether it was taken.
 async fn reload(State(shared): State<Arc<Shared>>, RawQuery(raw): RawQuery) -> Answer {
@@ -408,4 +443,38 @@ async fn reload(State(shared): State<Arc<Shared>>, RawQuery(raw): RawQuery) -> A
 
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_whole_numbers_with_units_as_the_document_says() {
+        let ms = |text: &str| parse_since(text).map(|d| d.as_millis());
+        assert_eq!(ms("250ms"), Some(250));
+        assert_eq!(ms("90s"), Some(90_000));
+        assert_eq!(ms("1h30m"), Some(5_400_000));
+        assert_eq!(ms("2d"), Some(172_800_000));
+        assert_eq!(ms("1w"), Some(604_800_000));
+        assert_eq!(ms("999999999w"), Some(999_999_999 * 604_800_000));
+        for refused in [
+            "",
+            "1",
+            "h",
+            "1h ",
+            " 1h",
+            "1.5h",
+            "1 h",
+            "1min",
+            "1H",
+            "1h\n",
+            "1234567890s",
+            "-1s",
+            "+1s",
+            "1hh",
+        ] {
+            assert_eq!(ms(refused), None, "{refused:?} parsed");
+        }
+    }
 }
