@@ -127,3 +127,61 @@ fn samples_carry_target_labels_and_only_subscribed_metrics() {
     assert_eq!(evaluation["labels"], json!({"team": "payments"}));
     assert_eq!(evaluation["alerts"], json!([]));
 }
+
+/// `rule` evaluated `target` on this line.
+fn evaluated(value: &serde_json::Value, rule: &str, target: &str) -> bool {
+    is_evaluation(value, target) && value["rule"] == rule
+}
+
+#[test]
+fn a_rule_sees_only_the_targets_it_selects_and_a_reload_moves_it() {
+    let server = StatusServer::start();
+    server.set("web", Behavior::json(json!({"cpu_usage": 10})));
+    server.set("db", Behavior::json(json!({"cpu_usage": 10})));
+    let config = |selector: &str| {
+        format!(
+            "[[targets]]\nname = \"web-01\"\nkind = \"http-json\"\nurl = \"{}\"\ninterval = \"50ms\"\n\n\
+             [[targets]]\nname = \"db-01\"\nkind = \"http-json\"\nurl = \"{}\"\ninterval = \"50ms\"\nlabels = {{ tier = \"data\" }}\n\n\
+             [[rules]]\nbuiltin = \"threshold\"\nname = \"all\"\n\n\
+             [[rules]]\nbuiltin = \"threshold\"\nname = \"picky\"\n{selector}\n",
+            server.url("web"),
+            server.url("db")
+        )
+    };
+    let mut vigil = Vigil::start(&config("targets = [\"web-*\"]"));
+    // Twenty db-01 samples reached the rule that sees everything: the
+    // picky rule was offered none of them.
+    for _ in 0..20 {
+        vigil.wait_for("db-01 evaluated", Duration::from_secs(60), |v| {
+            evaluated(v, "all", "db-01")
+        });
+    }
+    assert!(vigil.count(|v| evaluated(v, "picky", "web-01")) > 0);
+    assert_eq!(vigil.count(|v| evaluated(v, "picky", "db-01")), 0);
+
+    // Selected by label now: the next version sees db-01 only.
+    std::fs::write(
+        vigil.config_path(),
+        config("target_labels = { tier = \"data\" }"),
+    )
+    .unwrap();
+    vigil.signal("HUP");
+    vigil.wait_for("picky on db-01", Duration::from_secs(60), |v| {
+        evaluated(v, "picky", "db-01")
+    });
+    let moved = vigil.seen.len();
+    for _ in 0..20 {
+        vigil.wait_for("web-01 evaluated", Duration::from_secs(60), |v| {
+            evaluated(v, "all", "web-01")
+        });
+    }
+    let after = &vigil.seen[moved..];
+    assert_eq!(
+        after
+            .iter()
+            .filter(|v| evaluated(v, "picky", "web-01"))
+            .count(),
+        0,
+        "no web-01 sample after the first db-01 one"
+    );
+}

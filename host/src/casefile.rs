@@ -254,6 +254,7 @@ pub fn run(path: &Path, runtime: &Runtime, out: &mut impl std::io::Write) -> any
     }
 
     let spec = RuleSpec {
+        targets: Default::default(),
         name: "rule".into(),
         source,
         config_json: serde_json::to_string(&file.config)?,

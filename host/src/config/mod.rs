@@ -67,6 +67,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::routing::{NamePattern, TargetSelector};
+
 mod api;
 mod sinks;
 mod watch;
@@ -266,6 +268,8 @@ pub struct RuleSpec {
     pub limits: Limits,
     /// When it is quarantined after failing.
     pub failure_policy: FailurePolicy,
+    /// The targets it sees (`targets`, `target_labels`); default: all.
+    pub targets: TargetSelector,
     /// Where it was declared (`vigil.toml:12`), for error messages.
     pub origin: String,
 }
@@ -523,6 +527,7 @@ impl Settings {
 
 fn default_rule(origin: &str) -> RuleSpec {
     RuleSpec {
+        targets: TargetSelector::default(),
         name: builtin::THRESHOLD.name.into(),
         source: RuleSource::Builtin(&builtin::THRESHOLD),
         config_json: "{}".into(),
@@ -778,6 +783,11 @@ struct RuleConfig {
     quarantine_after: Option<u32>,
     quarantine_backoff: Option<ConfigDuration>,
     quarantine_max_backoff: Option<ConfigDuration>,
+    /// Names or globs of the targets the rule sees: `["web-*", "db-01"]`.
+    targets: Option<Vec<String>>,
+    /// Labels a target must carry for the rule to see it: `{ team = "web" }`.
+    #[serde(default)]
+    target_labels: BTreeMap<String, String>,
 }
 
 impl RuleConfig {
@@ -905,12 +915,26 @@ impl RuleConfig {
         let config_json = serde_json::to_string(&self.config).map_err(|error| {
             format!("rule `{name}`: its config cannot be passed as JSON: {error}")
         })?;
+        let names = match self.targets {
+            None => Vec::new(),
+            Some(list) if list.is_empty() => {
+                return Err("targets = [] gives the rule no target at all\nhint: leave `targets` out for every target, or name some".into());
+            }
+            Some(list) => list
+                .iter()
+                .map(|text| NamePattern::new(text).map_err(|error| format!("targets: {error}")))
+                .collect::<Result<_, _>>()?,
+        };
         Ok(RuleSpec {
             name: name.into(),
             source,
             config_json,
             limits,
             failure_policy,
+            targets: TargetSelector {
+                names,
+                labels: self.target_labels,
+            },
             origin: origin.to_string(),
         })
     }
@@ -939,6 +963,41 @@ mod tests {
 
     fn parse(text: &str) -> Result<Settings, ConfigError> {
         Settings::parse(text, Path::new("/etc/vigil/vigil.toml"))
+    }
+
+    #[test]
+    fn a_rule_selects_its_targets_by_name_glob_and_label() {
+        let parse = |rules: &str| {
+            parse(&format!(
+                "[[targets]]\nname = \"local\"\nkind = \"local\"\n\n{rules}"
+            ))
+        };
+        let settings = parse(
+            "[[rules]]\nbuiltin = \"threshold\"\ntargets = [\"web-*\", \"db-01\"]\ntarget_labels = { team = \"web\" }\n",
+        )
+        .unwrap();
+        let selector = &settings.rules[0].targets;
+        let names: Vec<String> = selector.names.iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["web-*", "db-01"]);
+        assert_eq!(selector.labels["team"], "web");
+        assert!(
+            parse("[[rules]]\nbuiltin = \"threshold\"\n").unwrap().rules[0]
+                .targets
+                .is_all()
+        );
+        let none = parse("[[rules]]\nbuiltin = \"threshold\"\ntargets = []\n").unwrap_err();
+        assert!(
+            none.to_string()
+                .contains("targets = [] gives the rule no target at all"),
+            "{none}"
+        );
+        let empty = parse("[[rules]]\nbuiltin = \"threshold\"\ntargets = [\"\"]\n").unwrap_err();
+        assert!(
+            empty
+                .to_string()
+                .contains("targets: an empty target pattern matches nothing"),
+            "{empty}"
+        );
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct LoadedRule {
     pub version: u64,
     /// sha256 of the component, hex.
     pub hash: String,
+    /// The targets it sees (its spec's `targets` and `target_labels`).
+    pub targets: crate::routing::TargetSelector,
 }
 
 /// Why a rule could not be loaded.
@@ -128,5 +130,6 @@ pub fn load_bytes(
         instance,
         version: 1,
         hash: content_hash(&bytes),
+        targets: spec.targets.clone(),
     })
 }

@@ -229,6 +229,7 @@ fn same_rule(a: &RuleSpec, b: &RuleSpec) -> bool {
         && a.config_json == b.config_json
         && a.limits == b.limits
         && a.failure_policy == b.failure_policy
+        && a.targets == b.targets
 }
 
 struct Reloader {

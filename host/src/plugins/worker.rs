@@ -601,6 +601,7 @@ mod tests {
         let state = StateDb::in_memory().unwrap();
         let path = std::path::Path::new(env!("VIGIL_RULES_DIR")).join("fixture_hostile.wasm");
         let spec = RuleSpec {
+            targets: Default::default(),
             name: "hostile".into(),
             source: RuleSource::File(path),
             config_json: r#"{"attack": "panic"}"#.into(),

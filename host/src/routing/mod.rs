@@ -1,11 +1,11 @@
 //! Routing: the step between sources and rule workers. Each sample goes to
-//! the rules that select it (today every rule selects every sample; tenant
-//! grants, target selectors and cluster partitions will narrow it here),
-//! by a queue per rule.
+//! the rules whose [`TargetSelector`] takes its target (every rule, unless
+//! its `targets` / `target_labels` say otherwise; tenant grants and cluster
+//! partitions will narrow it here too), by a queue per rule.
 //!
 //! | guarantees | refuses to |
 //! |---|---|
-//! | a sample is offered to each selecting rule once, in arrival order | wait on any rule |
+//! | a sample is offered to each selecting rule once, in arrival order | wait on any rule, or offer a rule a target its selector does not take |
 //! | a rule whose queue is full loses that sample alone, counted per rule | let one slow rule delay another, or the alerts |
 //! | the first drop of a spell is reported at once (for `RuleOverloaded`) and logged; later ones are summed per tick | log a line per dropped sample |
 //!
@@ -25,6 +25,10 @@ use crate::plugins::{
 };
 use crate::runtime::{ActionOutcome, Sample};
 
+mod selector;
+
+pub use selector::{NamePattern, TargetSelector};
+
 /// Totals across every rule, readable while the host runs.
 #[derive(Debug, Default)]
 pub struct RouterStats {
@@ -38,7 +42,8 @@ pub struct RouterStats {
 
 /// The routing stage and the rule workers behind it.
 pub struct Router {
-    workers: BTreeMap<RuleName, RuleWorker>,
+    /// Each rule's worker, and the targets it sees.
+    workers: BTreeMap<RuleName, (RuleWorker, TargetSelector)>,
     board: RuleBoard,
     results: mpsc::Sender<WorkerEvent>,
     /// Samples dropped per rule since the last [`Router::tick`].
@@ -78,7 +83,10 @@ impl Router {
     pub fn route(&mut self, sample: Arc<Sample>) -> Vec<RuleName> {
         self.stats.samples.fetch_add(1, Ordering::Relaxed);
         let mut started = Vec::new();
-        for (name, worker) in &self.workers {
+        for (name, (worker, selector)) in &self.workers {
+            if !selector.selects(&sample) {
+                continue;
+            }
             match worker.offer(sample.clone()) {
                 Ok(()) => {
                     self.stats.queued.fetch_add(1, Ordering::Relaxed);
@@ -113,15 +121,20 @@ impl Router {
 
     /// Runs `rule`: as the next version of a running rule, or as a new
     /// rule (then with `policy`).
+    /// The new version's selector applies from the next sample routed.
     pub fn install(&mut self, rule: LoadedRule, policy: FailurePolicy) {
-        match self.workers.get(&rule.name) {
-            Some(worker) => worker.swap(rule),
+        match self.workers.get_mut(&rule.name) {
+            Some((worker, selector)) => {
+                *selector = rule.targets.clone();
+                worker.swap(rule);
+            }
             None => {
                 self.removed.remove(&rule.name);
                 let counters = self.board.counters(&rule.name);
                 let name = rule.name.clone();
+                let selector = rule.targets.clone();
                 let worker = RuleWorker::spawn(rule, policy, counters, self.results.clone());
-                self.workers.insert(name, worker);
+                self.workers.insert(name, (worker, selector));
             }
         }
     }
@@ -129,7 +142,7 @@ impl Router {
     /// Stops sending `rule` samples. Its worker finishes what is queued,
     /// then reports `Stopped`; see [`Router::stopped`].
     pub fn remove(&mut self, rule: &str) {
-        if let Some((name, worker)) = self.workers.remove_entry(rule) {
+        if let Some((name, (worker, _))) = self.workers.remove_entry(rule) {
             self.dropping.remove(rule);
             self.removed.insert(name);
             // Not joined: the thread ends on its own once its queue is done.
@@ -146,7 +159,7 @@ impl Router {
 
     /// Hands the outcome of an action to the rule that asked for it.
     pub fn feedback(&self, rule: &str, target: String, outcome: ActionOutcome) {
-        if let Some(worker) = self.workers.get(rule) {
+        if let Some((worker, _)) = self.workers.get(rule) {
             worker.feedback(target, outcome);
         }
     }
@@ -154,6 +167,9 @@ impl Router {
     /// Closes every rule's queue for shutdown; the workers finish what is
     /// queued unless told to abandon it.
     pub fn close(self) -> Vec<Stopping> {
-        self.workers.into_values().map(RuleWorker::close).collect()
+        self.workers
+            .into_values()
+            .map(|(worker, _)| worker.close())
+            .collect()
     }
 }
