@@ -15,7 +15,11 @@
 //
 // SCENE `token`: the API needs the token; the page says so and shows the
 // form; a wrong token is refused; the right one (the next stdin line) brings
-// the tables.
+// the tables, and a reload of the tab keeps it.
+//
+// Console errors fail a step except where the browser rightly logs failed
+// requests (the 401s before the token, vigil stopped); a page error (an
+// exception in the page's script) fails every step.
 
 import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
@@ -38,9 +42,9 @@ function watch(page, name) {
   page.on("console", (message) => {
     if (watching && message.type() === "error") problems.push(`${name}: console error: ${message.text()}`);
   });
-  page.on("pageerror", (error) => {
-    if (watching) problems.push(`${name}: page error: ${error.message}`);
-  });
+  // An exception in the page's script is a failure in every step, even
+  // where failed requests are expected.
+  page.on("pageerror", (error) => problems.push(`${name}: page error: ${error.message}`));
 }
 function noProblems(when) {
   if (problems.length) throw new Error(`${when}:\n  ${problems.join("\n  ")}`);
@@ -125,6 +129,7 @@ async function alerts(browser) {
   watching = false;
   await expectLine("stopped");
   await waitFor(laptop, '#banner:has-text("Cannot reach the host")', "visible", "the banner once vigil is gone");
+  noProblems("once vigil is gone");
   say("banner");
 }
 
@@ -138,6 +143,7 @@ async function token(browser) {
   await page.fill("#token", "not-the-token-at-all");
   await page.click('#auth button[type="submit"]');
   await waitFor(page, '#banner:has-text("refused this token")', "visible", "a wrong token refused");
+  noProblems("before the token");
   say("ready");
   const right = await expectLine();
   await page.fill("#token", right);
@@ -148,7 +154,7 @@ async function token(browser) {
   const kept = await page.evaluate(() => sessionStorage.getItem("vigil-api-token"));
   equal(kept, right, "the token in sessionStorage");
   // A reload of the tab keeps it (sessionStorage), and sends it again.
-  problems.length = 0;
+  noProblems("with the token");
   watching = true;
   await page.reload({ waitUntil: "load" });
   await waitFor(page, '#targets tr[data-name="web-01"]', "attached", "the tables after a reload");
