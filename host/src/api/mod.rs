@@ -15,7 +15,8 @@
 //!
 //! Errors are JSON, `{"error": "..."}`, with the status code that fits.
 //! The token guards what changes state; on an address other machines can
-//! reach, it guards everything but `/healthz` and `/readyz`.
+//! reach, it guards everything but `/healthz`, `/readyz` and the page (which
+//! holds no data: it asks for the token and sends it to the API).
 
 pub mod client;
 pub mod metrics;
@@ -181,7 +182,6 @@ fn router(shared: Arc<Shared>) -> Router {
     let guarded = Router::new()
         .route("/metrics", get(metrics::serve))
         .merge(v1::routes())
-        .merge(page::routes())
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             authorize,
@@ -189,6 +189,9 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        // The page holds no data (it reads the API like any client), so it
+        // loads without the token and asks for it when the API answers 401.
+        .merge(page::routes())
         .merge(guarded)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

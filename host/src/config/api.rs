@@ -86,7 +86,7 @@ impl ApiConfig {
             && !addr.ip().is_loopback()
         {
             return Err(format!(
-                "listen = \"{addr}\" is reachable from other machines, and no token_file is set\nhint: set token_file to a file holding a secret; every request but /healthz and /readyz must then carry it"
+                "listen = \"{addr}\" is reachable from other machines, and no token_file is set\nhint: set token_file to a file holding a secret; every request but /healthz, /readyz and the page at / must then carry it"
             ));
         }
         Ok(ApiSettings { listen, token_file })
