@@ -12,6 +12,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use ct_codecs::{Base64, Decoder};
 use minisign::{KeyPair, SecretKey, SecretKeyBox};
 
 use crate::plugins::trust::SignatureFile;
@@ -69,11 +70,26 @@ pub fn secret_key(path: &Path) -> anyhow::Result<SecretKey> {
             path.display()
         )
     };
-    let boxed = SecretKeyBox::from_string(&text).map_err(unusable)?;
-    match boxed.clone().into_unencrypted_secret_key() {
-        Ok(key) => Ok(key),
-        // Encrypted (or not a key at all): decrypting asks for the password.
-        Err(_) => SecretKey::from_box(boxed, None).map_err(unusable),
+    // The key's bytes, to tell an unencrypted key from an encrypted one
+    // before any password is asked for. An unencrypted key is taken as it
+    // is: Debian's `minisign` 0.11 writes `-G -W` keys with a zero
+    // checksum, which the `minisign` crate's own loader refuses as
+    // corrupted.
+    let bytes = text
+        .lines()
+        .nth(1)
+        .and_then(|line| Base64::decode_to_vec(line.trim(), None).ok());
+    let key = bytes.and_then(|bytes| SecretKey::from_bytes(&bytes).ok());
+    match key {
+        Some(key) if !key.is_encrypted() => Ok(key),
+        // Encrypted: decrypting asks for the password at the terminal and
+        // checks the key's checksum.
+        Some(_) => SecretKey::from_box(SecretKeyBox::from_string(&text).map_err(unusable)?, None)
+            .map_err(unusable),
+        None => Err(anyhow::anyhow!(
+            "`{}` is not a minisign secret key\nhint: it is the `.key` file `vigil keygen` or `minisign -G` wrote",
+            path.display()
+        )),
     }
 }
 
@@ -200,7 +216,7 @@ mod tests {
         let error = secret_key(&public).unwrap_err().to_string();
         assert!(
             error.starts_with(&format!(
-                "`{}` is not a usable minisign secret key",
+                "`{}` is not a minisign secret key",
                 public.display()
             )),
             "{error}"
