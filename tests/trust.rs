@@ -520,6 +520,22 @@ fn the_status_board_shows_the_refusal_and_the_signer() {
     });
     assert_eq!((renewed.version, renewed.last_error), (1, None));
 
+    // A stranger's signature for the same bytes is refused; the version
+    // serving and its recorded signer stay.
+    minisign_sign(&ws.stranger, &rule, "not ours");
+    let refused = wait("the stranger's signature refused", &|s| {
+        s.last_error.is_some()
+    });
+    assert!(
+        refused
+            .last_error
+            .as_deref()
+            .is_some_and(|reason| reason.contains("was made by a key that is not trusted")),
+        "{refused:?}"
+    );
+    assert_eq!(refused.version, 1);
+    assert_eq!(refused.signer, renewed.signer);
+
     let _ = stop.send(());
     runtime.block_on(task).unwrap().unwrap();
 }

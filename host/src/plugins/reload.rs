@@ -430,7 +430,7 @@ impl Reloader {
             Err(error) => {
                 let reason = error.to_string();
                 rule.refused = Some(identity);
-                tracing::error!(rule = %name, error = %reason, "Rule signature refused; the running version stays.");
+                tracing::error!(rule = %name, error = %reason, "Rule reload refused; the running version stays.");
                 self.status
                     .update(&name, |status| status.last_error = Some(reason));
             }
