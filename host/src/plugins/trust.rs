@@ -18,8 +18,8 @@
 //!
 //! Verification uses `minisign-verify` (no dependencies); keys and
 //! signatures are the `minisign` tool's, so authors sign with it or with
-//! `vigil sign`. Legacy (non-prehashed) signatures are refused: `minisign`
-//! has not made them by default since 0.8. This module refuses to guess: a
+//! `vigil sign`. Legacy (non-prehashed) signatures are refused: current
+//! `minisign` only makes them when asked to. This module refuses to guess: a
 //! signature that is present but not required is not read at all, and a
 //! required one that does not verify is never a warning.
 
