@@ -190,7 +190,16 @@ fn refused_at_start(config: &str) -> String {
     let mut vigil = Vigil::start(config);
     let status = vigil.wait_exit(Duration::from_secs(60));
     assert!(!status.success(), "vigil started:\n{}", vigil.stderr());
-    vigil.stderr()
+    // The exit can come before the thread reading stderr has read the last
+    // line: wait for the error `main` prints last.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = vigil.stderr();
+        if log.contains("error: ") || Instant::now() > deadline {
+            return log;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]
