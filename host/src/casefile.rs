@@ -261,6 +261,7 @@ pub fn run(path: &Path, runtime: &Runtime, out: &mut impl std::io::Write) -> any
         limits: Limits::default(),
         failure_policy: FailurePolicy::default(),
         origin: path.display().to_string(),
+        trust: Default::default(),
     };
     let state = StateDb::in_memory()?;
     let mut rule = plugins::load(runtime, &state, &spec)?;

@@ -58,6 +58,47 @@ enum Command {
     /// language, the contract it is built against, a `vigil test` case file
     /// it passes, and its build setup.
     New(NewArgs),
+    /// Make a key pair for signing rules, in minisign's format (the
+    /// `minisign` tool reads and writes the same keys). The public key goes
+    /// into the host's `[trust] keys`; the secret key stays with the author.
+    Keygen(KeygenArgs),
+    /// Sign rule files: writes `FILE.minisig` beside each, the detached
+    /// minisign signature a host with `require_signature` checks
+    /// (`minisign -V` verifies it too).
+    Sign(SignArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct KeygenArgs {
+    /// Where to write the public key.
+    #[arg(long, short = 'p')]
+    public_key: PathBuf,
+    /// Where to write the secret key (readable by its owner only).
+    #[arg(long, short = 's')]
+    secret_key: PathBuf,
+    /// Do not protect the secret key with a password (as `minisign -W`):
+    /// for a build machine that signs unattended. Without it, the password
+    /// is asked for at the terminal.
+    #[arg(long, short = 'W')]
+    without_password: bool,
+    /// Replace key files that exist.
+    #[arg(long, short = 'f')]
+    force: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct SignArgs {
+    /// The secret key (`vigil keygen` or `minisign -G` made it); its
+    /// password is asked for at the terminal if it has one.
+    #[arg(long, short = 's')]
+    secret_key: PathBuf,
+    /// Text signed with the file, which the host logs when it loads the
+    /// rule [default: the time and the file name, as minisign writes it].
+    #[arg(long, short = 't')]
+    trusted_comment: Option<String>,
+    /// The rule files to sign.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -230,6 +271,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Check(args) => check(args),
         Command::New(args) => new(args),
+        Command::Keygen(args) => crate::signing::keygen(
+            &args.public_key,
+            &args.secret_key,
+            !args.without_password,
+            args.force,
+        ),
+        Command::Sign(args) => {
+            let key = crate::signing::secret_key(&args.secret_key)?;
+            for file in &args.files {
+                let written = crate::signing::sign(&key, file, args.trusted_comment.as_deref())?;
+                println!("signed `{}`: `{}`", file.display(), written.display());
+            }
+            Ok(())
+        }
         Command::Test(args) => {
             let data_dir = args
                 .data_dir

@@ -41,7 +41,7 @@
 //! - shared by all: [`names`], [`clock`], [`duration`], [`size`], [`hash`],
 //!   [`http`], [`process`], [`text`], [`watch`];
 //! - the rule authors' tools: [`cli`], [`casefile`] (`vigil test`),
-//!   [`scaffold`] (`vigil new`).
+//!   [`scaffold`] (`vigil new`), [`signing`] (`vigil keygen`, `vigil sign`).
 
 // The pipeline, in the order a sample travels.
 pub mod alerts;
@@ -73,3 +73,4 @@ pub mod watch;
 pub mod casefile;
 pub mod cli;
 pub mod scaffold;
+pub mod signing;

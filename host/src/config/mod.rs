@@ -33,6 +33,12 @@
 //! max_memory_mib = 64
 //! max_active_alerts_per_target = 1000  # alerts tracked (pending + firing)
 //! max_active_alerts = 10000
+//! sha256 = "…"                         # optional: only this exact build loads
+//! require_signature = true             # optional: overrides [trust] for this rule (or folder)
+//!
+//! [trust]                              # optional: who may sign rule files
+//! keys = ["keys/ops.pub"]              # minisign public keys
+//! require_signature = false            # the default for every rule file
 //!
 //! [[sinks]]                            # optional; without any, alerts go to stdout
 //! name = "alertmanager"
@@ -82,7 +88,9 @@ use crate::actions::audit::MIN_MAX_BYTES;
 use crate::actions::{ActionSpec, AuditSettings, Mode, parse_actions};
 use crate::alerts::{AlertLimits, RuleAlertLimits};
 use crate::duration::TextDuration;
+use crate::hash::Sha256;
 use crate::names::{ActionName, RuleName, Syntax, TargetName};
+use crate::plugins::trust::{Keyring, Trust, TrustSettings, TrustedKey};
 use crate::runtime::{Limits, builtin};
 use crate::sinks::SinkSpec;
 use crate::size::TextSize;
@@ -272,6 +280,9 @@ pub struct RuleSpec {
     pub targets: TargetSelector,
     /// Where it was declared (`vigil.toml:12`), for error messages.
     pub origin: String,
+    /// Its pin and the keys it must be signed by, checked on the bytes
+    /// before they compile (`plugins::trust`).
+    pub trust: Trust,
 }
 
 /// When a failing rule is set aside, and for how long: the
@@ -394,6 +405,19 @@ impl Settings {
             targets.push(target.validate().map_err(fail)?);
         }
 
+        let trust = match file.trust {
+            None => TrustSettings::default(),
+            Some(spanned) => {
+                let location = at(spanned.span());
+                spanned
+                    .into_inner()
+                    .validate(base)
+                    .map_err(|message| ConfigError {
+                        location,
+                        message: format!("[trust]: {message}"),
+                    })?
+            }
+        };
         let mut rules = Vec::new();
         let mut names = HashSet::new();
         let mut rule_dirs = Vec::new();
@@ -410,12 +434,12 @@ impl Settings {
             let limits = rule.alert_limits().map_err(fail)?;
             match rule.dir.clone() {
                 None => {
-                    let spec = rule.validate(base, &location).map_err(fail)?;
+                    let spec = rule.validate(base, &location, &trust).map_err(fail)?;
                     alert_limits.set(spec.name.clone(), limits);
                     specs.push(spec);
                 }
                 Some(dir) => {
-                    let rule_dir = rule.into_dir(base, &dir, &location).map_err(fail)?;
+                    let rule_dir = rule.into_dir(base, &dir, &location, &trust).map_err(fail)?;
                     alert_limits.set_dir(rule_dir.dir.clone(), limits);
                     let expanded = rule_dir.expand().map_err(|error| {
                         fail(format!(
@@ -534,6 +558,7 @@ fn default_rule(origin: &str) -> RuleSpec {
         limits: Limits::default(),
         failure_policy: FailurePolicy::default(),
         origin: origin.into(),
+        trust: Trust::default(),
     }
 }
 
@@ -551,12 +576,44 @@ struct ConfigFile {
     shutdown_grace: Option<ConfigDuration>,
     audit: Option<Spanned<AuditConfig>>,
     api: Option<Spanned<api::ApiConfig>>,
+    trust: Option<Spanned<TrustConfig>>,
     #[serde(default)]
     targets: Vec<Spanned<TargetConfig>>,
     #[serde(default)]
     rules: Vec<Spanned<RuleConfig>>,
     #[serde(default)]
     sinks: Vec<Spanned<sinks::SinkConfig>>,
+}
+
+/// `[trust]`: whom the operator trusts to sign rule files. A tenant's own
+/// section can take the same table for its rules.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrustConfig {
+    /// minisign public key files, relative to the config, e.g.
+    /// `["keys/ops.pub"]`.
+    #[serde(default)]
+    keys: Vec<PathBuf>,
+    /// Whether every rule file needs a signature by one of `keys` unless its
+    /// `[[rules]]` table says `require_signature = false`.
+    #[serde(default)]
+    require_signature: bool,
+}
+
+impl TrustConfig {
+    /// Reads the keys: a key that cannot be used is an error now, not at
+    /// the first rule it should have verified.
+    fn validate(self, base: &Path) -> Result<TrustSettings, String> {
+        let keys = self
+            .keys
+            .iter()
+            .map(|file| TrustedKey::read(&base.join(file)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TrustSettings {
+            keys: Keyring::new(keys),
+            require_signature: self.require_signature,
+        })
+    }
 }
 
 /// `[audit]`: how much the audit log keeps.
@@ -788,6 +845,10 @@ struct RuleConfig {
     /// Labels a target must carry for the rule to see it: `{ team = "web" }`.
     #[serde(default)]
     target_labels: BTreeMap<String, String>,
+    /// Only the file with this sha256 loads (not for a folder or a builtin).
+    sha256: Option<String>,
+    /// Overrides `[trust] require_signature` for this rule (or folder).
+    require_signature: Option<bool>,
 }
 
 impl RuleConfig {
@@ -814,7 +875,13 @@ impl RuleConfig {
     }
 
     /// A `[[rules]]` table with `dir`: the template for every rule in it.
-    fn into_dir(self, base: &Path, dir: &Path, origin: &str) -> Result<RuleDir, String> {
+    fn into_dir(
+        self,
+        base: &Path,
+        dir: &Path,
+        origin: &str,
+        trust: &TrustSettings,
+    ) -> Result<RuleDir, String> {
         for (field, set) in [
             ("path", self.path.is_some()),
             ("builtin", self.builtin.is_some()),
@@ -825,6 +892,9 @@ impl RuleConfig {
                     "a rules directory takes no `{field}`: each rule is named after its file"
                 ));
             }
+        }
+        if self.sha256.is_some() {
+            return Err("a rules directory takes no `sha256`: one pin cannot fit every file in it\nhint: pin a rule in a [[rules]] table of its own with `path`, or require signatures for the folder with `require_signature = true`".into());
         }
         let dir = base.join(dir);
         if !dir.is_dir() {
@@ -838,11 +908,16 @@ impl RuleConfig {
             path: Some(dir.join("template.wasm")),
             ..self
         }
-        .validate(base, origin)?;
+        .validate(base, origin, trust)?;
         Ok(RuleDir { dir, template })
     }
 
-    fn validate(self, base: &Path, origin: &str) -> Result<RuleSpec, String> {
+    fn validate(
+        self,
+        base: &Path,
+        origin: &str,
+        trust: &TrustSettings,
+    ) -> Result<RuleSpec, String> {
         let source = match (self.path, self.builtin) {
             (Some(path), None) => RuleSource::File(base.join(path)),
             (None, Some(name)) => RuleSource::Builtin(builtin::find(&name).ok_or_else(|| {
@@ -912,6 +987,28 @@ impl RuleConfig {
         if failure_policy.max_backoff < failure_policy.initial_backoff {
             return Err("quarantine_max_backoff is shorter than quarantine_backoff".into());
         }
+        let trust = match &source {
+            // Builtins are part of the binary: trusting it is trusting them.
+            RuleSource::Builtin(_) => {
+                if self.sha256.is_some() || self.require_signature == Some(true) {
+                    return Err(format!(
+                        "rule `{name}`: `sha256` and `require_signature` apply to rule files; a builtin is part of the vigil binary\nhint: remove them, or use a `path` to a .wasm file"
+                    ));
+                }
+                Trust::default()
+            }
+            RuleSource::File(_) => {
+                let pin = self
+                    .sha256
+                    .as_deref()
+                    .map(str::parse::<Sha256>)
+                    .transpose()
+                    .map_err(|error| format!("rule `{name}`: sha256: {error}"))?;
+                trust
+                    .for_rule(pin, self.require_signature)
+                    .map_err(|error| format!("rule `{name}`: {error}"))?
+            }
+        };
         let config_json = serde_json::to_string(&self.config).map_err(|error| {
             format!("rule `{name}`: its config cannot be passed as JSON: {error}")
         })?;
@@ -936,6 +1033,7 @@ impl RuleConfig {
                 labels: self.target_labels,
             },
             origin: origin.to_string(),
+            trust,
         })
     }
 }
@@ -1306,5 +1404,110 @@ max_output_bytes = 4096
             rule.contains(":4: there is no builtin rule `nope`"),
             "{rule}"
         );
+    }
+
+    /// A config in `dir` with a public key `ops.pub` and a rules folder.
+    fn trust_config(dir: &Path, text: &str) -> Result<Settings, ConfigError> {
+        let pair = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
+        std::fs::write(dir.join("ops.pub"), pair.pk.to_box().unwrap().into_string()).unwrap();
+        std::fs::create_dir_all(dir.join("rules.d")).unwrap();
+        std::fs::write(dir.join("rules.d/a.wasm"), b"").unwrap();
+        let text = format!("[[targets]]\nname = \"a\"\nkind = \"local\"\n{text}");
+        Settings::parse(&text, &dir.join("vigil.toml"))
+    }
+
+    #[test]
+    fn trust_sets_a_default_that_rules_and_folders_override() {
+        let dir = tempfile::tempdir().unwrap();
+        let pin = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let settings = trust_config(
+            dir.path(),
+            &format!(
+                r#"
+[trust]
+keys = ["ops.pub"]
+require_signature = true
+
+[[rules]]
+path = "signed.wasm"
+
+[[rules]]
+path = "pinned.wasm"
+sha256 = "{}"
+require_signature = false
+
+[[rules]]
+dir = "rules.d"
+
+[[rules]]
+builtin = "threshold"
+"#,
+                pin.to_uppercase()
+            ),
+        )
+        .unwrap();
+        let trust = |name: &str| {
+            let spec = settings.rules.iter().find(|rule| rule.name == name);
+            spec.unwrap().trust.clone()
+        };
+        let signed = trust("signed");
+        assert!(signed.requires_signature() && signed.sha256.is_none());
+        let pinned = trust("pinned");
+        assert!(!pinned.requires_signature());
+        assert_eq!(pinned.sha256.unwrap().to_string(), pin);
+        // A folder's rules take the default, and so do files added later.
+        assert!(trust("a").requires_signature());
+        assert!(settings.rule_dirs[0].template.trust.requires_signature());
+        // The binary's own rule is trusted with the binary.
+        assert_eq!(trust("threshold"), Trust::default());
+    }
+
+    #[test]
+    fn trust_errors_name_the_rule_or_key_and_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = |text: &str| trust_config(dir.path(), text).unwrap_err().to_string();
+
+        let no_key = error("[[rules]]\npath = \"a.wasm\"\nrequire_signature = true\n");
+        assert!(
+            no_key.contains(":4: rule `a`: a signature is required but no key is trusted to make it\nhint: list the signers' public keys in `[trust] keys"),
+            "{no_key}"
+        );
+        let bad_pin = error("[[rules]]\npath = \"a.wasm\"\nsha256 = \"abc\"\n");
+        assert!(
+            bad_pin.contains("rule `a`: sha256: `abc` is not a sha256: it takes 64 hex digits\nhint: `sha256sum FILE` prints it"),
+            "{bad_pin}"
+        );
+        let folder_pin = error(&format!(
+            "[[rules]]\ndir = \"rules.d\"\nsha256 = \"{}\"\n",
+            "0".repeat(64)
+        ));
+        assert!(
+            folder_pin.contains("a rules directory takes no `sha256`"),
+            "{folder_pin}"
+        );
+        let builtin = error("[[rules]]\nbuiltin = \"threshold\"\nrequire_signature = true\n");
+        assert!(
+            builtin
+                .contains("rule `threshold`: `sha256` and `require_signature` apply to rule files"),
+            "{builtin}"
+        );
+        let missing_key = error("[trust]\nkeys = [\"nope.pub\"]\n");
+        assert!(
+            missing_key.contains(":4: [trust]: cannot read the public key `")
+                && missing_key.contains("nope.pub`"),
+            "{missing_key}"
+        );
+        std::fs::write(
+            dir.path().join("junk.pub"),
+            "untrusted comment: x\nnot a key\n",
+        )
+        .unwrap();
+        let junk = error("[trust]\nkeys = [\"junk.pub\"]\n");
+        assert!(
+            junk.contains("junk.pub` is not a minisign public key"),
+            "{junk}"
+        );
+        let typo = error("[trust]\nkey = [\"ops.pub\"]\n");
+        assert!(typo.contains("unknown field `key`"), "{typo}");
     }
 }

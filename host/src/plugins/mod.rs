@@ -3,18 +3,23 @@
 //!
 //! Loading refuses a rule with the exact reason, naming the rule, its file
 //! and where the config declares it. Nothing is half-loaded: a rule is
-//! either ready for samples or an error.
+//! either ready for samples or an error. A rule file is read once; its
+//! [`trust`] (pin, signature) is checked on those bytes and the same bytes
+//! are compiled.
 
 pub mod reload;
 mod subscription;
+pub mod trust;
 mod worker;
 
 use std::borrow::Cow;
+use std::path::Path;
 use std::time::Duration;
 
 /// The sha256 of a component, in hex: its identity for reloads and caches.
 pub use crate::hash::sha256_hex as content_hash;
 pub use subscription::Subscription;
+pub use trust::{SignatureFile, Signer};
 
 /// A rule's quarantine settings, parsed with the rest of its config.
 pub use crate::config::FailurePolicy;
@@ -27,6 +32,7 @@ pub use worker::{
 };
 
 use crate::config::{RuleSource, RuleSpec};
+use crate::hash::Sha256;
 use crate::names::RuleName;
 use crate::runtime::{LoadError, RuleInfo, RuleInstance, Runtime};
 use crate::state::StateDb;
@@ -47,6 +53,49 @@ pub struct LoadedRule {
     pub hash: String,
     /// The targets it sees (its spec's `targets` and `target_labels`).
     pub targets: crate::routing::TargetSelector,
+    /// Who signed it, when its trust required a signature.
+    pub signer: Option<Signer>,
+    /// What its signature file held when it was checked (`None`: not
+    /// read), so that a new signature for the same bytes is noticed.
+    pub signature: Option<Sha256>,
+}
+
+/// A rule's component as read, with its signature when its trust needs one:
+/// the one copy that is checked and compiled.
+pub struct RuleBytes {
+    /// The component.
+    pub bytes: Cow<'static, [u8]>,
+    /// `FILE.minisig`, read only when a signature is required.
+    pub signature: Option<SignatureFile>,
+}
+
+impl RuleBytes {
+    /// Reads `spec`'s signature, if its trust asks for one, beside `bytes`
+    /// already read from `file`.
+    pub fn with_signature(
+        spec: &RuleSpec,
+        file: &Path,
+        bytes: Vec<u8>,
+    ) -> Result<Self, RuleLoadError> {
+        let signature = if spec.trust.requires_signature() {
+            let signature = SignatureFile::read(file).map_err(|error| {
+                load_error(
+                    spec,
+                    format!(
+                        "cannot read `{}`: {error}",
+                        SignatureFile::path_of(file).display()
+                    ),
+                )
+            })?;
+            Some(signature)
+        } else {
+            None
+        };
+        Ok(RuleBytes {
+            bytes: bytes.into(),
+            signature,
+        })
+    }
 }
 
 /// Why a rule could not be loaded.
@@ -70,13 +119,18 @@ pub fn load(
     state: &StateDb,
     spec: &RuleSpec,
 ) -> Result<LoadedRule, RuleLoadError> {
-    let bytes: Cow<'static, [u8]> = match &spec.source {
-        RuleSource::Builtin(builtin) => builtin.wasm.into(),
-        RuleSource::File(path) => std::fs::read(path)
-            .map_err(|error| load_error(spec, format!("cannot read the file: {error}")))?
-            .into(),
+    let rule = match &spec.source {
+        RuleSource::Builtin(builtin) => RuleBytes {
+            bytes: builtin.wasm.into(),
+            signature: None,
+        },
+        RuleSource::File(path) => {
+            let bytes = std::fs::read(path)
+                .map_err(|error| load_error(spec, format!("cannot read the file: {error}")))?;
+            RuleBytes::with_signature(spec, path, bytes)?
+        }
     };
-    load_bytes(runtime, state, spec, bytes)
+    load_bytes(runtime, state, spec, rule)
 }
 
 fn load_error(spec: &RuleSpec, reason: String) -> RuleLoadError {
@@ -88,14 +142,28 @@ fn load_error(spec: &RuleSpec, reason: String) -> RuleLoadError {
     }
 }
 
-/// [`load`] for bytes already read (the reloader hashes them first).
+/// [`load`] for bytes already read (the reloader hashes them first): checks
+/// their trust, then compiles the same bytes.
 pub fn load_bytes(
     runtime: &Runtime,
     state: &StateDb,
     spec: &RuleSpec,
-    bytes: Cow<'static, [u8]>,
+    rule: RuleBytes,
 ) -> Result<LoadedRule, RuleLoadError> {
     let fail = |reason: String| load_error(spec, reason);
+    let RuleBytes { bytes, signature } = rule;
+    let signer = spec
+        .trust
+        .check(&bytes, signature.as_ref())
+        .map_err(|error| fail(error.to_string()))?;
+    if let Some(signer) = &signer {
+        tracing::info!(
+            rule = %spec.name,
+            key = %signer.key.display(),
+            trusted_comment = %signer.trusted_comment,
+            "Rule signature verified."
+        );
+    }
     let prepared = runtime
         .prepare(&bytes)
         .map_err(|error| fail(error.to_string()))?;
@@ -131,5 +199,7 @@ pub fn load_bytes(
         version: 1,
         hash: content_hash(&bytes),
         targets: spec.targets.clone(),
+        signer,
+        signature: signature.as_ref().and_then(SignatureFile::fingerprint),
     })
 }

@@ -11,6 +11,12 @@
 //!
 //! One task does all the loading, one change after another, so versions only
 //! ever go up.
+//!
+//! A rule whose trust requires a signature is identified by its bytes and
+//! its `.minisig` together: a new signature for the same bytes is checked
+//! again (and recorded, without a swap, when it passes), and a refused pair
+//! is retried when either file changes, so deploying a file and then its
+//! signature ends with the new version serving.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -19,9 +25,10 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::{FailurePolicy, LoadedRule, content_hash};
+use super::{FailurePolicy, LoadedRule, RuleBytes, Signer, content_hash};
 use crate::clock::now_ms;
 use crate::config::{RuleDir, RuleSource, RuleSpec};
+use crate::hash::Sha256;
 use crate::names::RuleName;
 use crate::runtime::Runtime;
 use crate::state::StateDb;
@@ -52,9 +59,11 @@ pub struct RuleStatus {
     pub version: u64,
     /// sha256 of the component serving.
     pub hash: String,
-    /// Why the last change to the file was refused, if it was; cleared by
-    /// the next version that loads.
+    /// Why the last change to the file (or its signature) was refused, if
+    /// it was; cleared by the next version (or signature) that passes.
     pub last_error: Option<String>,
+    /// Who signed the version serving, when its trust required a signature.
+    pub signer: Option<Signer>,
     /// When the last change (install, refusal, removal) happened.
     pub changed_at_ms: u64,
     /// Where the component comes from: its file, or `builtin:NAME`.
@@ -77,8 +86,16 @@ impl StatusBoard {
         self.0.lock().expect("status lock").clone()
     }
 
-    /// Records that `rule` serves `version` of `hash`, from `source`.
-    pub fn installed(&self, rule: &str, version: u64, hash: &str, source: &RuleSource) {
+    /// Records that `rule` serves `version` of `hash`, from `source`,
+    /// signed by `signer`.
+    pub fn installed(
+        &self,
+        rule: &str,
+        version: u64,
+        hash: &str,
+        source: &RuleSource,
+        signer: Option<Signer>,
+    ) {
         let now = now_ms();
         let mut board = self.0.lock().expect("status lock");
         let status = board.entry(rule.to_string()).or_default();
@@ -89,12 +106,22 @@ impl StatusBoard {
             version,
             hash: hash.to_string(),
             last_error: None,
+            signer,
             changed_at_ms: now,
             source: source.to_string(),
             loaded_at_ms: now,
             reloads: status.reloads,
             refused: status.refused,
         };
+    }
+
+    /// Records that a new version (or signature) of `rule` was refused for
+    /// `reason`; the running version stays.
+    fn refused(&self, rule: &str, reason: String) {
+        self.update(rule, |status| {
+            status.last_error = Some(reason);
+            status.refused += 1;
+        });
     }
 
     fn remove(&self, rule: &str) {
@@ -113,16 +140,24 @@ impl StatusBoard {
 /// again before its failure is reported.
 const MAX_REREADS: u32 = 10;
 
+/// What a version is known by: its bytes' hash, and its signature's when
+/// one is required.
+type Identity = (String, Option<Sha256>);
+
 /// A rule the reloader looks after.
 struct Watched {
     spec: RuleSpec,
     /// Hash of the version serving; `None` while nothing serves (the file is
     /// gone, or the rule never loaded).
     hash: Option<String>,
-    /// Hash of the last content refused: it is not tried again until the
-    /// file changes (or the config gives the rule new settings), so a
-    /// refused version costs nothing however often its folder is touched.
-    refused: Option<String>,
+    /// The serving version's signature, as checked (`None` when none is
+    /// required).
+    signature: Option<Sha256>,
+    /// Hash of the last content refused, with its signature: it is not
+    /// tried again until the file or its signature changes (or the config
+    /// gives the rule new settings), so a refused version costs nothing
+    /// however often its folder is touched.
+    refused: Option<Identity>,
     version: u64,
 }
 
@@ -167,10 +202,17 @@ pub fn spawn(
         .iter()
         .zip(specs)
         .map(|(rule, spec)| {
-            status.installed(&rule.name, rule.version, &rule.hash, &spec.source);
+            status.installed(
+                &rule.name,
+                rule.version,
+                &rule.hash,
+                &spec.source,
+                rule.signer.clone(),
+            );
             Watched {
                 spec: spec.clone(),
                 hash: Some(rule.hash.clone()),
+                signature: rule.signature,
                 refused: None,
                 version: rule.version,
             }
@@ -210,6 +252,15 @@ async fn settle(path: &Path, debounce: Duration) {
     }
 }
 
+fn identity(read: &RuleBytes) -> Identity {
+    (
+        content_hash(&read.bytes),
+        read.signature
+            .as_ref()
+            .and_then(super::SignatureFile::fingerprint),
+    )
+}
+
 fn spec_path(spec: &RuleSpec) -> Option<&Path> {
     match &spec.source {
         RuleSource::File(path) => Some(path),
@@ -230,6 +281,7 @@ fn same_rule(a: &RuleSpec, b: &RuleSpec) -> bool {
         && a.limits == b.limits
         && a.failure_policy == b.failure_policy
         && a.targets == b.targets
+        && a.trust == b.trust
 }
 
 struct Reloader {
@@ -329,6 +381,7 @@ impl Reloader {
                 self.watched.push(Watched {
                     spec,
                     hash: None,
+                    signature: None,
                     refused: None,
                     version: 0,
                 });
@@ -373,11 +426,53 @@ impl Reloader {
             tracing::debug!(rule = %name, "Rule file is empty; waiting for its content.");
             return Ok(());
         }
-        let hash = content_hash(&bytes);
-        if rule.hash.as_ref() == Some(&hash) || rule.refused.as_ref() == Some(&hash) {
+        let read = match RuleBytes::with_signature(&rule.spec, &path, bytes) {
+            Ok(read) => read,
+            Err(error) => {
+                tracing::warn!(rule = %name, %error, "Cannot read the rule's signature; the running version stays.");
+                return Ok(());
+            }
+        };
+        let identity = identity(&read);
+        if rule.refused.as_ref() == Some(&identity) {
             return Ok(());
         }
-        self.install(index, bytes, Some(&path)).await
+        if rule.hash.as_ref() == Some(&identity.0) {
+            if rule.signature != identity.1 {
+                self.signature_changed(index, read, identity);
+            }
+            return Ok(());
+        }
+        self.install(index, read, Some(&path)).await
+    }
+
+    /// The serving version's bytes are unchanged but its signature is not:
+    /// the new one is checked on the same bytes. One that passes is
+    /// recorded (who signed, the trusted comment); one that does not is
+    /// refused like a bad version, and the running version stays: it was
+    /// checked when it loaded, and it is what runs either way.
+    fn signature_changed(&mut self, index: usize, read: RuleBytes, identity: Identity) {
+        let rule = &mut self.watched[index];
+        let name = rule.spec.name.clone();
+        match rule.spec.trust.check(&read.bytes, read.signature.as_ref()) {
+            Ok(signer) => {
+                rule.signature = identity.1;
+                rule.refused = None;
+                if let Some(signer) = &signer {
+                    tracing::info!(rule = %name, key = %signer.key.display(), trusted_comment = %signer.trusted_comment, "Rule signature renewed; the same version serves.");
+                }
+                self.status.update(&name, |status| {
+                    status.signer = signer;
+                    status.last_error = None;
+                });
+            }
+            Err(error) => {
+                let reason = error.to_string();
+                rule.refused = Some(identity);
+                tracing::error!(rule = %name, error = %reason, "Rule reload refused; the running version stays.");
+                self.status.refused(&name, reason);
+            }
+        }
     }
 
     /// Applies the rules of a reloaded config.
@@ -419,28 +514,33 @@ impl Reloader {
                     self.watched.push(Watched {
                         spec,
                         hash: None,
+                        signature: None,
                         refused: None,
                         version: 0,
                     });
                     self.watched.len() - 1
                 }
             };
-            let bytes = match &self.watched[index].spec.source {
-                RuleSource::Builtin(builtin) => builtin.wasm.to_vec(),
-                RuleSource::File(path) => match std::fs::read(path) {
-                    Ok(bytes) => bytes,
-                    Err(error) => {
-                        let name = self.watched[index].spec.name.clone();
-                        tracing::error!(rule = %name, path = %path.display(), %error, "Rule reload refused; cannot read the file.");
-                        self.status.update(&name, |status| {
-                            status.last_error = Some(format!("cannot read the file: {error}"));
-                            status.refused += 1;
-                        });
-                        continue;
-                    }
-                },
+            let spec = &self.watched[index].spec;
+            let read = match &spec.source {
+                RuleSource::Builtin(builtin) => Ok(RuleBytes {
+                    bytes: builtin.wasm.into(),
+                    signature: None,
+                }),
+                RuleSource::File(path) => std::fs::read(path)
+                    .map_err(|error| format!("cannot read the file: {error}"))
+                    .and_then(|bytes| {
+                        RuleBytes::with_signature(spec, path, bytes).map_err(|error| error.reason)
+                    }),
             };
-            self.install(index, bytes, None).await?;
+            match read {
+                Ok(read) => self.install(index, read, None).await?,
+                Err(reason) => {
+                    let name = spec.name.clone();
+                    tracing::error!(rule = %name, source = %spec.source, error = %reason, "Rule reload refused; the running version stays.");
+                    self.status.refused(&name, reason);
+                }
+            }
         }
         if let Err(error) = self.watch_directories() {
             tracing::error!(%error, "Rule files added by the config are not watched.");
@@ -458,34 +558,41 @@ impl Reloader {
     async fn install(
         &mut self,
         index: usize,
-        mut bytes: Vec<u8>,
+        mut read: RuleBytes,
         file: Option<&Path>,
     ) -> Result<(), Closed> {
         let name = self.watched[index].spec.name.clone();
         let mut rereads = 0;
-        let (loaded, hash) = loop {
-            let hash = content_hash(&bytes);
+        let (loaded, (hash, signature)) = loop {
+            let current = identity(&read);
             let (runtime, state) = (self.runtime.clone(), self.state.clone());
             let spec = self.watched[index].spec.clone();
             // Compiling can take seconds: off the async workers. The bytes
-            // read are the ones loaded, so the hash matches what runs.
+            // read are the ones checked and loaded, so the hash matches
+            // what runs.
             let loaded = tokio::task::spawn_blocking(move || {
-                super::load_bytes(&runtime, &state, &spec, bytes.into())
+                super::load_bytes(&runtime, &state, &spec, read)
             })
             .await
             .map_err(|_| Closed)?;
             let Some(file) = file.filter(|_| loaded.is_err() && rereads < MAX_REREADS) else {
-                break (loaded, hash);
+                break (loaded, current);
             };
             tokio::time::sleep(self.debounce).await;
             settle(file, self.debounce).await;
-            match std::fs::read(file) {
-                Ok(again) if !again.is_empty() && content_hash(&again) != hash => {
-                    tracing::debug!(rule = %name, "Rule file changed while it was loaded; loading it again.");
-                    bytes = again;
+            let again = std::fs::read(file)
+                .ok()
+                .filter(|again| !again.is_empty())
+                .and_then(|again| {
+                    RuleBytes::with_signature(&self.watched[index].spec, file, again).ok()
+                });
+            match again {
+                Some(again) if identity(&again) != current => {
+                    tracing::debug!(rule = %name, "Rule file or signature changed while it was loaded; loading it again.");
+                    read = again;
                     rereads += 1;
                 }
-                _ => break (loaded, hash),
+                _ => break (loaded, current),
             }
         };
         let rule = &mut self.watched[index];
@@ -493,22 +600,25 @@ impl Reloader {
             Ok(mut loaded) => {
                 rule.version += 1;
                 rule.hash = Some(hash.clone());
+                rule.signature = signature;
                 rule.refused = None;
                 loaded.version = rule.version;
                 tracing::info!(rule = %name, version = rule.version, hash = %&hash[..12], "Rule reloaded.");
-                self.status
-                    .installed(&name, rule.version, &hash, &rule.spec.source);
+                self.status.installed(
+                    &name,
+                    rule.version,
+                    &hash,
+                    &rule.spec.source,
+                    loaded.signer.clone(),
+                );
                 let change = Change::Install(Box::new(loaded), rule.spec.failure_policy);
                 self.changes.send(change).map_err(|_| Closed)?;
             }
             Err(error) => {
                 let reason = error.reason.clone();
-                rule.refused = Some(hash);
+                rule.refused = Some((hash, signature));
                 tracing::error!(rule = %name, %error, "Rule reload refused; the running version stays.");
-                self.status.update(&name, |status| {
-                    status.last_error = Some(reason);
-                    status.refused += 1;
-                });
+                self.status.refused(&name, reason);
             }
         }
         Ok(())

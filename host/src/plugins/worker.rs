@@ -608,6 +608,7 @@ mod tests {
             limits: Limits::default(),
             failure_policy: FailurePolicy::default(),
             origin: "test".into(),
+            trust: Default::default(),
         };
         let rule = super::super::load(&runtime, &state, &spec).unwrap();
         let policy = FailurePolicy {
