@@ -66,9 +66,6 @@ mod tests {
     fn median_of_odd_and_even_counts() {
         assert_eq!(min_median_max(&[]), None);
         assert_eq!(min_median_max(&[3.0, 1.0, 2.0]), Some((1.0, 2.0, 3.0)));
-        assert_eq!(
-            min_median_max(&[4.0, 1.0, 2.0, 3.0]),
-            Some((1.0, 2.5, 4.0))
-        );
+        assert_eq!(min_median_max(&[4.0, 1.0, 2.0, 3.0]), Some((1.0, 2.5, 4.0)));
     }
 }

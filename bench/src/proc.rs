@@ -51,7 +51,14 @@ pub fn peak_rss_bytes(pid: u32) -> anyhow::Result<u64> {
     let kib = status
         .lines()
         .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .and_then(|value| {
+            value
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
         .with_context(|| format!("no `VmHWM` in `/proc/{pid}/status`"))?;
     Ok(kib * 1024)
 }

@@ -122,7 +122,15 @@ async fn main() -> anyhow::Result<()> {
 
     let mut results = Vec::new();
     for system in systems {
-        let run = measure(system, &args, &vigil, &fleet, fleet_addr, &receiver, receiver_addr);
+        let run = measure(
+            system,
+            &args,
+            &vigil,
+            &fleet,
+            fleet_addr,
+            &receiver,
+            receiver_addr,
+        );
         let figures = tokio::select! {
             figures = run => figures?,
             _ = tokio::signal::ctrl_c() => bail!("interrupted; every process started was killed"),
@@ -149,7 +157,10 @@ async fn measure(
         System::Prometheus => start_prometheus(dir.path(), args.targets, fleet_addr, &hook)?,
         System::Vigil => start_vigil(dir.path(), vigil, args.targets, fleet_addr, &hook)?,
     };
-    println!("{}: started, waiting for every target to be polled", system.title());
+    println!(
+        "{}: started, waiting for every target to be polled",
+        system.title()
+    );
     fleet.reset();
     let ready_by = Instant::now() + Duration::from_secs(60 + args.targets as u64 / 1000);
     while fleet.stats(1000).targets_seen < args.targets {
@@ -178,7 +189,13 @@ async fn measure(
         let url = format!("http://{fleet_addr}/control/{action}/{i}");
         let client = client.clone();
         async move {
-            let body = client.post(url).send().await?.error_for_status()?.bytes().await?;
+            let body = client
+                .post(url)
+                .send()
+                .await?
+                .error_for_status()?
+                .bytes()
+                .await?;
             let flip: Flip = serde_json::from_slice(&body)?;
             anyhow::Ok(flip)
         }
@@ -364,11 +381,17 @@ impl Children {
     }
 
     fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        self.0.iter().map(|(child, _)| proc::cpu_seconds(child.id())).sum()
+        self.0
+            .iter()
+            .map(|(child, _)| proc::cpu_seconds(child.id()))
+            .sum()
     }
 
     fn peak_rss_bytes(&self) -> anyhow::Result<u64> {
-        self.0.iter().map(|(child, _)| proc::peak_rss_bytes(child.id())).sum()
+        self.0
+            .iter()
+            .map(|(child, _)| proc::peak_rss_bytes(child.id()))
+            .sum()
     }
 }
 
@@ -390,7 +413,9 @@ fn find_program(name: &str) -> Option<PathBuf> {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn seconds(ns: u64) -> f64 {
@@ -412,7 +437,10 @@ impl Random {
 fn table(args: &Args, results: &[(System, Figures)]) -> String {
     let mut rows: Vec<(String, Vec<String>)> = Vec::new();
     let mut row = |name: &str, cell: &dyn Fn(&Figures) -> String| {
-        rows.push((name.to_string(), results.iter().map(|(_, f)| cell(f)).collect()));
+        rows.push((
+            name.to_string(),
+            results.iter().map(|(_, f)| cell(f)).collect(),
+        ));
     };
     let spread = |values: &[f64]| match min_median_max(values) {
         Some((min, median, max)) => format!("{min:.2} / {median:.2} / {max:.2}"),
@@ -423,7 +451,9 @@ fn table(args: &Args, results: &[(System, Figures)]) -> String {
     row("CPU seconds per minute", &|f| {
         format!("{:.2}", f.cpu_seconds * 60.0 / f.window.as_secs_f64())
     });
-    row("cores", &|f| format!("{:.3}", f.cpu_seconds / f.window.as_secs_f64()));
+    row("cores", &|f| {
+        format!("{:.3}", f.cpu_seconds / f.window.as_secs_f64())
+    });
     row("peak RSS (MiB)", &|f| {
         format!("{:.0}", f.peak_rss_bytes as f64 / (1024.0 * 1024.0))
     });
@@ -439,10 +469,16 @@ fn table(args: &Args, results: &[(System, Figures)]) -> String {
             f.fleet.deviation_p50_ms, f.fleet.deviation_p99_ms, f.fleet.deviation_max_ms
         )
     });
-    row("detection min / median / max (s)", &|f| spread(&f.detections));
-    row("resolve min / median / max (s)", &|f| spread(&f.resolutions));
+    row("detection min / median / max (s)", &|f| {
+        spread(&f.detections)
+    });
+    row("resolve min / median / max (s)", &|f| {
+        spread(&f.resolutions)
+    });
     row("flips missed (15 s)", &|f| f.missed.to_string());
-    row("other notifications", &|f| f.other_notifications.to_string());
+    row("other notifications", &|f| {
+        f.other_notifications.to_string()
+    });
 
     let mut out = format!(
         "\n{} targets, 1 s interval, {} flips, window {} s\n",

@@ -4,6 +4,9 @@
 //! A failed poll is not an error to swallow: it becomes a sample whose
 //! health is `down` with the reason, so rules can alert on it. Each target
 //! runs in its own task, so a slow or dead target never delays another.
+//! The HTTP kinds share one client and connection pool ([`fetch::client`]),
+//! and targets started together spread their first polls over their
+//! interval ([`first_poll_delay`]) instead of all polling at once.
 //!
 //! | kind | module |
 //! |---|---|
@@ -35,7 +38,7 @@ use tokio::time::MissedTickBehavior;
 pub use command::CommandSource;
 pub use http_json::{HttpJsonSource, flatten};
 pub use local::LocalSource;
-pub use pollers::Pollers;
+pub use pollers::{Pollers, first_poll_delay};
 pub use prometheus::PrometheusSource;
 
 use crate::clock::now_ms;
@@ -67,28 +70,33 @@ impl From<Vec<Metric>> for Reading {
     }
 }
 
-/// Starts polling `target` every interval, sending each sample to `samples`
-/// until that channel closes.
+/// Starts polling `target` every interval, the first time after
+/// `first_poll`, sending each sample to `samples` until that channel
+/// closes. HTTP targets go through `http` (see [`fetch::client`]).
 pub fn spawn(
     target: &TargetSpec,
     samples: mpsc::Sender<Arc<Sample>>,
+    http: &reqwest::Client,
+    first_poll: Duration,
 ) -> tokio::task::JoinHandle<()> {
+    let start = tokio::time::Instant::now() + first_poll;
     match &target.kind {
         TargetKind::HttpJson {
             url,
             timeout,
             max_body_bytes,
         } => {
-            let source = HttpJsonSource::new(url.clone(), *timeout, *max_body_bytes);
-            tokio::spawn(run(target.clone(), source, samples))
+            let source = HttpJsonSource::new(http.clone(), url.clone(), *timeout, *max_body_bytes);
+            tokio::spawn(run(target.clone(), source, samples, start))
         }
         TargetKind::Prometheus {
             url,
             timeout,
             max_body_bytes,
         } => {
-            let source = PrometheusSource::new(url.clone(), *timeout, *max_body_bytes);
-            tokio::spawn(run(target.clone(), source, samples))
+            let source =
+                PrometheusSource::new(http.clone(), url.clone(), *timeout, *max_body_bytes);
+            tokio::spawn(run(target.clone(), source, samples, start))
         }
         TargetKind::Command {
             argv,
@@ -96,13 +104,18 @@ pub fn spawn(
             max_output_bytes,
         } => {
             let source = CommandSource::new(argv.clone(), *timeout, *max_output_bytes);
-            tokio::spawn(run(target.clone(), source, samples))
+            tokio::spawn(run(target.clone(), source, samples, start))
         }
-        TargetKind::Local => tokio::spawn(run(target.clone(), LocalSource::new(), samples)),
+        TargetKind::Local => tokio::spawn(run(target.clone(), LocalSource::new(), samples, start)),
     }
 }
 
-async fn run<S: Source>(target: TargetSpec, mut source: S, samples: mpsc::Sender<Arc<Sample>>) {
+async fn run<S: Source>(
+    target: TargetSpec,
+    mut source: S,
+    samples: mpsc::Sender<Arc<Sample>>,
+    start: tokio::time::Instant,
+) {
     let labels: Vec<Label> = target
         .labels
         .iter()
@@ -111,7 +124,7 @@ async fn run<S: Source>(target: TargetSpec, mut source: S, samples: mpsc::Sender
             value: value.clone(),
         })
         .collect();
-    let mut ticks = tokio::time::interval(target.interval);
+    let mut ticks = tokio::time::interval_at(start, target.interval);
     // A poll that overruns its interval delays the next one instead of
     // firing a burst to catch up.
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
