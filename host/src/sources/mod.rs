@@ -70,16 +70,15 @@ impl From<Vec<Metric>> for Reading {
     }
 }
 
-/// Starts polling `target` every interval, the first time after
-/// `first_poll`, sending each sample to `samples` until that channel
-/// closes. HTTP targets go through `http` (see [`fetch::client`]).
+/// Starts polling `target` every interval, the first time at `start`,
+/// sending each sample to `samples` until that channel closes. HTTP targets
+/// go through `http` (see [`fetch::client`]).
 pub fn spawn(
     target: &TargetSpec,
     samples: mpsc::Sender<Arc<Sample>>,
     http: &reqwest::Client,
-    first_poll: Duration,
+    start: tokio::time::Instant,
 ) -> tokio::task::JoinHandle<()> {
-    let start = tokio::time::Instant::now() + first_poll;
     match &target.kind {
         TargetKind::HttpJson {
             url,

@@ -7,6 +7,12 @@
 //! the sample queue and delays every sample behind it. Each target keeps its
 //! phase after that. The first of them polls at once, so a lone target (the
 //! zero-config run, a target added alone) is polled without waiting.
+//!
+//! The first polls fall on a grid of [`STEP`] (10 ms): the targets whose turn
+//! falls in one step poll together, so the host wakes up 100 times a second
+//! for them, not once per target. Each wake-up of a thread costs a context
+//! switch (and, on a VM, an inter-processor interrupt), which at one poll
+//! per wake-up was most of the host's CPU time (`BENCHMARKS.md`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -18,14 +24,18 @@ use crate::config::TargetSpec;
 use crate::names::TargetName;
 use crate::runtime::Sample;
 
+/// The grid the first polls of targets started together fall on.
+pub const STEP: Duration = Duration::from_millis(10);
+
 /// When target `index` of `count` started together polls first:
-/// `index / count` of its interval from now.
+/// `index / count` of its interval from now, rounded down to a [`STEP`].
 pub fn first_poll_delay(index: usize, count: usize, interval: Duration) -> Duration {
     if count == 0 {
         return Duration::ZERO;
     }
     let nanos = interval.as_nanos() * (index % count) as u128 / count as u128;
-    Duration::from_nanos(nanos as u64)
+    let step = STEP.as_nanos();
+    Duration::from_nanos((nanos / step * step) as u64)
 }
 
 /// One polling task per target, by name, all sending to one queue; the HTTP
@@ -74,10 +84,10 @@ impl Pollers {
             }
             starting.push(target);
         }
-        let count = starting.len();
+        let (count, now) = (starting.len(), tokio::time::Instant::now());
         for (index, target) in starting.into_iter().enumerate() {
-            let delay = first_poll_delay(index, count, target.interval);
-            let task = super::spawn(target, self.samples.clone(), &self.http, delay);
+            let start = now + first_poll_delay(index, count, target.interval);
+            let task = super::spawn(target, self.samples.clone(), &self.http, start);
             self.running
                 .insert(target.name.clone(), (target.clone(), task));
         }
@@ -114,8 +124,18 @@ mod tests {
             .map(|index| first_poll_delay(index, 1000, second))
             .collect();
         assert_eq!(delays[0], Duration::ZERO);
-        assert_eq!(delays[1], Duration::from_millis(1));
-        assert_eq!(delays[999], Duration::from_millis(999));
+        // Ten to a step of 10 ms, a hundred steps.
+        assert_eq!(delays[9], Duration::ZERO);
+        assert_eq!(delays[10], Duration::from_millis(10));
+        assert_eq!(delays[999], Duration::from_millis(990));
+        for step in 0..100 {
+            let at = STEP * step;
+            assert_eq!(
+                delays.iter().filter(|d| **d == at).count(),
+                10,
+                "step {step}"
+            );
+        }
         // A hundred in every tenth of the interval.
         for tenth in 0..10 {
             let from = second * tenth / 10;
@@ -138,6 +158,11 @@ mod tests {
         assert_eq!(
             first_poll_delay(1, 2, Duration::from_secs(5)),
             Duration::from_millis(2500)
+        );
+        // Off the grid, rounded down to it.
+        assert_eq!(
+            first_poll_delay(1, 3, Duration::from_millis(100)),
+            Duration::from_millis(30)
         );
     }
 }
