@@ -120,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
         args.targets
     );
 
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut results = Vec::new();
     for system in systems {
         let run = measure(
@@ -134,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
         let figures = tokio::select! {
             figures = run => figures?,
             _ = tokio::signal::ctrl_c() => bail!("interrupted; every process started was killed"),
+            _ = terminate.recv() => bail!("terminated; every process started was killed"),
         };
         results.push((system, figures));
     }
