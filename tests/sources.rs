@@ -109,3 +109,55 @@ fn bad_answers_mark_their_target_down_and_the_others_keep_polling() {
     );
     assert!(vigil.is_running());
 }
+
+/// Issue 15: every HTTP target polls through one shared client and
+/// connection pool, and targets started together spread their first polls
+/// over the interval. Many targets behind one server (one host and port, as
+/// the shared pool sees them) are still each polled, each gets its own
+/// answer (no answer crosses to another target on a reused connection),
+/// and none is down.
+#[test]
+fn many_targets_on_one_server_are_each_polled_for_their_own_answer() {
+    const TARGETS: usize = 200;
+    let server = StatusServer::start();
+    let mut config = String::new();
+    for i in 0..TARGETS {
+        let name = format!("t{i:03}");
+        server.set(
+            &name,
+            Behavior::json(json!({"cpu_usage": i as f64 / 10.0, "memory_usage": 1})),
+        );
+        config += &format!(
+            "[[targets]]\nname = \"{name}\"\nkind = \"http-json\"\nurl = \"{}\"\ninterval = \"200ms\"\n",
+            server.url(&name)
+        );
+    }
+    let mut vigil = Vigil::start(&config);
+
+    let polled = |vigil: &Vigil, i: usize| vigil.count(|v| is_evaluation(v, &format!("t{i:03}")));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while (0..TARGETS).any(|i| polled(&vigil, i) < 3) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "within a minute, targets polled fewer than 3 times: {:?}",
+            (0..TARGETS)
+                .filter(|&i| polled(&vigil, i) < 3)
+                .collect::<Vec<_>>()
+        );
+        vigil.collect_for(Duration::from_millis(100));
+    }
+    for value in vigil.seen.iter().filter(|v| v["type"] == "evaluation") {
+        let target = value["target"].as_str().unwrap();
+        assert_eq!(value["health"], "up", "{value}");
+        let i: f64 = target[1..].parse().unwrap();
+        let cpu = value["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|metric| metric["name"] == "cpu_usage")
+            .unwrap_or_else(|| panic!("no cpu_usage in {value}"));
+        assert_eq!(cpu["value"], json!(i / 10.0), "target `{target}`");
+    }
+    assert!(server.requests() >= 3 * TARGETS);
+    assert!(vigil.is_running());
+}

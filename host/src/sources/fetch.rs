@@ -5,6 +5,13 @@
 //!
 //! The body is read chunk by chunk up to the cap ([`read_body_capped`]), so
 //! a huge or endless page costs one chunk past the cap, never its size.
+//!
+//! Every HTTP target shares one [`client`] and its connection pool: a
+//! `reqwest::Client` is a connector, a TLS configuration with the system's
+//! trusted roots parsed into it, and a pool, about 45 KiB and a root-store
+//! load each, which per target cost 10,000 targets 450 MiB and a burst of
+//! work at start (`BENCHMARKS.md`, "Same job as Prometheus"). The timeout
+//! is set per request, so targets keep their own.
 
 use std::time::Duration;
 
@@ -13,6 +20,15 @@ use reqwest::header::{ACCEPT, HeaderValue};
 use super::describe;
 use super::failure::{PollError, Reason};
 use crate::http::read_body_capped;
+
+/// The client every HTTP target polls through: keep-alive connections are
+/// pooled per host and reused by whichever target asks next.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .user_agent(concat!("vigil/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("a default HTTP client builds")
+}
 
 /// A capped `GET` of one URL.
 pub struct CappedGet {
@@ -24,12 +40,14 @@ pub struct CappedGet {
 }
 
 impl CappedGet {
-    /// A `GET url` bounded by `timeout` (body included) and `max_body_bytes`.
-    pub fn new(url: reqwest::Url, timeout: Duration, max_body_bytes: usize) -> Self {
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("vigil/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("a default HTTP client builds");
+    /// A `GET url` through `client` (see [`client`]), bounded by `timeout`
+    /// (body included) and `max_body_bytes`.
+    pub fn new(
+        client: reqwest::Client,
+        url: reqwest::Url,
+        timeout: Duration,
+        max_body_bytes: usize,
+    ) -> Self {
         CappedGet {
             client,
             url,

@@ -24,10 +24,16 @@ pub struct HttpJsonSource {
 }
 
 impl HttpJsonSource {
-    /// A source for `url` with a whole-request `timeout` and a body cap.
-    pub fn new(url: reqwest::Url, timeout: Duration, max_body_bytes: usize) -> Self {
+    /// A source for `url` with a whole-request `timeout` and a body cap,
+    /// polled through `client` (shared by every HTTP target).
+    pub fn new(
+        client: reqwest::Client,
+        url: reqwest::Url,
+        timeout: Duration,
+        max_body_bytes: usize,
+    ) -> Self {
         HttpJsonSource {
-            get: CappedGet::new(url, timeout, max_body_bytes),
+            get: CappedGet::new(client, url, timeout, max_body_bytes),
         }
     }
 }

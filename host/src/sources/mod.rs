@@ -4,6 +4,9 @@
 //! A failed poll is not an error to swallow: it becomes a sample whose
 //! health is `down` with the reason, so rules can alert on it. Each target
 //! runs in its own task, so a slow or dead target never delays another.
+//! The HTTP kinds share one client and connection pool ([`fetch::client`]),
+//! and targets started together spread their first polls over their
+//! interval ([`first_poll_delay`]) instead of all polling at once.
 //!
 //! | kind | module |
 //! |---|---|
@@ -39,7 +42,7 @@ pub use command::CommandSource;
 pub use failure::{PollError, Reason};
 pub use http_json::{HttpJsonSource, flatten};
 pub use local::LocalSource;
-pub use pollers::Pollers;
+pub use pollers::{Pollers, first_poll_delay};
 pub use prometheus::PrometheusSource;
 
 use crate::clock::now_ms;
@@ -71,12 +74,16 @@ impl From<Vec<Metric>> for Reading {
     }
 }
 
-/// Starts polling `target` every interval, sending each sample to `samples`
-/// until that channel closes and publishing each poll on `board`.
+/// Starts polling `target` every interval, the first time at `start`,
+/// sending each sample to `samples` until that channel closes and
+/// publishing each poll on `board`. HTTP targets go through `http` (see
+/// [`fetch::client`]).
 pub fn spawn(
     target: &TargetSpec,
     samples: mpsc::Sender<Arc<Sample>>,
     board: TargetBoard,
+    http: &reqwest::Client,
+    start: tokio::time::Instant,
 ) -> tokio::task::JoinHandle<()> {
     match &target.kind {
         TargetKind::HttpJson {
@@ -84,16 +91,17 @@ pub fn spawn(
             timeout,
             max_body_bytes,
         } => {
-            let source = HttpJsonSource::new(url.clone(), *timeout, *max_body_bytes);
-            tokio::spawn(run(target.clone(), source, samples, board))
+            let source = HttpJsonSource::new(http.clone(), url.clone(), *timeout, *max_body_bytes);
+            tokio::spawn(run(target.clone(), source, samples, board, start))
         }
         TargetKind::Prometheus {
             url,
             timeout,
             max_body_bytes,
         } => {
-            let source = PrometheusSource::new(url.clone(), *timeout, *max_body_bytes);
-            tokio::spawn(run(target.clone(), source, samples, board))
+            let source =
+                PrometheusSource::new(http.clone(), url.clone(), *timeout, *max_body_bytes);
+            tokio::spawn(run(target.clone(), source, samples, board, start))
         }
         TargetKind::Command {
             argv,
@@ -101,9 +109,15 @@ pub fn spawn(
             max_output_bytes,
         } => {
             let source = CommandSource::new(argv.clone(), *timeout, *max_output_bytes);
-            tokio::spawn(run(target.clone(), source, samples, board))
+            tokio::spawn(run(target.clone(), source, samples, board, start))
         }
-        TargetKind::Local => tokio::spawn(run(target.clone(), LocalSource::new(), samples, board)),
+        TargetKind::Local => tokio::spawn(run(
+            target.clone(),
+            LocalSource::new(),
+            samples,
+            board,
+            start,
+        )),
     }
 }
 
@@ -112,6 +126,7 @@ async fn run<S: Source>(
     mut source: S,
     samples: mpsc::Sender<Arc<Sample>>,
     board: TargetBoard,
+    start: tokio::time::Instant,
 ) {
     let labels: Vec<Label> = target
         .labels
@@ -121,7 +136,7 @@ async fn run<S: Source>(
             value: value.clone(),
         })
         .collect();
-    let mut ticks = tokio::time::interval(target.interval);
+    let mut ticks = tokio::time::interval_at(start, target.interval);
     // A poll that overruns its interval delays the next one instead of
     // firing a burst to catch up.
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);

@@ -39,10 +39,16 @@ pub struct PrometheusSource {
 }
 
 impl PrometheusSource {
-    /// A source for `url` with a whole-request `timeout` and a body cap.
-    pub fn new(url: reqwest::Url, timeout: Duration, max_body_bytes: usize) -> Self {
+    /// A source for `url` with a whole-request `timeout` and a body cap,
+    /// polled through `client` (shared by every HTTP target).
+    pub fn new(
+        client: reqwest::Client,
+        url: reqwest::Url,
+        timeout: Duration,
+        max_body_bytes: usize,
+    ) -> Self {
         PrometheusSource {
-            get: CappedGet::new(url, timeout, max_body_bytes).accept(ACCEPT),
+            get: CappedGet::new(client, url, timeout, max_body_bytes).accept(ACCEPT),
         }
     }
 }
