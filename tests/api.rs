@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::{Behavior, StatusServer, Vigil, api_base, get_json, http, poll_json};
+use common::{Behavior, StatusServer, Vigil, get_json, http, poll_json};
 use serde_json::{Value, json};
 
 /// A port nothing listens on: bound, then released.
@@ -48,7 +48,7 @@ listen = "127.0.0.1:0"
         closed_port()
     );
     let vigil = Vigil::start(&config);
-    let base = api_base(&vigil.dir().join("data"));
+    let base = vigil.api_base(&vigil.dir().join("data"));
     (vigil, base)
 }
 
@@ -355,7 +355,7 @@ fn ready_only_once_every_target_was_polled() {
         server.url("web")
     );
     let vigil = Vigil::start(&config);
-    let base = api_base(&vigil.dir().join("data"));
+    let base = vigil.api_base(&vigil.dir().join("data"));
     // The first poll is held: not ready, and it says what it waits for.
     let (status, _, body) = http("GET", &format!("{base}/readyz"), None);
     assert_eq!(status, 503, "{body}");
@@ -392,7 +392,7 @@ fn on_an_address_others_can_reach_every_read_needs_the_token() {
     );
     let data = dir.path().join("data");
     let vigil = Vigil::start_with_data_dir(&config, &data, dir);
-    let port = api_base(&data).rsplit(':').next().unwrap().to_string();
+    let port = vigil.api_addr(&data).port();
     let base = format!("http://127.0.0.1:{port}");
     for path in ["/api/v1/alerts", "/api/v1/targets", "/metrics"] {
         let (status, _, body) = http("GET", &format!("{base}{path}"), None);
@@ -420,7 +420,7 @@ fn status_and_audit_find_the_host_through_its_config() {
     );
     let data = dir.path().join("state");
     let mut vigil = Vigil::start_with_data_dir(&config, &data, dir);
-    let base = api_base(&data);
+    let base = vigil.api_base(&data);
     poll_json(&format!("{base}/api/v1/targets"), "web-01 up", |v| {
         v["targets"][0]["health"] == "up"
     });

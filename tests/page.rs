@@ -10,13 +10,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Behavior, StatusServer, Vigil, toml_path, web_target};
 use serde_json::json;
@@ -39,7 +38,7 @@ fn the_page_shows_a_firing_alert_and_drops_it_when_it_resolves() {
         "{}\n[[rules]]\nbuiltin = \"threshold\"\n\n[api]\nlisten = \"127.0.0.1:0\"\n",
         web_target(&server.url("status"))
     ));
-    let addr = api_addr(&vigil, &vigil.dir().join("data"));
+    let addr = vigil.api_addr(&vigil.dir().join("data"));
     assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
 
     let mut script = Script::start(&format!("http://{addr}/"), "alerts");
@@ -87,7 +86,7 @@ fn the_page_asks_for_the_token_where_the_api_needs_it() {
         &data_dir,
         dir,
     );
-    let addr = api_addr(&vigil, &data_dir);
+    let addr = vigil.api_addr(&data_dir);
     let mut script = Script::start(&format!("http://127.0.0.1:{}/", addr.port()), "token");
     script.expect("ready", &vigil);
     script.send(token);
@@ -98,29 +97,6 @@ fn the_page_asks_for_the_token_where_the_api_needs_it() {
 
 fn calm() -> Behavior {
     Behavior::json(json!({"cpu_usage": 10, "memory_usage": 10}))
-}
-
-/// Where vigil's API listens: `<data_dir>/api.json`, written once it is bound.
-fn api_addr(vigil: &Vigil, data_dir: &Path) -> SocketAddr {
-    let file = data_dir.join(vigil::api::ADDR_FILE);
-    let deadline = Instant::now() + STEP;
-    loop {
-        if let Ok(text) = std::fs::read_to_string(&file)
-            && let Ok(value) = serde_json::from_str::<serde_json::Value>(&text)
-        {
-            let addr = value["addr"].as_str().unwrap_or_default();
-            return addr
-                .parse()
-                .unwrap_or_else(|_| panic!("{} holds no address: {text}", file.display()));
-        }
-        assert!(
-            Instant::now() < deadline,
-            "vigil wrote no {} within {STEP:?}\n--- vigil's stderr ---\n{}",
-            file.display(),
-            vigil.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// `tests/page/page.mjs` running one scene.
@@ -153,27 +129,7 @@ impl Script {
             .unwrap_or_else(|error| {
                 panic!("cannot run `node` ({error}): install Node.js 20+ (Debian's `nodejs`)")
             });
-        let (tx, lines) = channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                let mut sink = sink.lock().unwrap();
-                sink.push_str(&line);
-                sink.push('\n');
-            }
-        });
+        let (lines, stderr) = common::pipe_lines(&mut child);
         let stdin = child.stdin.take().unwrap();
         Script {
             child,

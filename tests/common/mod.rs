@@ -205,27 +205,7 @@ impl Vigil {
             .env("RUST_LOG", "info")
             .spawn()
             .expect("the vigil binary starts");
-        let (tx, lines) = channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                let mut sink = sink.lock().unwrap();
-                sink.push_str(&line);
-                sink.push('\n');
-            }
-        });
+        let (lines, stderr) = pipe_lines(&mut child);
         Vigil {
             child,
             lines,
@@ -233,6 +213,35 @@ impl Vigil {
             seen: Vec::new(),
             _dir: dir,
         }
+    }
+
+    /// Where this vigil's API listens, once it has written its address to
+    /// `<data_dir>/api.json` (at most 60 s; the panic shows its log).
+    pub fn api_addr(&self, data_dir: &Path) -> SocketAddr {
+        let file = data_dir.join(vigil::api::ADDR_FILE);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&file)
+                && let Ok(value) = serde_json::from_str::<Value>(&text)
+            {
+                let addr = value["addr"].as_str().unwrap_or_default();
+                return addr
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{} holds no address: {text}", file.display()));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vigil wrote no {} within 60s\n--- vigil's stderr ---\n{}",
+                file.display(),
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `http://ADDR` of [`Vigil::api_addr`].
+    pub fn api_base(&self, data_dir: &Path) -> String {
+        format!("http://{}", self.api_addr(data_dir))
     }
 
     /// The config file vigil was started with (rewrite it to reload).
@@ -445,6 +454,33 @@ pub fn componentize_py() -> PathBuf {
     }
 }
 
+/// Reads a child's stdout and stderr on threads of their own: its stdout
+/// lines on a channel, its stderr gathered whole.
+pub fn pipe_lines(child: &mut Child) -> (Receiver<String>, Arc<Mutex<String>>) {
+    let (tx, lines) = channel();
+    let stdout = child.stdout.take().expect("stdout is piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let sink = stderr.clone();
+    let pipe = child.stderr.take().expect("stderr is piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            let mut sink = sink.lock().unwrap();
+            sink.push_str(&line);
+            sink.push('\n');
+        }
+    });
+    (lines, stderr)
+}
+
 /// `vigil ARGS...`, which must succeed: what it printed.
 pub fn run_vigil<I: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = I>) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_vigil"))
@@ -486,28 +522,6 @@ pub fn serve(app: Router, port: u16) -> (tokio::runtime::Runtime, SocketAddr) {
     let addr = listener.local_addr().unwrap();
     runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
     (runtime, addr)
-}
-
-/// The base URL of the API of the vigil running on `data_dir` (`http://
-/// 127.0.0.1:PORT`), once it has written its address file.
-pub fn api_base(data_dir: &Path) -> String {
-    let file = data_dir.join("api.json");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(addr) = std::fs::read_to_string(&file)
-            .ok()
-            .and_then(|text| serde_json::from_str::<Value>(&text).ok())
-            .and_then(|value| value["addr"].as_str().map(str::to_string))
-        {
-            return format!("http://{addr}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "vigil wrote no {} within 60s",
-            file.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// One HTTP request: `method url` with an optional bearer token. The

@@ -9,7 +9,7 @@
 
 #![allow(dead_code)] // each test file uses a different part
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -80,7 +80,7 @@ impl Host {
         let data = tempfile::tempdir().unwrap();
         let vigil =
             Vigil::start_with_data_dir(&config(&server), data.path(), tempfile::tempdir().unwrap());
-        let addr = wait_for_addr(data.path(), &vigil);
+        let addr = vigil.api_addr(data.path());
         let token = std::fs::read_to_string(data.path().join("api.token"))
             .expect("the host wrote api.token in its data directory");
         let host = Host {
@@ -133,29 +133,6 @@ impl Host {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-    }
-}
-
-/// Reads `<data_dir>/api.json`, which the host writes once its API is
-/// bound: the address it listens on.
-fn wait_for_addr(data: &Path, vigil: &Vigil) -> String {
-    let file = data.join("api.json");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(addr) = std::fs::read_to_string(&file)
-            .ok()
-            .and_then(|text| serde_json::from_str::<Value>(&text).ok())
-            .and_then(|value| value["addr"].as_str().map(str::to_string))
-        {
-            return addr;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the host wrote no {} within 60s\n--- vigil's stderr ---\n{}",
-            file.display(),
-            vigil.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
