@@ -37,7 +37,7 @@ fn value(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 
 #[test]
 fn metrics_pass_promtool_and_carry_the_series_an_operator_looks_for() {
-    let promtool = live::require(PROMTOOL, "prometheus");
+    let promtool = common::require(PROMTOOL, "prometheus");
     let host = Host::start();
     let answer = host.get("/metrics");
     assert_eq!(answer.status, 200, "{}", answer.body);
@@ -146,7 +146,7 @@ struct Prometheus {
 impl Prometheus {
     /// Scrapes `target` (`HOST:PORT`) as job `vigil` every second.
     fn start(target: &str) -> Self {
-        let program = live::require(PROMETHEUS, "prometheus");
+        let program = common::require(PROMETHEUS, "prometheus");
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("prometheus.yml");
         std::fs::write(

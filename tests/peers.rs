@@ -8,26 +8,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Behavior, StatusServer, Vigil, is_alert, is_evaluation, toml_path};
+use common::{Behavior, StatusServer, Vigil, is_alert, is_evaluation, require, toml_path};
 use serde_json::{Value, json};
 
 const NODE_EXPORTER: &str = "/usr/bin/prometheus-node-exporter";
 const PLUGINS: &str = "/usr/lib/nagios/plugins";
-
-/// Panics with the fix when a peer is not installed.
-fn require(path: &str, package: &str) -> PathBuf {
-    let path = PathBuf::from(path);
-    assert!(
-        path.exists(),
-        "`{}` is missing: this test needs Debian's `{package}`\nhint: run `.ci/run`, or `apt-get install -y {package}`",
-        path.display()
-    );
-    path
-}
 
 fn plugin(name: &str) -> String {
     require(&format!("{PLUGINS}/{name}"), "monitoring-plugins-basic")

@@ -437,9 +437,9 @@ pub fn is_alert(value: &Value, status: &str, name: &str) -> bool {
     value["type"] == "alert" && value["status"] == status && value["name"] == name
 }
 
-/// The `componentize-py` that pip installed: in the scripts directory of
-/// the `python3` on PATH (pyenv shims may not list it yet), else on PATH.
-pub fn componentize_py() -> PathBuf {
+/// A program pip installed for the `python3` on PATH: in that Python's
+/// scripts directory (pyenv shims may not list it yet), else on PATH.
+pub fn pip_script(name: &str) -> PathBuf {
     let scripts = Command::new("python3")
         .args([
             "-c",
@@ -448,10 +448,27 @@ pub fn componentize_py() -> PathBuf {
         .output()
         .ok()
         .map(|output| PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()));
-    match scripts.map(|dir| dir.join("componentize-py")) {
+    match scripts.map(|dir| dir.join(name)) {
         Some(path) if path.exists() => path,
-        _ => PathBuf::from("componentize-py"),
+        _ => PathBuf::from(name),
     }
+}
+
+/// The `componentize-py` that pip installed.
+pub fn componentize_py() -> PathBuf {
+    pip_script("componentize-py")
+}
+
+/// Panics with the package to install when `path` (a peer from Debian)
+/// is missing.
+pub fn require(path: &str, package: &str) -> PathBuf {
+    let path = PathBuf::from(path);
+    assert!(
+        path.exists(),
+        "`{}` is missing: this test needs Debian's `{package}`\nhint: run `.ci/run`, or `apt-get install -y {package}`",
+        path.display()
+    );
+    path
 }
 
 /// Reads a child's stdout and stderr on threads of their own: its stdout

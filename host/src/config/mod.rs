@@ -405,19 +405,7 @@ impl Settings {
             targets.push(target.validate().map_err(fail)?);
         }
 
-        let trust = match file.trust {
-            None => TrustSettings::default(),
-            Some(spanned) => {
-                let location = at(spanned.span());
-                spanned
-                    .into_inner()
-                    .validate(base)
-                    .map_err(|message| ConfigError {
-                        location,
-                        message: format!("[trust]: {message}"),
-                    })?
-            }
-        };
+        let trust = section(file.trust, "trust", &at, |section| section.validate(base))?;
         let mut rules = Vec::new();
         let mut names = HashSet::new();
         let mut rule_dirs = Vec::new();
@@ -471,32 +459,8 @@ impl Settings {
         if !declared {
             rules.push(default_rule(&path.display().to_string()));
         }
-        let audit = match file.audit {
-            None => AuditSettings::default(),
-            Some(spanned) => {
-                let location = at(spanned.span());
-                spanned
-                    .into_inner()
-                    .validate()
-                    .map_err(|message| ConfigError {
-                        location,
-                        message: format!("[audit]: {message}"),
-                    })?
-            }
-        };
-        let api = match file.api {
-            None => ApiSettings::default(),
-            Some(spanned) => {
-                let location = at(spanned.span());
-                spanned
-                    .into_inner()
-                    .validate(base)
-                    .map_err(|message| ConfigError {
-                        location,
-                        message: format!("[api]: {message}"),
-                    })?
-            }
-        };
+        let audit = section(file.audit, "audit", &at, |section| section.validate())?;
+        let api = section(file.api, "api", &at, |section| section.validate(base))?;
         let mut sinks: Vec<SinkSpec> = Vec::new();
         for spanned in file.sinks {
             let location = at(spanned.span());
@@ -560,6 +524,24 @@ fn default_rule(origin: &str) -> RuleSpec {
         origin: origin.into(),
         trust: Trust::default(),
     }
+}
+
+/// An optional `[NAME]` table checked by `validate`: its defaults when it
+/// is absent, else what `validate` makes of it, or the error at its line.
+fn section<C, T: Default>(
+    table: Option<Spanned<C>>,
+    name: &str,
+    at: &impl Fn(std::ops::Range<usize>) -> String,
+    validate: impl FnOnce(C) -> Result<T, String>,
+) -> Result<T, ConfigError> {
+    let Some(spanned) = table else {
+        return Ok(T::default());
+    };
+    let location = at(spanned.span());
+    validate(spanned.into_inner()).map_err(|message| ConfigError {
+        location,
+        message: format!("[{name}]: {message}"),
+    })
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
