@@ -262,6 +262,7 @@ pub fn run(path: &Path, runtime: &Runtime, out: &mut impl std::io::Write) -> any
         failure_policy: FailurePolicy::default(),
         origin: path.display().to_string(),
         trust: Default::default(),
+        tenant: None,
     };
     let state = StateDb::in_memory()?;
     let mut rule = plugins::load(runtime, &state, &spec)?;

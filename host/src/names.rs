@@ -1,6 +1,6 @@
 //! Names: which characters each kind of name may hold ([`Syntax`]), and the
 //! typed names the host passes around once a config is parsed
-//! ([`RuleName`], [`TargetName`], [`ActionName`]).
+//! ([`RuleName`], [`TargetName`], [`ActionName`], [`TenantName`]).
 //!
 //! The typed names are cheap to clone (an `Arc<str>`), so a name can be a
 //! map key, sit in every sample and log line, and cross threads without a
@@ -151,6 +151,14 @@ name_type! {
     /// An action's name, the `NAME` of `[actions.NAME]` (`restart`): what
     /// rules request, and the key of its gate history and breaker.
     ActionName
+}
+
+name_type! {
+    /// A tenant's name, the `name` of a `[[tenants]]` table (`payments`):
+    /// the first half of its rules' names (`payments/disk-full`), the value
+    /// of the `tenant` label on its alerts, and the key of its share of the
+    /// rule workers.
+    TenantName
 }
 
 #[cfg(test)]

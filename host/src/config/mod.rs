@@ -89,7 +89,7 @@ use crate::actions::{ActionSpec, AuditSettings, Mode, parse_actions};
 use crate::alerts::{AlertLimits, RuleAlertLimits};
 use crate::duration::TextDuration;
 use crate::hash::Sha256;
-use crate::names::{ActionName, RuleName, Syntax, TargetName};
+use crate::names::{ActionName, RuleName, Syntax, TargetName, TenantName};
 use crate::plugins::trust::{Keyring, Trust, TrustSettings, TrustedKey};
 use crate::runtime::{Limits, builtin};
 use crate::sinks::SinkSpec;
@@ -283,6 +283,9 @@ pub struct RuleSpec {
     /// Its pin and the keys it must be signed by, checked on the bytes
     /// before they compile (`plugins::trust`).
     pub trust: Trust,
+    /// The tenant whose file declares it; `None` for the operator's own
+    /// rules. A tenant's rule is named `tenant/rule`.
+    pub tenant: Option<TenantName>,
 }
 
 /// When a failing rule is set aside, and for how long: the
@@ -523,6 +526,7 @@ fn default_rule(origin: &str) -> RuleSpec {
         failure_policy: FailurePolicy::default(),
         origin: origin.into(),
         trust: Trust::default(),
+        tenant: None,
     }
 }
 
@@ -1016,6 +1020,7 @@ impl RuleConfig {
             },
             origin: origin.to_string(),
             trust,
+            tenant: None,
         })
     }
 }

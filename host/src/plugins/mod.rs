@@ -33,7 +33,7 @@ pub use worker::{
 
 use crate::config::{RuleSource, RuleSpec};
 use crate::hash::Sha256;
-use crate::names::RuleName;
+use crate::names::{RuleName, TenantName};
 use crate::runtime::{LoadError, RuleInfo, RuleInstance, Runtime};
 use crate::state::StateDb;
 
@@ -58,6 +58,8 @@ pub struct LoadedRule {
     /// What its signature file held when it was checked (`None`: not
     /// read), so that a new signature for the same bytes is noticed.
     pub signature: Option<Sha256>,
+    /// The tenant it belongs to (`None`: the operator's).
+    pub tenant: Option<TenantName>,
 }
 
 /// A rule's component as read, with its signature when its trust needs one:
@@ -201,5 +203,6 @@ pub fn load_bytes(
         targets: spec.targets.clone(),
         signer,
         signature: signature.as_ref().and_then(SignatureFile::fingerprint),
+        tenant: spec.tenant.clone(),
     })
 }

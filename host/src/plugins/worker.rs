@@ -609,6 +609,7 @@ mod tests {
             failure_policy: FailurePolicy::default(),
             origin: "test".into(),
             trust: Default::default(),
+            tenant: None,
         };
         let rule = super::super::load(&runtime, &state, &spec).unwrap();
         let policy = FailurePolicy {
