@@ -34,7 +34,7 @@ use crate::plugins::reload::{self, Change, ReloaderHandle, StatusBoard};
 use crate::plugins::{self, RuleBoard, Stopping, WorkerEvent};
 use crate::routing::{Router, RouterStats};
 use crate::runtime::{CompileCache, Runtime, Sample};
-use crate::sinks::Delivery;
+use crate::sinks::{Delivery, TenantRoutes};
 use crate::sources::{Pollers, TargetBoard};
 use crate::state::DataDir;
 
@@ -64,6 +64,8 @@ pub struct App {
     running: Arc<AtomicBool>,
     reload_requests: mpsc::Receiver<ReloadRequest>,
     config_path: Option<PathBuf>,
+    /// Which sinks each tenant's alerts go to, set again on every reload.
+    tenant_routes: TenantRoutes,
 }
 
 /// What a stop left undone, also logged.
@@ -92,10 +94,13 @@ impl App {
         let console = delivery.console();
         crate::sinks::spec::attach(&mut delivery, &settings.sinks, &state, console).await?;
         let sink_stats = delivery.stats();
+        let tenant_routes = delivery.tenant_routes();
+        tenant_routes.set(settings.tenant_sinks());
         // Compiled rules are kept in the data directory's cache, so a
         // restart loads them in milliseconds instead of compiling them again.
         let runtime = Runtime::new()?.with_compile_cache(CompileCache::new(data_dir.cache_dir()));
         let dispatch = Dispatch::start(settings.actions.clone(), settings.audit, &state)?;
+        dispatch.reconfigure(settings.actions.clone(), settings.tenant_actions());
         let specs = settings.rules.clone();
         let (loader_runtime, loader_state) = (runtime.clone(), state.clone());
         // Compiling is CPU-heavy (seconds for big components): keep it off
@@ -109,9 +114,16 @@ impl App {
         .await?;
         let mut rules = Vec::new();
         let mut errors = Vec::new();
-        for result in loaded {
+        // A tenant's rule that cannot load does not stop the host (nor the
+        // other tenants): it is reported, and loads when its file changes.
+        let mut set_aside = Vec::new();
+        for (result, spec) in loaded.into_iter().zip(&settings.rules) {
             match result {
                 Ok(rule) => rules.push(rule),
+                Err(error) if spec.tenant.is_some() => {
+                    tracing::error!(%error, "A tenant's rule cannot be loaded; the host starts without it and loads it when its file changes.");
+                    set_aside.push((spec.name.clone(), error.to_string()));
+                }
                 Err(error) => errors.push(error.to_string()),
             }
         }
@@ -137,6 +149,9 @@ impl App {
             now_ms(),
         )?;
         let status = StatusBoard::default();
+        for (rule, reason) in set_aside {
+            status.refused(&rule, reason);
+        }
         let (change_tx, changes) = mpsc::unbounded_channel();
         let reloader = reload::spawn(
             &rules,
@@ -151,8 +166,14 @@ impl App {
         let board = RuleBoard::default();
         let (result_tx, results) = mpsc::channel(RESULT_QUEUE);
         let mut router = Router::new(board.clone(), result_tx);
-        for (rule, spec) in rules.into_iter().zip(&settings.rules) {
-            router.install(rule, spec.failure_policy);
+        for rule in rules {
+            let policy = settings
+                .rules
+                .iter()
+                .find(|spec| spec.name == rule.name)
+                .map(|spec| spec.failure_policy)
+                .unwrap_or_default();
+            router.install(rule, policy);
         }
         let (sample_tx, samples) = mpsc::channel(SAMPLE_QUEUE);
         let targets = TargetBoard::default();
@@ -191,6 +212,7 @@ impl App {
             running,
             reload_requests,
             config_path: None,
+            tenant_routes,
         })
     }
 
@@ -261,6 +283,7 @@ impl App {
             api,
             running,
             reload_requests,
+            tenant_routes,
             ..
         } = self;
         let mut pollers = Pollers::new(sample_tx, targets);
@@ -269,6 +292,7 @@ impl App {
             config_path.as_deref(),
             settings.reload_debounce,
             reload_requests,
+            settings.clone(),
         )?;
         let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
         let api_task = api.map(|api| {
@@ -323,9 +347,12 @@ impl App {
                     for key in settings.start_only_changes(&new) {
                         tracing::warn!(key, "Config setting changed; it takes effect at the next start.");
                     }
+                    // Grants first: they hold from this moment, for the
+                    // rules running now as for those the reload brings.
+                    tenant_routes.set(new.tenant_sinks());
+                    dispatch.reconfigure(new.actions.clone(), new.tenant_actions());
                     pollers.apply(&new.targets);
                     reloader.reconcile(new.rules, new.rule_dirs);
-                    dispatch.reconfigure(new.actions);
                     alerting.set_limits(new.alert_limits);
                 }
             }

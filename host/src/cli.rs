@@ -328,6 +328,8 @@ fn run_monitor(args: RunArgs) -> anyhow::Result<()> {
         if settings.sinks.is_empty() {
             let options = SinkOptions {
                 evaluations,
+                // The operator's console shows every tenant's alerts.
+                tenant_grants: false,
                 ..SinkOptions::default()
             };
             delivery.add("stdout", StdoutSink::new(args.format), options);

@@ -141,6 +141,31 @@ name_type! {
     RuleName
 }
 
+/// Between a tenant's name and its rule's own name in a [`RuleName`].
+pub const TENANT_SEPARATOR: char = '/';
+
+impl RuleName {
+    /// The name of tenant `tenant`'s rule `rule`: `payments/disk-full`.
+    /// Two tenants may both have a `disk-full`; their rules' state, alert
+    /// fingerprints and audit records are kept apart because every one of
+    /// them is keyed by this name.
+    pub fn of_tenant(tenant: &TenantName, rule: &str) -> Self {
+        RuleName::from(format!("{tenant}{TENANT_SEPARATOR}{rule}"))
+    }
+
+    /// The tenant a rule belongs to: the part before `/`, or `None` for
+    /// the operator's own rules (whose names the config keeps free of `/`).
+    pub fn tenant(&self) -> Option<&str> {
+        tenant_of(&self.0)
+    }
+}
+
+/// The tenant of the rule named `rule` ([`RuleName::tenant`], for a name
+/// held as text).
+pub fn tenant_of(rule: &str) -> Option<&str> {
+    rule.split_once(TENANT_SEPARATOR).map(|(tenant, _)| tenant)
+}
+
 name_type! {
     /// A target's name from the config (`web-01`): `sample.target` for the
     /// rules, and half of every per-target key (alerts, cooldowns).
@@ -190,6 +215,14 @@ mod tests {
         for (syntax, text, expected) in cases {
             assert_eq!(syntax.accepts(text), expected, "{syntax:?} {text:?}");
         }
+    }
+
+    #[test]
+    fn a_tenant_rule_name_says_whose_it_is() {
+        let name = RuleName::of_tenant(&TenantName::from("payments"), "disk-full");
+        assert_eq!(name, "payments/disk-full");
+        assert_eq!(name.tenant(), Some("payments"));
+        assert_eq!(RuleName::from("threshold").tenant(), None);
     }
 
     #[test]

@@ -13,7 +13,9 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::mpsc;
 
-use super::{ActionSpec, AuditLog, AuditSettings, BreakerTrip, RealExecutor, Remediation};
+use super::{
+    ActionSpec, AuditLog, AuditSettings, BreakerTrip, RealExecutor, Remediation, TenantActions,
+};
 use crate::clock::now_ms;
 use crate::names::ActionName;
 use crate::names::RuleName;
@@ -224,9 +226,9 @@ impl Dispatch {
         self.remediation.open_breakers(now_ms())
     }
 
-    /// Swaps the declared actions (a config reload); history and runs in
-    /// flight are kept.
-    pub fn reconfigure(&self, actions: BTreeMap<ActionName, ActionSpec>) {
-        self.remediation.reconfigure(actions);
+    /// Swaps the declared actions and what each tenant may request (at
+    /// start and on a config reload); history and runs in flight are kept.
+    pub fn reconfigure(&self, actions: BTreeMap<ActionName, ActionSpec>, tenants: TenantActions) {
+        self.remediation.reconfigure(actions, tenants);
     }
 }

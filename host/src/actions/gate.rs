@@ -4,8 +4,11 @@
 //! [`Gate::check`] applies these checks in this order and refuses with the
 //! first that fails:
 //!
-//! 1. the action is declared;
-//! 2. the requesting rule is in its `allowed_rules`;
+//! 1. a tenant's rule asks for an action granted to its tenant (and chosen
+//!    in the tenant's file): otherwise it is refused as not granted, whether
+//!    or not the action exists, so a tenant learns nothing of others';
+//! 2. the action is declared, and an operator's rule is in its
+//!    `allowed_rules` (a tenant's rules are governed by the grant instead);
 //! 3. the params are valid: each declared param given exactly once and
 //!    accepted by its pattern or list, no undeclared param, no value over
 //!    [`MAX_PARAM_BYTES`] or with a NUL byte (values are UTF-8 by type: WIT
@@ -34,13 +37,17 @@
 //! The gate reads no clock and does no I/O: time comes in as milliseconds
 //! since the Unix epoch, so every rule here is tested without waiting.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
 use super::config::{ActionSpec, InvocationSpec, Mode};
 use super::excerpt;
-use crate::names::{ActionName, TargetName};
+use crate::names::{ActionName, TargetName, TenantName, tenant_of};
+
+/// What each tenant's rules may request: the actions granted to it and
+/// chosen in its file.
+pub type TenantActions = BTreeMap<TenantName, BTreeSet<ActionName>>;
 use crate::runtime::{ActionRequest, ActionStatus};
 
 /// Largest param value accepted, in bytes.
@@ -165,6 +172,13 @@ pub enum Reason {
         /// The requested name.
         action: String,
     },
+    /// A tenant's rule asked for an action its tenant was not granted.
+    NotGranted {
+        /// The tenant.
+        tenant: String,
+        /// The action.
+        action: String,
+    },
     /// The rule is not in the action's `allowed_rules`.
     RuleNotAllowed {
         /// The requesting rule.
@@ -245,11 +259,12 @@ pub enum ParamProblem {
 }
 
 impl Reason {
-    /// A stable short name: `not-declared`, `rule-not-allowed`,
+    /// A stable short name: `not-granted`, `not-declared`, `rule-not-allowed`,
     /// `invalid-param`, `cooldown`, `rate-limited`, `breaker-open`,
     /// `in-flight`. For audit filters and metric labels.
     pub fn code(&self) -> &'static str {
         match self {
+            Reason::NotGranted { .. } => "not-granted",
             Reason::NotDeclared { .. } => "not-declared",
             Reason::RuleNotAllowed { .. } => "rule-not-allowed",
             Reason::InvalidParam { .. } => "invalid-param",
@@ -268,6 +283,11 @@ fn human(duration: Duration) -> humantime::FormattedDuration {
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Reason::NotGranted { tenant, action } => write!(
+                f,
+                "action `{}` is not granted to tenant `{tenant}`",
+                excerpt(action, 64)
+            ),
             Reason::NotDeclared { action } => {
                 write!(f, "action `{}` is not declared", excerpt(action, 64))
             }
@@ -373,6 +393,8 @@ impl fmt::Display for BreakerTrip {
 #[derive(Debug, Default)]
 pub struct Gate {
     specs: BTreeMap<ActionName, ActionSpec>,
+    /// What each tenant's rules may request.
+    tenants: TenantActions,
     actions: HashMap<ActionName, History>,
     /// (action, target) -> the last run.
     last: HashMap<(ActionName, TargetName), LastRun>,
@@ -411,6 +433,11 @@ impl Gate {
     /// and in-flight runs of actions that keep their name are kept.
     pub fn reconfigure(&mut self, specs: BTreeMap<ActionName, ActionSpec>) {
         self.specs = specs;
+    }
+
+    /// Replaces what each tenant's rules may request (a config reload).
+    pub fn set_tenant_actions(&mut self, tenants: TenantActions) {
+        self.tenants = tenants;
     }
 
     /// The declared actions.
@@ -463,10 +490,22 @@ impl Gate {
         now_ms: u64,
     ) -> Result<Run, Reason> {
         let action = request.action.as_str();
+        let tenant = tenant_of(rule);
+        if let Some(tenant) = tenant
+            && !self
+                .tenants
+                .get(tenant)
+                .is_some_and(|granted| granted.contains(action))
+        {
+            return Err(Reason::NotGranted {
+                tenant: tenant.to_string(),
+                action: action.to_string(),
+            });
+        }
         let spec = self.specs.get(action).ok_or_else(|| Reason::NotDeclared {
             action: action.to_string(),
         })?;
-        if !spec.allowed_rules.contains(rule) {
+        if tenant.is_none() && !spec.allowed_rules.contains(rule) {
             return Err(Reason::RuleNotAllowed {
                 rule: rule.to_string(),
                 action: action.to_string(),

@@ -64,7 +64,7 @@ pub use audit::{
 };
 pub use config::{ActionConfig, ActionSpec, Mode, parse_actions};
 pub use exec::{DryRunExecutor, Executor, Outcome, RealExecutor, RunReport};
-pub use gate::{BreakerTrip, Decision, Gate, Invocation, Reason, Run, Status};
+pub use gate::{BreakerTrip, Decision, Gate, Invocation, Reason, Run, Status, TenantActions};
 
 use crate::names::ActionName;
 use crate::runtime::ActionRequest;
@@ -189,8 +189,10 @@ impl Remediation {
     }
 
     /// Swaps the declared actions (config reload), keeping history.
-    pub fn reconfigure(&self, specs: BTreeMap<ActionName, ActionSpec>) {
-        self.gate().reconfigure(specs);
+    pub fn reconfigure(&self, specs: BTreeMap<ActionName, ActionSpec>, tenants: TenantActions) {
+        let mut gate = self.gate();
+        gate.reconfigure(specs);
+        gate.set_tenant_actions(tenants);
     }
 
     /// Breakers open now.

@@ -189,7 +189,14 @@ fn labels(pairs: &[(String, String)]) -> Vec<Label> {
 }
 
 fn about(name: &str, value: &str) -> Vec<Label> {
-    labels(&[(name.to_string(), value.to_string())])
+    let mut pairs = vec![(name.to_string(), value.to_string())];
+    // An alert about a tenant's rule is the tenant's to see too.
+    if name == "rule"
+        && let Some(tenant) = crate::names::tenant_of(value)
+    {
+        pairs.push((super::TENANT_LABEL.to_string(), tenant.to_string()));
+    }
+    labels(&pairs)
 }
 
 /// `RuleFailing` while a rule is quarantined.

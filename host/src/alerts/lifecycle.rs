@@ -233,7 +233,7 @@ pub fn step(
     let mut events = Vec::new();
     let mut seen = BTreeSet::new();
     for alert in reported {
-        let labels = sorted(&alert.labels);
+        let labels = with_tenant(sorted(&alert.labels), rule);
         let fingerprint = Fingerprint::of(rule, target, &alert.name, &labels);
         if !seen.insert(fingerprint) {
             continue; // the same alert twice in one verdict counts once
@@ -290,7 +290,10 @@ pub fn size_after(
 ) -> usize {
     let seen: BTreeSet<Fingerprint> = reported
         .iter()
-        .map(|alert| Fingerprint::of(rule, target, &alert.name, &sorted(&alert.labels)))
+        .map(|alert| {
+            let labels = with_tenant(sorted(&alert.labels), rule);
+            Fingerprint::of(rule, target, &alert.name, &labels)
+        })
         .collect();
     let kept = group
         .alerts
@@ -326,6 +329,27 @@ fn event(
 }
 
 /// Labels sorted by name; of duplicate names the last one wins.
+/// The label that names the tenant whose rule raised an alert. The host
+/// sets it; a rule cannot.
+pub const TENANT_LABEL: &str = "tenant";
+
+/// `labels` (sorted) with the `tenant` label the host sets: the rule's
+/// tenant for a tenant's rule, none for the operator's. Whatever `tenant`
+/// label the rule itself reported is dropped, so no rule can pass its
+/// alerts off as another tenant's. The host's own alerts keep theirs: the
+/// host sets it on an alert about a tenant's rule.
+fn with_tenant(mut labels: Vec<(String, String)>, rule: &RuleName) -> Vec<(String, String)> {
+    if rule.as_str() == super::HOST_RULE {
+        return labels;
+    }
+    labels.retain(|(name, _)| name != TENANT_LABEL);
+    if let Some(tenant) = rule.tenant() {
+        let at = labels.partition_point(|(name, _)| name.as_str() < TENANT_LABEL);
+        labels.insert(at, (TENANT_LABEL.to_string(), tenant.to_string()));
+    }
+    labels
+}
+
 fn sorted(labels: &[Label]) -> Vec<(String, String)> {
     let map: BTreeMap<&str, &str> = labels
         .iter()

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 pub use board::{ActiveAlert, AlertBoard};
 pub use bounds::{AlertLimits, RuleAlertLimits, TooManyAlerts};
 pub use host::{HOST_RULE, HOST_TARGET, HostAlerts};
-pub use lifecycle::{AlertEvent, Fingerprint, Severity, State, Status, TrackedAlert};
+pub use lifecycle::{AlertEvent, Fingerprint, Severity, State, Status, TENANT_LABEL, TrackedAlert};
 pub use stage::{AlertStats, Alerting, Outlet};
 
 use crate::names::{RuleName, TargetName};

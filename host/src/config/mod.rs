@@ -77,9 +77,11 @@ use crate::routing::{NamePattern, TargetSelector};
 
 mod api;
 mod sinks;
+mod tenants;
 mod watch;
 
 pub use api::{ApiSettings, DEFAULT_LISTEN, Listen};
+pub use tenants::{TenantGrant, TenantSpec};
 
 pub use sinks::DEFAULT_SINK_TIMEOUT;
 pub use watch::{ConfigWatch, ReloadRequest};
@@ -89,7 +91,7 @@ use crate::actions::{ActionSpec, AuditSettings, Mode, parse_actions};
 use crate::alerts::{AlertLimits, RuleAlertLimits};
 use crate::duration::TextDuration;
 use crate::hash::Sha256;
-use crate::names::{ActionName, RuleName, Syntax, TargetName, TenantName};
+use crate::names::{ActionName, RuleName, Syntax, TENANT_SEPARATOR, TargetName, TenantName};
 use crate::plugins::trust::{Keyring, Trust, TrustSettings, TrustedKey};
 use crate::runtime::{Limits, builtin};
 use crate::sinks::SinkSpec;
@@ -147,6 +149,9 @@ pub struct Settings {
     pub sinks: Vec<SinkSpec>,
     /// The HTTP API (`[api]`). Takes effect at the next start.
     pub api: ApiSettings,
+    /// The tenants (`[[tenants]]`), each with its grant and what its own
+    /// file chose; their rules are in `rules`, named `tenant/rule`.
+    pub tenants: Vec<TenantSpec>,
 }
 
 impl Settings {
@@ -360,6 +365,7 @@ impl Settings {
             audit: AuditSettings::default(),
             sinks: Vec::new(),
             api: ApiSettings::default(),
+            tenants: Vec::new(),
         }
     }
 
@@ -375,6 +381,25 @@ impl Settings {
     /// Validates config text; `path` names it in errors and anchors relative
     /// rule paths.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        Self::parse_after(text, path, None)
+    }
+
+    /// Reads and validates a config file again while `previous` runs: a
+    /// tenant whose file is refused now keeps the file `previous` accepted
+    /// (see [`TenantSpec::refused`]).
+    pub fn reload(path: &Path, previous: &Settings) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+            location: path.display().to_string(),
+            message: format!("cannot read the config file: {error}"),
+        })?;
+        Self::parse_after(&text, path, Some(previous))
+    }
+
+    fn parse_after(
+        text: &str,
+        path: &Path,
+        previous: Option<&Settings>,
+    ) -> Result<Self, ConfigError> {
         let file: ConfigFile = toml::from_str(text).map_err(|error| ConfigError {
             location: path.display().to_string(),
             message: error.to_string().trim_end().to_string(),
@@ -448,6 +473,15 @@ impl Settings {
         }
         for spec in specs {
             let location = spec.origin.clone();
+            if spec.name.contains(TENANT_SEPARATOR) {
+                return Err(ConfigError {
+                    location,
+                    message: format!(
+                        "rule `{}`: `{TENANT_SEPARATOR}` is kept for tenants' rules (`tenant/rule`)\nhint: name it without `{TENANT_SEPARATOR}`, e.g. with `-`",
+                        spec.name
+                    ),
+                });
+            }
             if !names.insert(spec.name.clone()) {
                 return Err(ConfigError {
                     location,
@@ -491,6 +525,35 @@ impl Settings {
                 )?
             }
         };
+        let mut tenants = Vec::new();
+        for spanned in file.tenants {
+            let location = at(spanned.span());
+            let (name, tenant_file, grant) = spanned
+                .into_inner()
+                .validate(base, &actions, &sinks)
+                .map_err(|message| ConfigError {
+                    location: location.clone(),
+                    message,
+                })?;
+            if tenants.iter().any(|other: &TenantSpec| other.name == name) {
+                return Err(ConfigError {
+                    location,
+                    message: format!(
+                        "tenant `{name}`: the name is used twice; tenant names must be unique"
+                    ),
+                });
+            }
+            let before =
+                previous.and_then(|previous| previous.tenants.iter().find(|t| t.name == name));
+            let (tenant, resolved) = TenantSpec::load(name, tenant_file, grant, before);
+            if let Some(resolved) = resolved {
+                for (rule, limits) in resolved.alert_limits {
+                    alert_limits.set(rule, limits);
+                }
+                rules.extend(resolved.rules);
+            }
+            tenants.push(tenant);
+        }
         for (name, action) in &actions {
             for rule in &action.allowed_rules {
                 if !names.contains(rule.as_str()) && rule_dirs.is_empty() {
@@ -512,6 +575,7 @@ impl Settings {
             audit,
             sinks,
             api,
+            tenants,
         })
     }
 }
@@ -569,6 +633,8 @@ struct ConfigFile {
     rules: Vec<Spanned<RuleConfig>>,
     #[serde(default)]
     sinks: Vec<Spanned<sinks::SinkConfig>>,
+    #[serde(default)]
+    tenants: Vec<Spanned<tenants::TenantConfig>>,
 }
 
 /// `[trust]`: whom the operator trusts to sign rule files. A tenant's own
@@ -821,6 +887,8 @@ struct RuleConfig {
     max_actions: Option<usize>,
     max_verdict_bytes: Option<usize>,
     log_lines_per_second: Option<u32>,
+    /// Most bytes of key-value state: `"1MiB"`.
+    max_state_bytes: Option<TextSize>,
     max_active_alerts_per_target: Option<usize>,
     max_active_alerts: Option<usize>,
     quarantine_after: Option<u32>,
@@ -956,6 +1024,9 @@ impl RuleConfig {
         }
         if let Some(rate) = self.log_lines_per_second {
             limits.log_lines_per_second = rate;
+        }
+        if let Some(size) = self.max_state_bytes {
+            limits.max_state_bytes = usize::try_from(size.bytes()).unwrap_or(usize::MAX);
         }
         let mut failure_policy = FailurePolicy::default();
         if let Some(after) = self.quarantine_after {

@@ -173,7 +173,7 @@ pub fn load_bytes(
     let compile_time = Duration::from_micros(prepared.compile_time.as_micros() as u64);
     let cached = prepared.cached;
     let state = state
-        .rule(&spec.name)
+        .rule_with_quota(&spec.name, spec.limits.max_state_bytes)
         .map_err(|error| fail(error.to_string()))?;
     let (instance, info) = RuleInstance::start(
         runtime,

@@ -117,7 +117,7 @@ impl StatusBoard {
 
     /// Records that a new version (or signature) of `rule` was refused for
     /// `reason`; the running version stays.
-    fn refused(&self, rule: &str, reason: String) {
+    pub(crate) fn refused(&self, rule: &str, reason: String) {
         self.update(rule, |status| {
             status.last_error = Some(reason);
             status.refused += 1;
@@ -185,8 +185,9 @@ impl ReloaderHandle {
     }
 }
 
-/// Starts watching the rules that were loaded at start (`rules`, in the
-/// order of `specs`), sending [`Change`]s until `changes` closes.
+/// Starts watching the rules of `specs`, those loaded at start (`rules`)
+/// and those that could not be (loaded when their file changes), sending
+/// [`Change`]s until `changes` closes.
 #[allow(clippy::too_many_arguments)] // called once, by the app
 pub fn spawn(
     rules: &[LoadedRule],
@@ -198,25 +199,37 @@ pub fn spawn(
     status: StatusBoard,
     changes: mpsc::UnboundedSender<Change>,
 ) -> anyhow::Result<ReloaderHandle> {
-    let watched = rules
+    let watched = specs
         .iter()
-        .zip(specs)
-        .map(|(rule, spec)| {
-            status.installed(
-                &rule.name,
-                rule.version,
-                &rule.hash,
-                &spec.source,
-                rule.signer.clone(),
-            );
-            Watched {
-                spec: spec.clone(),
-                hash: Some(rule.hash.clone()),
-                signature: rule.signature,
-                refused: None,
-                version: rule.version,
-            }
-        })
+        .map(
+            |spec| match rules.iter().find(|rule| rule.name == spec.name) {
+                Some(rule) => {
+                    status.installed(
+                        &rule.name,
+                        rule.version,
+                        &rule.hash,
+                        &spec.source,
+                        rule.signer.clone(),
+                    );
+                    Watched {
+                        spec: spec.clone(),
+                        hash: Some(rule.hash.clone()),
+                        signature: rule.signature,
+                        refused: None,
+                        version: rule.version,
+                    }
+                }
+                // It could not be loaded at start (a tenant's rule: the host
+                // started without it); it loads when its file changes.
+                None => Watched {
+                    spec: spec.clone(),
+                    hash: None,
+                    signature: None,
+                    refused: None,
+                    version: 0,
+                },
+            },
+        )
         .collect();
     let watch = DebouncedWatch::new(debounce)?;
     let mut reloader = Reloader {

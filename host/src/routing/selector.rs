@@ -48,6 +48,19 @@ impl NamePattern {
     }
 }
 
+impl NamePattern {
+    /// Whether every name `other` matches is matched by this pattern too,
+    /// as far as can be told without enumerating names: this pattern
+    /// matches `other`'s text with its `*`s taken literally. That is sound
+    /// (each `*` of `other` then falls inside a `*` of this pattern, which
+    /// can take whatever it stands for) but not complete: `a*` is not seen
+    /// to cover `ab*` ∪ … across several patterns. A tenant's rule is held
+    /// to its grant with it, so a doubt refuses.
+    pub fn covers(&self, other: &NamePattern) -> bool {
+        self.matches(&other.0)
+    }
+}
+
 impl fmt::Display for NamePattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -84,6 +97,24 @@ impl TargetSelector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pattern_covers_the_narrower_ones_only() {
+        let p = |text: &str| NamePattern::new(text).unwrap();
+        for (wide, narrow, covers) in [
+            ("web-*", "web-01", true),
+            ("web-*", "web-*-01", true),
+            ("web-*", "web-*", true),
+            ("*", "db-*", true),
+            ("web-*", "*", false),
+            ("web-*", "db-01", false),
+            ("*-01", "web-*", false),
+            ("web-01", "web-*", false),
+            ("a*b", "a*", false),
+        ] {
+            assert_eq!(p(wide).covers(&p(narrow)), covers, "{wide} covers {narrow}");
+        }
+    }
     use crate::runtime::Label;
 
     fn pattern(text: &str) -> NamePattern {

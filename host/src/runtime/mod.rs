@@ -62,6 +62,9 @@ pub struct Limits {
     /// together); twice as many may come in a burst. The rest are dropped
     /// and counted.
     pub log_lines_per_second: u32,
+    /// Most bytes of keys and values the rule may keep in its key-value
+    /// state.
+    pub max_state_bytes: usize,
 }
 
 impl Default for Limits {
@@ -74,6 +77,7 @@ impl Default for Limits {
             max_actions: 100,
             max_verdict_bytes: 1024 * 1024,
             log_lines_per_second: 100,
+            max_state_bytes: crate::state::MAX_RULE_BYTES,
         }
     }
 }

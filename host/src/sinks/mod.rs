@@ -32,8 +32,9 @@ pub mod spec;
 pub mod stdout;
 pub mod webhook;
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -49,6 +50,7 @@ pub use stdout::{Format, StdoutSink};
 pub use webhook::WebhookSink;
 
 use crate::alerts::{AlertEvent, Outlet};
+use crate::names::{RuleName, TenantName};
 use crate::plugins::Evaluation;
 use crate::state::{StateDb, StateError};
 
@@ -108,6 +110,10 @@ pub struct SinkOptions {
     pub queue: usize,
     /// Which alerts it takes.
     pub route: Route,
+    /// Whether a tenant's alerts reach it only when the tenant was granted
+    /// it (and chose it): true for every `[[sinks]]` sink. Only the console
+    /// of a host without `[[sinks]]`, the operator's own view, shows all.
+    pub tenant_grants: bool,
 }
 
 impl Default for SinkOptions {
@@ -116,7 +122,40 @@ impl Default for SinkOptions {
             evaluations: false,
             queue: DEFAULT_QUEUE,
             route: Route::default(),
+            tenant_grants: true,
         }
+    }
+}
+
+/// Which sinks each tenant's alerts go to (granted and chosen), by tenant.
+pub type TenantSinks = BTreeMap<TenantName, BTreeSet<String>>;
+
+/// The tenants' sinks as [`Delivery`] reads them, replaced on a config
+/// reload. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct TenantRoutes(Arc<RwLock<TenantSinks>>);
+
+impl TenantRoutes {
+    /// Replaces the tenants' sinks.
+    pub fn set(&self, sinks: TenantSinks) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = sinks;
+    }
+
+    /// Whether an alert of `rule` may go to `sink`: always for the
+    /// operator's rules (and the host's), for a tenant's when its tenant
+    /// has the sink.
+    fn allows(&self, sink: &str, rule: &RuleName) -> bool {
+        let Some(tenant) = rule.tenant() else {
+            return true;
+        };
+        self.0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(tenant)
+            .is_some_and(|sinks| sinks.contains(sink))
     }
 }
 
@@ -155,6 +194,8 @@ struct Attached {
     name: Arc<str>,
     waiting: Waiting,
     route: Route,
+    /// See [`SinkOptions::tenant_grants`].
+    tenant_grants: bool,
     evaluations: bool,
     stats: Arc<SinkStats>,
     task: tokio::task::JoinHandle<()>,
@@ -165,6 +206,7 @@ struct Attached {
 pub struct Delivery {
     sinks: Vec<Attached>,
     console: Console,
+    tenants: TenantRoutes,
 }
 
 impl Delivery {
@@ -197,6 +239,7 @@ impl Delivery {
             name,
             waiting: Waiting::Queue { queue, capacity },
             route: options.route,
+            tenant_grants: options.tenant_grants,
             evaluations: options.evaluations,
             stats: stats.clone(),
             task,
@@ -238,11 +281,24 @@ impl Delivery {
             name,
             waiting: Waiting::Outbox(outbox),
             route,
+            tenant_grants: true,
             evaluations: false,
             stats: stats.clone(),
             task,
         });
         Ok(stats)
+    }
+
+    /// The tenants' sinks this delivery follows: set them at start and
+    /// on every config reload.
+    pub fn tenant_routes(&self) -> TenantRoutes {
+        self.tenants.clone()
+    }
+
+    /// Whether `sink` takes `event`: its route, and the tenant's grant.
+    fn takes(&self, sink: &Attached, event: &AlertEvent) -> bool {
+        sink.route.matches(&sink.name, event)
+            && (!sink.tenant_grants || self.tenants.allows(&sink.name, &event.rule))
     }
 
     /// Whether no sink is attached.
@@ -270,7 +326,7 @@ impl Delivery {
             if let Waiting::Outbox(outbox) = &sink.waiting {
                 let routed = firing
                     .iter()
-                    .filter(|event| sink.route.matches(&sink.name, event))
+                    .filter(|event| self.takes(sink, event))
                     .cloned()
                     .collect();
                 outbox.restore(routed);
@@ -300,9 +356,7 @@ impl Delivery {
         }
         let events: Vec<Arc<AlertEvent>> = events.into_iter().map(Arc::new).collect();
         for sink in &self.sinks {
-            let routed = events
-                .iter()
-                .filter(|event| sink.route.matches(&sink.name, event));
+            let routed = events.iter().filter(|event| self.takes(sink, event));
             match &sink.waiting {
                 Waiting::Outbox(outbox) => {
                     outbox.push(&routed.cloned().collect::<Vec<_>>());

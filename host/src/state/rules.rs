@@ -21,7 +21,8 @@ pub(super) const TABLE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::
 pub const MAX_KEY_BYTES: usize = 256;
 /// Largest value a rule may store under one key.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
-/// Most bytes (keys and values) one rule may keep.
+/// Most bytes (keys and values) one rule may keep, unless its limits say
+/// otherwise (`max_state_bytes`).
 pub const MAX_RULE_BYTES: usize = 1024 * 1024;
 
 /// Most keys one call (`configure` or `evaluate`) may set or delete.
@@ -73,12 +74,20 @@ impl PendingWrites {
 }
 
 impl StateDb {
-    /// The state of one rule.
+    /// The state of one rule, with the default quota ([`MAX_RULE_BYTES`]).
     pub fn rule(&self, namespace: &str) -> Result<RuleState, StateError> {
+        self.rule_with_quota(namespace, MAX_RULE_BYTES)
+    }
+
+    /// The state of one rule, which may keep at most `quota` bytes of keys
+    /// and values. A quota lowered below what is stored already refuses
+    /// every write that does not bring the rule back under it.
+    pub fn rule_with_quota(&self, namespace: &str, quota: usize) -> Result<RuleState, StateError> {
         let state = RuleState {
             db: self.db.clone(),
             namespace: namespace.into(),
             used: Arc::new(Mutex::new(0)),
+            quota,
         };
         let used = state.scan_usage()?;
         *state.used.lock().expect("usage lock") = used;
@@ -93,6 +102,8 @@ pub struct RuleState {
     namespace: Arc<str>,
     /// Bytes of keys and values stored, kept in step with commits.
     used: Arc<Mutex<usize>>,
+    /// Most bytes of keys and values the rule may keep.
+    quota: usize,
 }
 
 impl RuleState {
@@ -157,10 +168,11 @@ impl RuleState {
         };
         let growth = pending.growth - before + change.growth(key);
         let after = (*self.used.lock().expect("usage lock") as isize + growth).max(0) as usize;
-        if value.is_some() && after > MAX_RULE_BYTES {
+        if value.is_some() && after > self.quota {
             return Err(format!(
                 "storing `{key}` would bring the rule's state to {after} bytes; the quota is \
-                 {MAX_RULE_BYTES} (delete keys you no longer need)"
+                 {} (delete keys you no longer need)",
+                self.quota
             ));
         }
         pending.growth = growth;
