@@ -437,7 +437,9 @@ impl Settings {
         let mut rules = Vec::new();
         let mut names = HashSet::new();
         let mut rule_dirs = Vec::new();
-        let declared = !file.rules.is_empty();
+        // A config with no rule of its own, and no tenant bringing some,
+        // runs the bundled rule: the classic monitor.
+        let declared = !file.rules.is_empty() || !file.tenants.is_empty();
         let mut specs = Vec::new();
         let mut alert_limits = RuleAlertLimits::default();
         for spanned in file.rules {
