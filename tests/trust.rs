@@ -548,3 +548,72 @@ fn the_status_board_shows_the_refusal_and_the_signer() {
     let _ = stop.send(());
     runtime.block_on(task).unwrap().unwrap();
 }
+
+/// A host whose operator requires tenant `pay`'s rules to be signed; the
+/// tenant's file trusts `pay.pub` (made here, with the stranger's key as
+/// the one it does not trust) and runs `tenants.d/rules/threshold.wasm`.
+fn tenant_config(ws: &Workspace, server: &StatusServer) -> (String, PathBuf) {
+    let tenants = ws.dir.path().join("tenants.d");
+    std::fs::create_dir_all(tenants.join("rules")).unwrap();
+    let pay = minisign_keys(&tenants, "pay");
+    let rule = tenants.join("rules/threshold.wasm");
+    std::fs::write(&rule, build(0)).unwrap();
+    minisign_sign(&pay, &rule, "pay release 1");
+    std::fs::write(
+        tenants.join("pay.toml"),
+        "[trust]\nkeys = [\"pay.pub\"]\n\n[[rules]]\nname = \"threshold\"\npath = \"rules/threshold.wasm\"\n",
+    )
+    .unwrap();
+    let target = web_target(&server.url("status")).replace("\"100ms\"", "\"20ms\"");
+    let config = format!(
+        "{target}\n[[tenants]]\nname = \"pay\"\nfile = \"{}\"\ntargets = [\"*\"]\nrequire_signature = true\n",
+        toml_path(&tenants.join("pay.toml"))
+    );
+    (config, rule)
+}
+
+#[test]
+fn a_tenants_rules_carry_a_signature_by_a_key_the_tenant_trusts() {
+    let ws = workspace();
+    let server = status_server();
+    let (config, rule) = tenant_config(&ws, &server);
+    let mut vigil = Vigil::start(&config);
+    wait_serving(&mut vigil, "pay/threshold", 1);
+    let log = wait_log(&mut vigil, "Rule signature verified.");
+    assert!(log.contains("pay.pub"), "{log}");
+
+    // Signed by a key the operator or another tenant may trust, but not
+    // this tenant: refused on reload, the signed version serves on.
+    std::fs::write(&rule, build(1)).unwrap();
+    minisign_sign(&ws.stranger, &rule, "not pay's");
+    wait_log(&mut vigil, "was made by a key that is not trusted");
+    still_serving(&mut vigil, "pay/threshold", 1);
+
+    // The tenant cannot switch the requirement off.
+    let file = ws.dir.path().join("tenants.d/pay.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{text}require_signature = false\n")).unwrap();
+    wait_log(
+        &mut vigil,
+        "require_signature = false, but the operator requires every rule of this tenant to be signed",
+    );
+    still_serving(&mut vigil, "pay/threshold", 1);
+}
+
+#[test]
+fn a_tenants_unsigned_rule_does_not_stop_the_host() {
+    let ws = workspace();
+    let server = status_server();
+    let (config, rule) = tenant_config(&ws, &server);
+    std::fs::remove_file(signature_of(&rule)).unwrap();
+    let mut vigil = Vigil::start(&config);
+    wait_log(&mut vigil, "it is not signed");
+    assert!(vigil.is_running(), "{}", vigil.stderr());
+    // The tenant signs it: it loads without a restart.
+    let pay = Keys {
+        public: ws.dir.path().join("tenants.d/pay.pub"),
+        secret: ws.dir.path().join("tenants.d/pay.key"),
+    };
+    minisign_sign(&pay, &rule, "pay release 2");
+    wait_serving(&mut vigil, "pay/threshold", 1);
+}

@@ -23,6 +23,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use super::{Shared, Views};
+use crate::names::tenant_of;
 use crate::plugins::RuleCounters;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -41,14 +42,27 @@ struct KindLabels {
     kind: &'static str,
 }
 
+/// A rule's series carry its tenant (empty for the operator's rules), so
+/// that `sum by (tenant)` gives each tenant's share.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RuleLabels {
     rule: String,
+    tenant: String,
+}
+
+impl RuleLabels {
+    fn of(rule: &str) -> Self {
+        RuleLabels {
+            rule: rule.to_string(),
+            tenant: tenant_of(rule).unwrap_or_default().to_string(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RuleFailureLabels {
     rule: String,
+    tenant: String,
     kind: &'static str,
 }
 
@@ -239,9 +253,7 @@ impl Collector for StageCollector {
         let status = views.status.snapshot();
         let rules = views.rules.snapshot();
         let refused = views.alert_stats.refused_verdicts();
-        let rule = |name: &str| RuleLabels {
-            rule: name.to_string(),
-        };
+        let rule = RuleLabels::of;
         let read = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
         family(
             e,
@@ -271,6 +283,7 @@ impl Collector for StageCollector {
                     (
                         RuleFailureLabels {
                             rule: name.to_string(),
+                            tenant: tenant_of(name).unwrap_or_default().to_string(),
                             kind,
                         },
                         counter(count),
