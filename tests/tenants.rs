@@ -307,6 +307,16 @@ fn a_tenant_file_asking_for_more_than_its_grant_is_refused() {
     )
     .unwrap();
     wait_log(&scene, "leaves the tenant's folder");
+    // Refused, yet the file before stays in force.
+    let tenant = &get_json(&format!("{}/api/v1/tenants?name=nosy", scene.base))["tenants"][0];
+    assert_eq!(tenant["in_force"], true, "{tenant}");
+    assert!(
+        tenant["refused"]
+            .as_str()
+            .unwrap()
+            .contains("leaves the tenant's folder"),
+        "{tenant}"
+    );
     // The other tenant was never touched: one version, never reloaded.
     let rules = get_json(&format!("{}/api/v1/rules?name=victim/keeper", scene.base));
     assert_eq!(rules["rules"][0]["version"], 1, "{rules}");

@@ -80,6 +80,7 @@ fn views(tracker: &mut Tracker) -> Views {
         audit: AuditLog::open(&state).unwrap(),
         running: Arc::new(AtomicBool::new(true)),
         reload,
+        tenants: Default::default(),
     }
 }
 

@@ -28,7 +28,7 @@ use crate::actions::dispatch::Dispatch;
 use crate::alerts::{AlertStats, Alerting};
 use crate::api::{Api, Views};
 use crate::clock::now_ms;
-use crate::config::{ConfigWatch, ReloadRequest, Settings};
+use crate::config::{ConfigWatch, ReloadRequest, Settings, TenantBoard};
 use crate::names::RuleName;
 use crate::plugins::reload::{self, Change, ReloaderHandle, StatusBoard};
 use crate::plugins::{self, RuleBoard, Stopping, WorkerEvent};
@@ -66,6 +66,8 @@ pub struct App {
     config_path: Option<PathBuf>,
     /// Which sinks each tenant's alerts go to, set again on every reload.
     tenant_routes: TenantRoutes,
+    /// The tenants as the API shows them, published again on every reload.
+    tenant_board: TenantBoard,
 }
 
 /// What a stop left undone, also logged.
@@ -181,6 +183,8 @@ impl App {
         // One request waits at a time: more would only queue re-reads of
         // the same file.
         let (reload_tx, reload_requests) = mpsc::channel(1);
+        let tenant_board = TenantBoard::default();
+        tenant_board.publish(&settings);
         let views = Views {
             targets: targets.clone(),
             alerts: alerting.board(),
@@ -193,6 +197,7 @@ impl App {
             audit: dispatch.audit().clone(),
             running: running.clone(),
             reload: reload_tx,
+            tenants: tenant_board.clone(),
         };
         let api = Api::bind(&settings.api, data_dir, views).await?;
         Ok(App {
@@ -213,6 +218,7 @@ impl App {
             reload_requests,
             config_path: None,
             tenant_routes,
+            tenant_board,
         })
     }
 
@@ -284,6 +290,7 @@ impl App {
             running,
             reload_requests,
             tenant_routes,
+            tenant_board,
             ..
         } = self;
         let mut pollers = Pollers::new(sample_tx, targets);
@@ -350,6 +357,7 @@ impl App {
                     // Grants first: they hold from this moment, for the
                     // rules running now as for those the reload brings.
                     tenant_routes.set(new.tenant_sinks());
+                    tenant_board.publish(&new);
                     dispatch.reconfigure(new.actions.clone(), new.tenant_actions());
                     pollers.apply(&new.targets);
                     reloader.reconcile(new.rules, new.rule_dirs);

@@ -36,8 +36,10 @@ pub struct Host {
 /// `<data_dir>/api.json`), `web-01` at cpu_usage 95 for the threshold rule
 /// (so `CpuUsageHigh` fires), and two rules of the remediate fixture: one
 /// whose action the gate approves (dry-run), one asking for an action
-/// nobody declared (refused).
-fn config(server: &StatusServer) -> String {
+/// nobody declared (refused); and two tenants, `team` running the bundled
+/// rule from its file `tenant_file`, and `absent`, whose file is missing
+/// (so `/api/v1/tenants` shows one in force and one refused).
+fn config(server: &StatusServer, tenant_file: &std::path::Path) -> String {
     let remediate = toml_path(&fixture("fixture_remediate"));
     format!(
         r#"{target}
@@ -63,8 +65,21 @@ cooldown = "1s"
 
 [api]
 listen = "127.0.0.1:0"
+
+[[tenants]]
+name = "team"
+file = "{tenant_file}"
+targets = ["web-*"]
+actions = ["record"]
+
+[[tenants]]
+name = "absent"
+file = "{absent_file}"
+target_labels = {{ team = "absent" }}
 "#,
         target = web_target(&server.url("status")),
+        tenant_file = toml_path(tenant_file),
+        absent_file = toml_path(&tenant_file.with_file_name("absent.toml")),
     )
 }
 
@@ -78,8 +93,15 @@ impl Host {
             Behavior::json(json!({"cpu_usage": 95, "memory_usage": 40})),
         );
         let data = tempfile::tempdir().unwrap();
+        let tenants = tempfile::tempdir().unwrap();
+        let tenant_file = tenants.path().join("team.toml");
+        std::fs::write(
+            &tenant_file,
+            "[[rules]]\nname = \"cpu\"\nbuiltin = \"threshold\"\n",
+        )
+        .unwrap();
         let vigil =
-            Vigil::start_with_data_dir(&config(&server), data.path(), tempfile::tempdir().unwrap());
+            Vigil::start_with_data_dir(&config(&server, &tenant_file), data.path(), tenants);
         let addr = vigil.api_addr(data.path());
         let token = std::fs::read_to_string(data.path().join("api.token"))
             .expect("the host wrote api.token in its data directory");

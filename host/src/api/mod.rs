@@ -41,7 +41,7 @@ use tokio::sync::mpsc;
 use crate::actions::AuditLog;
 use crate::actions::dispatch::ActionStats;
 use crate::alerts::{AlertBoard, AlertStats};
-use crate::config::{ApiSettings, Listen, ReloadRequest};
+use crate::config::{ApiSettings, Listen, ReloadRequest, TenantBoard};
 use crate::plugins::RuleBoard;
 use crate::plugins::reload::StatusBoard;
 use crate::routing::RouterStats;
@@ -85,6 +85,8 @@ pub struct Views {
     pub running: Arc<AtomicBool>,
     /// Where reload requests go.
     pub reload: mpsc::Sender<ReloadRequest>,
+    /// The tenants, their grants and whether their files are in force.
+    pub tenants: TenantBoard,
 }
 
 /// Shared by every handler.

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use super::{ApiError, Shared};
 use crate::actions::{AuditQuery, AuditStatus};
 use crate::alerts::{ActiveAlert, Severity, State as AlertState};
-use crate::config::ReloadRequest;
+use crate::config::{ReloadRequest, TenantView};
 use crate::plugins::RuleState;
 use crate::sources::{Reason, TargetHealth, TargetView};
 
@@ -35,6 +35,7 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
         .route("/api/v1/rules", get(rules))
         .route("/api/v1/targets", get(targets))
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/tenants", get(tenants))
         .route("/api/v1/reload", post(reload))
         .route("/api/v1/openapi.yaml", get(openapi))
 }
@@ -318,6 +319,25 @@ async fn targets(State(shared): State<Arc<Shared>>, RawQuery(raw): RawQuery) -> 
         })
         .collect();
     Ok(axum::Json(TargetList { targets }).into_response())
+}
+
+/// The body of `/api/v1/tenants`.
+#[derive(Serialize)]
+struct TenantList {
+    tenants: Vec<TenantView>,
+}
+
+/// `GET /api/v1/tenants?name=`
+async fn tenants(State(shared): State<Arc<Shared>>, RawQuery(raw): RawQuery) -> Answer {
+    let filters = Filters::parse(raw, &["name"], &[])?;
+    let tenants = shared
+        .views
+        .tenants
+        .snapshot()
+        .into_iter()
+        .filter(|tenant| filters.get("name").is_none_or(|name| *tenant.name == *name))
+        .collect();
+    Ok(axum::Json(TenantList { tenants }).into_response())
 }
 
 /// `GET /api/v1/audit?action=&target=&rule=&status=&since=1h&limit=100`

@@ -81,7 +81,7 @@ mod tenants;
 mod watch;
 
 pub use api::{ApiSettings, DEFAULT_LISTEN, Listen};
-pub use tenants::{TenantGrant, TenantSpec};
+pub use tenants::{GrantView, TenantBoard, TenantGrant, TenantSpec, TenantView};
 
 pub use sinks::DEFAULT_SINK_TIMEOUT;
 pub use watch::{ConfigWatch, ReloadRequest};

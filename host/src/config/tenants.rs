@@ -628,3 +628,111 @@ impl Settings {
         self.tenants.iter().find(|spec| spec.name == tenant)
     }
 }
+
+/// One tenant as the API shows it: its grant, what its file chose, and
+/// whether that file is in force or why not.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TenantView {
+    /// The tenant's name.
+    pub name: TenantName,
+    /// Its file.
+    pub file: String,
+    /// Whether a file of the tenant is in force (its rules run).
+    pub in_force: bool,
+    /// Why its file, as it is now, was refused.
+    pub refused: Option<String>,
+    /// Its rules, by full name (`tenant/rule`).
+    pub rules: Vec<RuleName>,
+    /// The actions its rules may request.
+    pub actions: BTreeSet<ActionName>,
+    /// The sinks its alerts go to.
+    pub sinks: BTreeSet<String>,
+    /// What the operator granted.
+    pub grant: GrantView,
+}
+
+/// A [`TenantGrant`] as the API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GrantView {
+    /// Target names or globs (none: any name the labels take).
+    pub targets: Vec<String>,
+    /// Labels every granted target carries.
+    pub target_labels: BTreeMap<String, String>,
+    /// Actions granted.
+    pub actions: BTreeSet<ActionName>,
+    /// Sinks granted.
+    pub sinks: BTreeSet<String>,
+    /// Most rules.
+    pub max_rules: usize,
+    /// Most memory per rule instance, in bytes.
+    pub max_memory_bytes: usize,
+    /// Longest evaluation, in milliseconds.
+    pub max_timeout_ms: u64,
+    /// Most key-value state per rule, in bytes.
+    pub max_state_bytes: usize,
+    /// Evaluations per second of all its rules together, if capped.
+    pub evaluations_per_second: Option<u32>,
+    /// Whether its rule files must be signed.
+    pub require_signature: bool,
+}
+
+/// The tenants as configured now: the read model the API shows, published
+/// at start and on every reload. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct TenantBoard(std::sync::Arc<std::sync::RwLock<Vec<TenantView>>>);
+
+impl TenantBoard {
+    /// Publishes the tenants of `settings`.
+    pub fn publish(&self, settings: &Settings) {
+        let views = settings
+            .tenants
+            .iter()
+            .map(|tenant| {
+                let grant = &tenant.grant;
+                TenantView {
+                    name: tenant.name.clone(),
+                    file: tenant.file.display().to_string(),
+                    in_force: tenant.accepted.is_some(),
+                    refused: tenant.refused.clone(),
+                    rules: settings
+                        .rules
+                        .iter()
+                        .filter(|rule| rule.tenant.as_ref() == Some(&tenant.name))
+                        .map(|rule| rule.name.clone())
+                        .collect(),
+                    actions: tenant.actions.clone(),
+                    sinks: tenant.sinks.clone(),
+                    grant: GrantView {
+                        targets: grant
+                            .targets
+                            .names
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect(),
+                        target_labels: grant.targets.labels.clone(),
+                        actions: grant.actions.clone(),
+                        sinks: grant.sinks.clone(),
+                        max_rules: grant.max_rules,
+                        max_memory_bytes: grant.limits.max_memory_bytes,
+                        max_timeout_ms: grant.limits.evaluate_timeout.as_millis() as u64,
+                        max_state_bytes: grant.limits.max_state_bytes,
+                        evaluations_per_second: grant.evaluations_per_second,
+                        require_signature: grant.require_signature,
+                    },
+                }
+            })
+            .collect();
+        *self
+            .0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = views;
+    }
+
+    /// Every tenant, in config order.
+    pub fn snapshot(&self) -> Vec<TenantView> {
+        self.0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
