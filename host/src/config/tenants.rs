@@ -736,3 +736,94 @@ impl TenantBoard {
             .clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parses `config` written in a fresh folder next to `tenant` (the
+    /// text of `tenants.d/t.toml`, when given).
+    fn parse(config: &str, tenant: Option<&str>) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("tenants.d")).unwrap();
+        if let Some(text) = tenant {
+            std::fs::write(dir.path().join("tenants.d/t.toml"), text).unwrap();
+        }
+        let path = dir.path().join("vigil.toml");
+        let text = format!("[[targets]]\nname = \"web-01\"\nkind = \"local\"\n\n{config}");
+        Settings::parse(&text, &path)
+    }
+
+    fn refused_grant(grant: &str) -> String {
+        parse(&format!("[[tenants]]\nname = \"t\"\n{grant}"), Some(""))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn a_grant_names_only_what_the_operator_declared() {
+        assert!(refused_grant("").contains("no targets are granted"));
+        assert!(refused_grant("targets = []").contains("grants no target at all"));
+        assert!(
+            refused_grant("targets = [\"*\"]\nactions = [\"restart\"]")
+                .contains("action `restart` is not declared")
+        );
+        assert!(
+            refused_grant("targets = [\"*\"]\nsinks = [\"pager\"]")
+                .contains("sink `pager` is not declared")
+        );
+        assert!(refused_grant("targets = [\"*\"]\nmax_rules = 0").contains("max_rules = 0"));
+        let bad_name = parse("[[tenants]]\nname = \"a/b\"\ntargets = [\"*\"]", None).unwrap_err();
+        assert!(
+            bad_name
+                .to_string()
+                .contains("tenant name `a/b` is invalid")
+        );
+    }
+
+    #[test]
+    fn a_tenants_rules_are_named_after_it_and_narrowed_to_its_grant() {
+        let settings = parse(
+            "[[tenants]]\nname = \"t\"\ntargets = [\"web-*\"]\ntarget_labels = { team = \"t\" }\n",
+            Some("[[rules]]\nname = \"cpu\"\nbuiltin = \"threshold\"\ntargets = [\"web-0*\"]\n"),
+        )
+        .unwrap();
+        // No rule of the operator's own: the bundled default does not run.
+        let names: Vec<&str> = settings.rules.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["t/cpu"]);
+        let rule = &settings.rules[0];
+        assert_eq!(rule.tenant.as_deref(), Some("t"));
+        let patterns: Vec<String> = rule.targets.names.iter().map(ToString::to_string).collect();
+        assert_eq!(patterns, ["web-0*"]);
+        assert_eq!(rule.targets.labels["team"], "t");
+        // Left out, the limits are the grant's.
+        assert_eq!(
+            rule.limits.max_memory_bytes,
+            DEFAULT_MAX_MEMORY_MIB * 1024 * 1024
+        );
+    }
+
+    #[test]
+    fn a_refused_tenant_file_runs_nothing_and_says_why() {
+        let settings = parse(
+            "[[tenants]]\nname = \"t\"\ntargets = [\"*\"]\n",
+            Some("[[rules]]\nname = \"a/b\"\nbuiltin = \"threshold\"\n"),
+        )
+        .unwrap();
+        assert!(settings.rules.is_empty());
+        let (tenant, reason) = settings.refused_tenants().next().unwrap();
+        assert_eq!(tenant, "t");
+        assert!(reason.contains("rule name `a/b` is invalid"), "{reason}");
+    }
+
+    #[test]
+    fn an_operators_rule_name_cannot_pose_as_a_tenants() {
+        let error = parse(
+            "[[rules]]\nname = \"t/cpu\"\nbuiltin = \"threshold\"\n",
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("kept for tenants' rules"), "{error}");
+    }
+}
