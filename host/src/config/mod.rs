@@ -31,6 +31,7 @@
 //! config = { thresholds = { cpu_usage = 90 } }
 //! timeout = "100ms"
 //! max_memory_mib = 64
+//! max_state_bytes = "1MiB"             # key-value state it may keep
 //! max_active_alerts_per_target = 1000  # alerts tracked (pending + firing)
 //! max_active_alerts = 10000
 //! sha256 = "…"                         # optional: only this exact build loads
@@ -54,6 +55,10 @@
 //! [api]                                # optional: the HTTP API, /metrics and the page
 //! listen = "127.0.0.1:9470"            # the default; "off" for none
 //! token_file = "api.token"             # bearer token for POST /api/v1/reload
+//!
+//! [[tenants]]                          # optional: a team's grant; its rules are in
+//! name = "payments"                    # tenants.d/payments.toml (see tenants.rs)
+//! targets = ["pay-*"]
 //! ```
 //!
 //! Target kinds ([`TargetKind`]):
