@@ -621,12 +621,6 @@ impl Settings {
             .map(|tenant| (tenant.name.clone(), tenant.sinks.clone()))
             .collect()
     }
-
-    /// The tenant of `rule`, if it is a tenant's.
-    pub fn tenant_of(&self, rule: &RuleName) -> Option<&TenantSpec> {
-        let tenant = rule.tenant()?;
-        self.tenants.iter().find(|spec| spec.name == tenant)
-    }
 }
 
 /// One tenant as the API shows it: its grant, what its file chose, and
