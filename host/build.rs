@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const WASM_TARGET: &str = "wasm32-wasip2";
-const GUEST_PACKAGES: [&str; 11] = [
+const GUEST_PACKAGES: [&str; 12] = [
     "vigil-threshold",
     "fixture-remediate",
     "fixture-counter",
@@ -24,6 +24,7 @@ const GUEST_PACKAGES: [&str; 11] = [
     "fixture-no-evaluate",
     "fixture-http-client",
     "fixture-churn",
+    "fixture-global-counter",
 ];
 
 fn main() {

@@ -137,6 +137,7 @@ impl App {
             now_ms(),
         )?;
         let status = StatusBoard::default();
+        let components = runtime.component_stats();
         let (change_tx, changes) = mpsc::unbounded_channel();
         let reloader = reload::spawn(
             &rules,
@@ -166,6 +167,7 @@ impl App {
             alert_stats: alerting.stats(),
             status: status.clone(),
             rules: board.clone(),
+            components,
             router: router.stats(),
             sinks: sink_stats,
             actions: dispatch.stats(),
