@@ -20,8 +20,11 @@ use serde_json::{Value, json};
 /// One use of a rule file: a `[[rules]]` table named `name`, loading
 /// `path`, with `{ label = LABEL }` as its config.
 pub struct Use<'a> {
+    /// The rule's name.
     pub name: &'a str,
+    /// The component file it loads.
     pub path: &'a Path,
+    /// What its config's `label` says (it reports it in every alert).
     pub label: &'a str,
 }
 
@@ -127,20 +130,22 @@ fn evaluations(vigil: &Vigil, rule: &str, version: u64) -> u64 {
     mine.len() as u64
 }
 
-/// Reads output until `rule` has fired `Counted` with `count` (at any
-/// version).
-fn wait_count(vigil: &mut Vigil, rule: &str, count: u64) {
-    let wanted = count.to_string();
-    vigil.wait_for(
-        &format!("`Counted` with count {count} from rule {rule}"),
-        Duration::from_secs(30),
-        |v| {
-            v["type"] == "alert"
-                && v["status"] == "firing"
-                && v["rule"] == rule
-                && v["labels"]["count"] == wanted.as_str()
-        },
-    );
+/// Reads output until `rule` at `version` has fired `Counted` with
+/// `count` (at most 30 s).
+fn wait_count(vigil: &mut Vigil, rule: &str, version: u64, count: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !counted(vigil, rule)
+        .iter()
+        .any(|(v, c, _)| (*v, *c) == (version, count))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "rule {rule} v{version} did not count to {count} within 30s; it counted {:?}\n{}",
+            counted(vigil, rule).last(),
+            vigil.stderr()
+        );
+        vigil.collect_for(Duration::from_millis(50));
+    }
 }
 
 /// Checks that `rule` at `version` counted exactly its own evaluations,
@@ -204,9 +209,11 @@ fn loads(vigil: &Vigil, rule: &str, how: &str) -> usize {
 #[test]
 fn two_rules_from_one_file_compile_once_and_count_their_own_calls() {
     const K: u64 = 10;
-    let Setup { mut vigil, .. } = setup();
-    wait_count(&mut vigil, "a", K);
-    wait_count(&mut vigil, "b", K);
+    let Setup {
+        _server, mut vigil, ..
+    } = setup();
+    wait_count(&mut vigil, "a", 1, K);
+    wait_count(&mut vigil, "b", 1, K);
     vigil.terminate();
 
     // Each use counted exactly its own calls: its globals are its own.
@@ -225,13 +232,13 @@ fn two_rules_from_one_file_compile_once_and_count_their_own_calls() {
 fn reloading_one_use_to_another_file_leaves_the_other_counting() {
     const K: u64 = 5;
     let Setup {
+        _server,
         mut vigil,
         shared,
         url,
-        ..
     } = setup();
-    wait_count(&mut vigil, "a", K);
-    wait_count(&mut vigil, "b", K);
+    wait_count(&mut vigil, "a", 1, K);
+    wait_count(&mut vigil, "b", 1, K);
     assert_eq!(metric(&vigil, "vigil_components_loaded"), 1.0);
     assert_eq!(metric(&vigil, "vigil_component_compilations_total"), 1.0);
 
@@ -253,7 +260,8 @@ fn reloading_one_use_to_another_file_leaves_the_other_counting() {
     assert_eq!(metric(&vigil, "vigil_components_loaded"), 2.0);
     assert_eq!(metric(&vigil, "vigil_component_compilations_total"), 2.0);
     let b_before = counted(&vigil, "b").len() as u64;
-    wait_count(&mut vigil, "b", b_before + K);
+    wait_count(&mut vigil, "b", 1, b_before + K);
+    wait_count(&mut vigil, "a", 2, K);
 
     // And back to the shared file: found in memory, and the other file's
     // code is freed with its last use.
@@ -270,8 +278,8 @@ fn reloading_one_use_to_another_file_leaves_the_other_counting() {
     wait_metric(&mut vigil, "vigil_components_loaded", 1.0);
     assert_eq!(metric(&vigil, "vigil_component_compilations_total"), 2.0);
     let b_now = counted(&vigil, "b").len() as u64;
-    wait_count(&mut vigil, "b", b_now + K);
-    wait_count(&mut vigil, "a", K);
+    wait_count(&mut vigil, "b", 1, b_now + K);
+    wait_count(&mut vigil, "a", 3, K);
     vigil.terminate();
 
     // b counted every one of its calls, 1, 2, 3, ... without a restart.

@@ -117,7 +117,11 @@ fn run_case(name: &str, mode: Mode, count: usize, cache_dir: &Path) -> Figures {
     let mut held: Vec<RuleInstance> = Vec::with_capacity(count);
     for spec in &specs {
         let instance = match mode {
-            Mode::Shared => plugins::load(&runtime, &state, spec).expect("loading").instance,
+            Mode::Shared => {
+                plugins::load(&runtime, &state, spec)
+                    .expect("loading")
+                    .instance
+            }
             Mode::Separate => {
                 let prepared = runtime
                     .prepare_cached(&bytes, runtime.compile_cache())
