@@ -53,6 +53,8 @@ struct Figures {
     rss_before_kib: u64,
     rss_after_kib: u64,
     file_after_kib: u64,
+    pss_before_kib: u64,
+    pss_after_kib: u64,
     took: Duration,
     components: u64,
 }
@@ -68,6 +70,19 @@ fn rss_kib() -> (u64, u64) {
             .unwrap_or_else(|| panic!("no {name} in /proc/self/status"))
     };
     (field("VmRSS:"), field("RssFile:"))
+}
+
+/// `Pss` of this process, in KiB: resident memory with each page shared by
+/// several mappings (a file mapped by every copy of a component, the
+/// copy-on-write image of a module's initial memory) divided among them.
+fn pss_kib() -> u64 {
+    let rollup =
+        std::fs::read_to_string("/proc/self/smaps_rollup").expect("/proc/self/smaps_rollup");
+    rollup
+        .lines()
+        .find_map(|line| line.strip_prefix("Pss:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .expect("a Pss line")
 }
 
 /// The component `name`: `rust` is the bundled rule, the others are files
@@ -113,6 +128,7 @@ fn run_case(name: &str, mode: Mode, count: usize, cache_dir: &Path) -> Figures {
     let state = StateDb::in_memory().expect("state db");
     let specs = specs(name, &path, count);
     let (rss_before_kib, _) = rss_kib();
+    let pss_before_kib = pss_kib();
     let started = Instant::now();
     let mut held: Vec<RuleInstance> = Vec::with_capacity(count);
     for spec in &specs {
@@ -143,12 +159,15 @@ fn run_case(name: &str, mode: Mode, count: usize, cache_dir: &Path) -> Figures {
     }
     let took = started.elapsed();
     let (rss_after_kib, file_after_kib) = rss_kib();
+    let pss_after_kib = pss_kib();
     let components = runtime.components_in_memory();
     drop(held);
     Figures {
         rss_before_kib,
         rss_after_kib,
         file_after_kib,
+        pss_before_kib,
+        pss_after_kib,
         took,
         components,
     }
@@ -181,8 +200,9 @@ fn main() {
         let count: usize = args[3].parse().expect("a count");
         let f = run_case(&args[1], mode, count, Path::new(&args[4]));
         let added = f.rss_after_kib.saturating_sub(f.rss_before_kib);
+        let pss_added = f.pss_after_kib.saturating_sub(f.pss_before_kib);
         println!(
-            "{:<8} {:<9} {:>5} rules  RSS {:>8} -> {:>8} KiB (+{:>8} KiB, of which file-backed now {:>7} KiB)  {:>7.1} KiB/rule  load {:>9.1?}  components in memory {}",
+            "{:<8} {:<9} {:>5} rules  RSS {:>8} -> {:>8} KiB (+{:>8} KiB, file-backed now {:>7} KiB)  {:>7.1} KiB/rule  PSS +{:>8} KiB {:>7.1} KiB/rule  load {:>9.1?}  components in memory {}",
             args[1],
             mode.name(),
             count,
@@ -191,6 +211,8 @@ fn main() {
             added,
             f.file_after_kib,
             added as f64 / count as f64,
+            pss_added,
+            pss_added as f64 / count as f64,
             f.took,
             f.components,
         );
