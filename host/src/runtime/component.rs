@@ -9,7 +9,7 @@ use wasmtime::component::Component;
 use super::Runtime;
 use super::bindings::RulePre;
 use super::cache::CompileCache;
-use super::shared::{Found, Made, SharedComponent};
+use super::shared::{Made, SharedComponent};
 use crate::hash::Sha256;
 
 /// The WIT package version this host serves.
@@ -135,14 +135,11 @@ impl Runtime {
         let hash = Sha256::of(bytes);
         let cache = self.cache.as_ref();
         let mut origin = Origin::Memory;
-        let found = self.components.get_or_prepare(hash, || {
+        let shared = self.components.get_or_prepare(hash, || {
             let (made, from) = self.make(bytes, &hash, cache)?;
             origin = from;
             Ok::<_, LoadError>(made)
         })?;
-        let shared = match found {
-            Found::Shared(shared) | Found::Made(shared) => shared,
-        };
         Ok(Prepared {
             size: shared.size,
             imports: shared.imports.clone(),

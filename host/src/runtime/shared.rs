@@ -98,14 +98,6 @@ pub(crate) struct Components {
     stats: Arc<Counters>,
 }
 
-/// What [`Components::get_or_prepare`] had to do.
-pub(crate) enum Found {
-    /// Another use had it in memory.
-    Shared(Arc<SharedComponent>),
-    /// Made now by the closure: compiled, or loaded from the disk cache.
-    Made(Arc<SharedComponent>),
-}
-
 /// What a `prepare` made, before it is shared: the pre-linked component and
 /// what `Prepared` reports about it.
 pub(crate) struct Made {
@@ -117,17 +109,18 @@ pub(crate) struct Made {
 impl Components {
     /// The component for `hash`: the one in memory if any use holds it,
     /// else what `make` returns (then shared with later calls). Concurrent
-    /// calls for the same hash run `make` once.
+    /// calls for the same hash run `make` once. `make` not being called
+    /// is how the caller knows the component was shared.
     pub(crate) fn get_or_prepare<E>(
         &self,
         hash: Sha256,
         make: impl FnOnce() -> Result<Made, E>,
-    ) -> Result<Found, E> {
+    ) -> Result<Arc<SharedComponent>, E> {
         let entry = self.entry(hash);
         // Held while `make` compiles: others preparing these bytes wait here.
         let mut slot = entry.component.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(component) = slot.upgrade() {
-            return Ok(Found::Shared(component));
+            return Ok(component);
         }
         let made = make()?;
         self.stats.in_memory.fetch_add(1, Ordering::Relaxed);
@@ -140,7 +133,7 @@ impl Components {
             stats: self.stats.clone(),
         });
         *slot = Arc::downgrade(&component);
-        Ok(Found::Made(component))
+        Ok(component)
     }
 
     /// The table's entry for `hash`, added if there is none alive (sweeping
