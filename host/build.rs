@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const WASM_TARGET: &str = "wasm32-wasip2";
-const GUEST_PACKAGES: [&str; 12] = [
+const GUEST_PACKAGES: [&str; 13] = [
     "vigil-threshold",
     "fixture-remediate",
     "fixture-counter",
@@ -25,6 +25,7 @@ const GUEST_PACKAGES: [&str; 12] = [
     "fixture-http-client",
     "fixture-churn",
     "fixture-nosy",
+    "fixture-global-counter",
 ];
 
 fn main() {

@@ -74,6 +74,7 @@ fn views(tracker: &mut Tracker) -> Views {
         alert_stats: AlertStats::default(),
         status,
         rules,
+        components: Default::default(),
         router: Arc::default(),
         sinks: Vec::new(),
         actions: Default::default(),

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, SamplingMode, criterion_main};
 use vigil::plugins::builtin;
-use vigil::runtime::{CompileCache, Limits, Prepared, RuleInstance, Runtime};
+use vigil::runtime::{CompileCache, Limits, Origin, Prepared, RuleInstance, Runtime};
 use vigil::state::StateDb;
 
 mod sample;
@@ -118,7 +118,7 @@ fn languages(c: &mut Criterion) {
                 let prepared = runtime
                     .prepare_cached(black_box(bytes), Some(&cache))
                     .unwrap();
-                assert!(prepared.cached);
+                assert_eq!(prepared.origin, Origin::Cache);
                 prepared
             })
         });

@@ -154,6 +154,7 @@ impl App {
         for (rule, reason) in set_aside {
             status.refused(&rule, reason);
         }
+        let components = runtime.component_stats();
         let (change_tx, changes) = mpsc::unbounded_channel();
         let reloader = reload::spawn(
             &rules,
@@ -191,6 +192,7 @@ impl App {
             alert_stats: alerting.stats(),
             status: status.clone(),
             rules: board.clone(),
+            components,
             router: router.stats(),
             sinks: sink_stats,
             actions: dispatch.stats(),

@@ -6,7 +6,9 @@
 //! nothing more.
 //!
 //! Series per target: 3 plus one per failure reason seen; per rule: 17
-//! plus the histogram's buckets; per sink: 4; per (action, outcome): 1.
+//! plus the histogram's buckets; per sink: 4; per (action, outcome): 1;
+//! for the compiled components: 2 (how many are in memory, not one per
+//! component: their hashes would be unbounded label values).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -364,6 +366,24 @@ impl Collector for StageCollector {
             status
                 .iter()
                 .map(|(name, s)| (rule(name), counter(s.refused))),
+        )?;
+
+        // Compiled components, shared by the rules loaded from the same
+        // bytes.
+        let no_labels = Vec::<(String, String)>::new;
+        family(
+            e,
+            "vigil_components_loaded",
+            "Distinct compiled rule components in memory (rules loaded from the same bytes share one)",
+            MetricType::Gauge,
+            [(no_labels(), gauge(views.components.in_memory() as i64))],
+        )?;
+        family(
+            e,
+            "vigil_component_compilations",
+            "Rule components compiled from their bytes (neither shared from memory nor loaded from the compile cache)",
+            MetricType::Counter,
+            [(no_labels(), counter(views.components.compilations()))],
         )?;
 
         // Alerts.

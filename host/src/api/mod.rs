@@ -45,6 +45,7 @@ use crate::config::{ApiSettings, Listen, ReloadRequest, TenantBoard};
 use crate::plugins::RuleBoard;
 use crate::plugins::reload::StatusBoard;
 use crate::routing::RouterStats;
+use crate::runtime::ComponentStats;
 use crate::sinks::SinkStats;
 use crate::sources::TargetBoard;
 use crate::state::DataDir;
@@ -73,6 +74,8 @@ pub struct Views {
     pub status: StatusBoard,
     /// Each rule's counters and health.
     pub rules: RuleBoard,
+    /// The compiled components in memory, and how many were compiled.
+    pub components: ComponentStats,
     /// The router's totals.
     pub router: Arc<RouterStats>,
     /// Each sink's counters.

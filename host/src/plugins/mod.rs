@@ -171,7 +171,8 @@ pub fn load_bytes(
         .map_err(|error| fail(error.to_string()))?;
     // For the log, to the microsecond: `1.234ms`, not `1.234567ms`.
     let compile_time = Duration::from_micros(prepared.compile_time.as_micros() as u64);
-    let cached = prepared.cached;
+    let origin = prepared.origin;
+    let hash = prepared.hash().to_string();
     let state = state
         .rule_with_quota(&spec.name, spec.limits.max_state_bytes)
         .map_err(|error| fail(error.to_string()))?;
@@ -189,7 +190,9 @@ pub fn load_bytes(
         version = %info.version,
         source = %spec.source,
         subscriptions = ?info.metrics,
-        compiled = if cached { "from cache" } else { "now" },
+        // `from memory`: another rule loaded from the same bytes already
+        // holds the compiled component, which this one shares.
+        compiled = origin.as_str(),
         ?compile_time,
         "Rule loaded."
     );
@@ -199,7 +202,7 @@ pub fn load_bytes(
         info,
         instance,
         version: 1,
-        hash: content_hash(&bytes),
+        hash,
         targets: spec.targets.clone(),
         signer,
         signature: signature.as_ref().and_then(SignatureFile::fingerprint),

@@ -48,7 +48,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-use crate::hash::{hex, sha256_hex};
+use crate::hash::hex;
 
 /// How much disk a cache's entries may take before the least recently used
 /// are evicted.
@@ -82,16 +82,17 @@ impl CompileCache {
         &self.dir
     }
 
-    /// The component compiled from `bytes`, and whether it came from the
-    /// cache. On a miss it is compiled and written to the cache. The only
-    /// error is the component's own (it does not compile); cache problems are
-    /// logged and worked around.
+    /// The component compiled from `bytes` (whose sha256 is `hash`), and
+    /// whether it came from the cache. On a miss it is compiled and written
+    /// to the cache. The only error is the component's own (it does not
+    /// compile); cache problems are logged and worked around.
     pub(crate) fn component(
         &self,
         engine: &Engine,
         bytes: &[u8],
+        hash: &crate::hash::Sha256,
     ) -> wasmtime::Result<(Component, bool)> {
-        let key = Key::new(engine, bytes);
+        let key = Key::new(engine, hash);
         if let Some(component) = self.lookup(engine, &key) {
             return Ok((component, true));
         }
@@ -285,12 +286,13 @@ fn checksum(contents: &[u8]) -> String {
 struct Key(String);
 
 impl Key {
-    fn new(engine: &Engine, bytes: &[u8]) -> Key {
+    /// The key of the component whose bytes hash to `component`.
+    fn new(engine: &Engine, component: &crate::hash::Sha256) -> Key {
         let mut hasher = Sha256Hasher(Sha256::new());
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let engine = hex(&hasher.0.finalize());
         // 64 bits tell engines apart; wasmtime checks the rest.
-        Key(format!("{}-{}", sha256_hex(bytes), &engine[..16]))
+        Key(format!("{component}-{}", &engine[..16]))
     }
 
     fn entry_name(&self, checksum: &str) -> String {
@@ -335,9 +337,16 @@ mod tests {
 
     use super::*;
     use crate::runtime::builtin::THRESHOLD;
-    use crate::runtime::{Limits, Metric, Prepared, RuleInstance, Runtime};
+    use crate::runtime::{Limits, Metric, Origin, Prepared, RuleInstance, Runtime};
     use crate::sources::make_sample;
     use crate::state::StateDb;
+
+    /// Whether `cache` had `bytes` compiled (it compiles and adds them
+    /// otherwise).
+    fn hit(cache: &CompileCache, engine: &Engine, bytes: &[u8], what: &str) -> bool {
+        let hash = crate::hash::Sha256::of(bytes);
+        cache.component(engine, bytes, &hash).expect(what).1
+    }
 
     /// The entries in `cache`'s directory.
     fn entries(cache: &CompileCache) -> Vec<PathBuf> {
@@ -408,29 +417,23 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let [a, b, c] = [0, 1, 2].map(|tag| variant(THRESHOLD.wasm, tag));
         let unbounded = CompileCache::new(dir.path().join("cache"));
-        assert!(!unbounded.component(engine, &a).expect("a").1);
+        assert!(!hit(&unbounded, engine, &a, "a"));
         let entry = fs::metadata(only_entry(&unbounded)).expect("entry").len();
         // Room for two entries, not three.
         let cache = unbounded.with_budget(entry * 5 / 2);
         // Timestamps a few milliseconds apart, even on coarse filesystems.
         let pause = || std::thread::sleep(std::time::Duration::from_millis(20));
         pause();
-        assert!(!cache.component(engine, &b).expect("b").1);
+        assert!(!hit(&cache, engine, &b, "b"));
         pause();
-        assert!(cache.component(engine, &a).expect("a again").1, "a hit");
+        assert!(hit(&cache, engine, &a, "a again"), "a hit");
         pause();
         // Writing c puts the cache over budget: b, used longest ago, goes.
-        assert!(!cache.component(engine, &c).expect("c").1);
+        assert!(!hit(&cache, engine, &c, "c"));
         assert_eq!(entries(&cache).len(), 2);
-        assert!(
-            cache.component(engine, &a).expect("a").1,
-            "a was used recently"
-        );
-        assert!(
-            cache.component(engine, &c).expect("c").1,
-            "c was just written"
-        );
-        assert!(!cache.component(engine, &b).expect("b").1, "b was evicted");
+        assert!(hit(&cache, engine, &a, "a"), "a was used recently");
+        assert!(hit(&cache, engine, &c, "c"), "c was just written");
+        assert!(!hit(&cache, engine, &b, "b"), "b was evicted");
     }
 
     /// Log lines written into a shared buffer.
@@ -470,21 +473,21 @@ mod tests {
         let first = runtime
             .prepare_cached(THRESHOLD.wasm, Some(&cache))
             .expect("compiling");
-        assert!(!first.cached);
+        assert!(first.origin != Origin::Cache);
         let entry = only_entry(&cache);
         let name = entry.file_name().and_then(|n| n.to_str()).expect("name");
-        let component_sha = sha256_hex(THRESHOLD.wasm);
+        let component_sha = crate::hash::sha256_hex(THRESHOLD.wasm);
         assert!(name.starts_with(&component_sha), "{name}");
         assert!(name.ends_with(".cwasm"), "{name}");
 
         let second = runtime
             .prepare_cached(THRESHOLD.wasm, Some(&cache))
             .expect("loading from the cache");
-        assert!(second.cached);
+        assert!(second.origin == Origin::Cache);
         assert_eq!(only_entry(&cache), entry);
 
         let uncached = runtime.prepare(THRESHOLD.wasm).expect("compiling");
-        assert!(!uncached.cached);
+        assert!(uncached.origin != Origin::Cache);
         let expected = evaluate(&runtime, uncached);
         assert_eq!(evaluate(&runtime, first), expected);
         assert_eq!(evaluate(&runtime, second), expected);
@@ -522,7 +525,10 @@ mod tests {
                 rebuilt = Some(runtime.prepare_cached(THRESHOLD.wasm, Some(&cache)));
             });
             let rebuilt = rebuilt.expect("ran").expect("rebuilding");
-            assert!(!rebuilt.cached, "{what}: a corrupt entry was used");
+            assert!(
+                rebuilt.origin != Origin::Cache,
+                "{what}: a corrupt entry was used"
+            );
             assert!(logs.contains("WARN"), "{what}: {logs}");
             assert!(
                 logs.contains(&entry.display().to_string()),
@@ -537,7 +543,7 @@ mod tests {
             let again = runtime
                 .prepare_cached(THRESHOLD.wasm, Some(&cache))
                 .expect("loading from the cache");
-            assert!(again.cached, "{what}");
+            assert!(again.origin == Origin::Cache, "{what}");
             assert_eq!(evaluate(&runtime, again), expected, "{what}");
         }
     }
@@ -553,7 +559,7 @@ mod tests {
         let foreign = other
             .precompile_component(THRESHOLD.wasm)
             .expect("precompiling");
-        let key = Key::new(runtime.engine(), THRESHOLD.wasm);
+        let key = Key::new(runtime.engine(), &crate::hash::Sha256::of(THRESHOLD.wasm));
         create_private_dir(cache.dir()).expect("cache dir");
         let path = cache.dir().join(key.entry_name(&checksum(&foreign)));
         fs::write(&path, &foreign).expect("writing the foreign entry");
@@ -563,7 +569,7 @@ mod tests {
             prepared = Some(runtime.prepare_cached(THRESHOLD.wasm, Some(&cache)));
         });
         let prepared = prepared.expect("ran").expect("rebuilding");
-        assert!(!prepared.cached);
+        assert!(prepared.origin != Origin::Cache);
         assert!(logs.contains("wasmtime refused it"), "{logs}");
         assert!(logs.contains(&path.display().to_string()), "{logs}");
         assert!(!path.exists(), "the foreign entry was not deleted");
@@ -573,7 +579,8 @@ mod tests {
             runtime
                 .prepare_cached(THRESHOLD.wasm, Some(&cache))
                 .expect("loading from the cache")
-                .cached
+                .origin
+                == Origin::Cache
         );
     }
 
@@ -590,7 +597,7 @@ mod tests {
                 prepared = Some(runtime.prepare_cached(THRESHOLD.wasm, Some(&cache)));
             });
             let prepared = prepared.expect("ran").expect("compiling");
-            assert!(!prepared.cached);
+            assert!(prepared.origin != Origin::Cache);
             assert!(logs.contains("Cannot write to the compile cache"), "{logs}");
             evaluate(&runtime, prepared);
         }

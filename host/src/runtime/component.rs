@@ -1,6 +1,7 @@
 //! Turning bytes into a rule the host can instantiate, with a precise reason
 //! for every way the bytes can be wrong.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::Component;
@@ -8,7 +9,8 @@ use wasmtime::component::Component;
 use super::Runtime;
 use super::bindings::RulePre;
 use super::cache::CompileCache;
-use super::sandbox::StoreData;
+use super::shared::{Made, SharedComponent};
+use crate::hash::Sha256;
 
 /// The WIT package version this host serves.
 pub const WIT_VERSION: &str = "0.2.0";
@@ -59,19 +61,59 @@ pub enum LoadError {
 }
 
 /// A compiled and pre-linked rule, ready to instantiate (cheap) as often as
-/// needed.
+/// needed. Every `Prepared` of the same bytes from one runtime shares one
+/// compiled component (see [`shared`](super::shared)); each instance made
+/// from it has its own store.
 #[derive(Clone)]
 pub struct Prepared {
-    pub(crate) pre: RulePre<StoreData>,
+    pub(crate) shared: Arc<SharedComponent>,
     /// How long getting the compiled component took: compiling it (and
-    /// writing it to the cache, if any), or loading it from the cache.
+    /// writing it to the cache, if any), loading it from the cache, or
+    /// finding it in memory (including waiting for a concurrent compile of
+    /// the same bytes).
     pub compile_time: Duration,
-    /// Whether the compiled component came from the [`CompileCache`].
-    pub cached: bool,
+    /// Where the compiled component came from.
+    pub origin: Origin,
     /// Size of the component in bytes.
     pub size: usize,
     /// What the component imports (interfaces, with versions), sorted.
     pub imports: Vec<String>,
+}
+
+impl Prepared {
+    /// The sha256 of the component's bytes: what it is shared and cached by.
+    pub fn hash(&self) -> Sha256 {
+        self.shared.hash
+    }
+}
+
+/// Where a [`Prepared`] component came from, cheapest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Another rule loaded from the same bytes holds it in memory: shared.
+    Memory,
+    /// Loaded from the [`CompileCache`] on disk.
+    Cache,
+    /// Compiled from the bytes now.
+    Compiled,
+}
+
+impl Origin {
+    /// How the "Rule loaded." log line says it: `from memory`, `from cache`
+    /// or `now`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Memory => "from memory",
+            Origin::Cache => "from cache",
+            Origin::Compiled => "now",
+        }
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Core wasm modules carry version 1 in bytes 4..8; components carry a
@@ -81,34 +123,80 @@ const CORE_MODULE_VERSION: [u8; 4] = [1, 0, 0, 0];
 impl Runtime {
     /// Compiles and links a component. Slow (milliseconds for Rust, seconds
     /// for interpreters compiled to wasm): keep it off the evaluation path.
-    /// With a [compile cache](Self::with_compile_cache), a component
-    /// compiled before is loaded from there instead, in milliseconds.
+    ///
+    /// Bytes some rule of this runtime (or of a clone) already prepared and
+    /// still uses are not compiled again: the compiled component in memory
+    /// is shared ([`Origin::Memory`]). Otherwise, with a [compile
+    /// cache](Self::with_compile_cache), a component compiled before is
+    /// loaded from there, in milliseconds.
     pub fn prepare(&self, bytes: &[u8]) -> Result<Prepared, LoadError> {
-        self.prepare_cached(bytes, self.cache.as_ref())
+        check_magic(bytes)?;
+        let started = Instant::now();
+        let hash = Sha256::of(bytes);
+        let cache = self.cache.as_ref();
+        let mut origin = Origin::Memory;
+        let shared = self.components.get_or_prepare(hash, || {
+            let (made, from) = self.make(bytes, &hash, cache)?;
+            origin = from;
+            Ok::<_, LoadError>(made)
+        })?;
+        Ok(Prepared {
+            size: shared.size,
+            imports: shared.imports.clone(),
+            shared,
+            compile_time: started.elapsed(),
+            origin,
+        })
     }
 
     /// [`prepare`](Self::prepare) with this `cache`, or none, whatever the
-    /// runtime was built with: the compiled component comes from `cache`
-    /// when it holds one for these bytes and this engine, and is added to
-    /// it otherwise. The checks on the component are the same either way.
+    /// runtime was built with, and without sharing: the compiled component
+    /// comes from `cache` when it holds one for these bytes and this
+    /// engine, and is added to it otherwise; it is never taken from, nor
+    /// offered to, the components in memory. For measuring and testing the
+    /// cache; the host loads rules with `prepare`. The checks on the
+    /// component are the same either way.
     pub fn prepare_cached(
         &self,
         bytes: &[u8],
         cache: Option<&CompileCache>,
     ) -> Result<Prepared, LoadError> {
-        if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
-            return Err(LoadError::NotWasm);
-        }
-        if bytes[4..8] == CORE_MODULE_VERSION {
-            return Err(LoadError::CoreModule);
-        }
+        check_magic(bytes)?;
         let started = Instant::now();
+        let hash = Sha256::of(bytes);
+        let (made, origin) = self.make(bytes, &hash, cache)?;
+        let shared = SharedComponent::alone(hash, made);
+        Ok(Prepared {
+            size: shared.size,
+            imports: shared.imports.clone(),
+            shared,
+            compile_time: started.elapsed(),
+            origin,
+        })
+    }
+
+    /// Compiles `bytes` (or loads them from `cache`), checks the component
+    /// against the world and pre-links it.
+    fn make(
+        &self,
+        bytes: &[u8],
+        hash: &Sha256,
+        cache: Option<&CompileCache>,
+    ) -> Result<(Made, Origin), LoadError> {
         let invalid = |error: wasmtime::Error| LoadError::Invalid(format!("{error:#}"));
         let (component, cached) = match cache {
-            Some(cache) => cache.component(&self.engine, bytes).map_err(invalid)?,
+            Some(cache) => cache
+                .component(&self.engine, bytes, hash)
+                .map_err(invalid)?,
             None => (Component::new(&self.engine, bytes).map_err(invalid)?, false),
         };
-        let compile_time = started.elapsed();
+        let origin = if cached {
+            self.components.loaded_from_cache();
+            Origin::Cache
+        } else {
+            self.components.compiled();
+            Origin::Compiled
+        };
         self.check_world(&component)?;
         let instance_pre = self
             .linker
@@ -122,13 +210,12 @@ impl Runtime {
             .map(|(name, _)| name.to_string())
             .collect();
         imports.sort();
-        Ok(Prepared {
+        let made = Made {
             pre,
-            compile_time,
-            cached,
             size: bytes.len(),
             imports,
-        })
+        };
+        Ok((made, origin))
     }
 
     /// Checks imports and exports against the `rule` world so that the
@@ -154,6 +241,17 @@ impl Runtime {
         }
         Ok(())
     }
+}
+
+/// Refuses what is not a component before anything is hashed or compiled.
+fn check_magic(bytes: &[u8]) -> Result<(), LoadError> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(LoadError::NotWasm);
+    }
+    if bytes[4..8] == CORE_MODULE_VERSION {
+        return Err(LoadError::CoreModule);
+    }
+    Ok(())
 }
 
 /// Semver compatibility as the component model sees it: same major, and for

@@ -209,7 +209,7 @@ impl RuleInstance {
         store.set_hostcall_fuel(hostcall_fuel(&self.limits));
         let timeout = self.limits.init_timeout;
         let started = prepare_call(&mut store, &self.output, timeout);
-        let rule = match self.prepared.pre.instantiate(&mut store) {
+        let rule = match self.prepared.shared.pre.instantiate(&mut store) {
             Ok(rule) => rule,
             Err(error) => return Err(self.instantiate_error(error, &store, timeout)),
         };

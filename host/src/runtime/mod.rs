@@ -13,6 +13,9 @@
 //!   gets a fresh instance from the pre-linked component, configured again.
 //! - A rule can reach nothing but the `vigil:rules/host` imports, clocks and
 //!   random numbers (see [`sandbox`]).
+//! - Rules loaded from the same bytes share one compiled component in
+//!   memory, and nothing else: each has its own store, linear memory and
+//!   globals (see [`shared`]).
 
 mod bindings;
 pub mod builtin;
@@ -21,6 +24,7 @@ mod component;
 mod host;
 mod instance;
 pub(crate) mod sandbox;
+mod shared;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,9 +38,10 @@ pub use bindings::vigil::rules::types::{
     Severity, Verdict,
 };
 pub use cache::CompileCache;
-pub use component::{LoadError, Prepared, WIT_PACKAGE, WIT_VERSION};
+pub use component::{LoadError, Origin, Prepared, WIT_PACKAGE, WIT_VERSION};
 pub use instance::{CallError, RuleInstance};
 pub use sandbox::RuleLog;
+pub use shared::ComponentStats;
 
 use sandbox::StoreData;
 
@@ -83,12 +88,14 @@ impl Default for Limits {
 }
 
 /// The process-wide wasm runtime: an engine whose epoch ticks in a
-/// background thread, a linker with WASI and the host imports, and
-/// optionally a cache of compiled components on disk.
+/// background thread, a linker with WASI and the host imports, the compiled
+/// components rules use (one per content, shared by the runtime's clones),
+/// and optionally a cache of compiled components on disk.
 #[derive(Clone)]
 pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<StoreData>>,
+    components: Arc<shared::Components>,
     cache: Option<CompileCache>,
 }
 
@@ -118,6 +125,7 @@ impl Runtime {
         Ok(Runtime {
             engine,
             linker: Arc::new(linker),
+            components: Arc::default(),
             cache: None,
         })
     }
@@ -138,6 +146,18 @@ impl Runtime {
     /// The engine, shared by every rule.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Distinct compiled components in memory now: rules loaded from the
+    /// same bytes count once.
+    pub fn components_in_memory(&self) -> u64 {
+        self.components.stats().in_memory()
+    }
+
+    /// A read-only view of the compiled components (in memory, compiled,
+    /// loaded from the disk cache), for `/metrics`.
+    pub fn component_stats(&self) -> ComponentStats {
+        self.components.stats()
     }
 }
 
