@@ -76,10 +76,12 @@ use toml::Spanned;
 use crate::routing::{NamePattern, TargetSelector};
 
 mod api;
+mod cluster;
 mod sinks;
 mod watch;
 
 pub use api::{ApiSettings, DEFAULT_LISTEN, Listen};
+pub use cluster::ClusterSettings;
 
 pub use sinks::DEFAULT_SINK_TIMEOUT;
 pub use watch::{ConfigWatch, ReloadRequest};
@@ -147,6 +149,9 @@ pub struct Settings {
     pub sinks: Vec<SinkSpec>,
     /// The HTTP API (`[api]`). Takes effect at the next start.
     pub api: ApiSettings,
+    /// The cluster this host joins (`[cluster]`); `None`: a single host
+    /// polling every target. Takes effect at the next start.
+    pub cluster: Option<ClusterSettings>,
 }
 
 impl Settings {
@@ -162,6 +167,7 @@ impl Settings {
             ("shutdown_grace", self.shutdown_grace != new.shutdown_grace),
             ("sinks", self.sinks != new.sinks),
             ("api", self.api != new.api),
+            ("cluster", self.cluster != new.cluster),
         ];
         changed
             .into_iter()
@@ -360,6 +366,7 @@ impl Settings {
             audit: AuditSettings::default(),
             sinks: Vec::new(),
             api: ApiSettings::default(),
+            cluster: None,
         }
     }
 
@@ -464,6 +471,7 @@ impl Settings {
         }
         let audit = section(file.audit, "audit", &at, |section| section.validate())?;
         let api = section(file.api, "api", &at, |section| section.validate(base))?;
+        let cluster = section(file.cluster, "cluster", &at, |section| section.validate(base))?;
         let mut sinks: Vec<SinkSpec> = Vec::new();
         for spanned in file.sinks {
             let location = at(spanned.span());
@@ -512,6 +520,7 @@ impl Settings {
             audit,
             sinks,
             api,
+            cluster,
         })
     }
 }
@@ -562,6 +571,7 @@ struct ConfigFile {
     shutdown_grace: Option<ConfigDuration>,
     audit: Option<Spanned<AuditConfig>>,
     api: Option<Spanned<api::ApiConfig>>,
+    cluster: Option<Spanned<cluster::ClusterConfig>>,
     trust: Option<Spanned<TrustConfig>>,
     #[serde(default)]
     targets: Vec<Spanned<TargetConfig>>,
