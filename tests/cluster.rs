@@ -1,0 +1,464 @@
+//! Cluster mode (issue 16): three `vigil` processes share 24 targets
+//! through partition leases in a real nats-server (2.15, from
+//! `tests/cluster/requirements.txt`) on loopback. One status server logs
+//! every poll with the node that made it (the `vigil-node` header), so the
+//! tests read who polled what and when.
+//!
+//! Settings: 30 partitions, `lease_ttl` 6 s, `renew_every` 1 s, targets
+//! polled every 500 ms. Bounds are stated in each test and kept generous:
+//! the machine is a noisy 2-core box; the tests assert who polled, in what
+//! order, and gaps against bounds several times the expected value.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::HeaderMap;
+use common::{NatsServer, Vigil, serve};
+use serde_json::Value;
+use vigil::cluster::Partitions;
+
+const PARTITIONS: u32 = 30;
+const TARGETS: usize = 24;
+const INTERVAL: Duration = Duration::from_millis(500);
+const LEASE_TTL: Duration = Duration::from_secs(6);
+const RENEW_EVERY: Duration = Duration::from_secs(1);
+
+/// The tests start three hosts each; run one at a time on a 2-core box.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// One poll the status server saw.
+#[derive(Debug, Clone)]
+struct Poll {
+    at: Instant,
+    target: String,
+    node: String,
+}
+
+/// A status server that answers every `/NAME` with `{"up": 1}` and logs
+/// who polled it.
+struct PollLog {
+    addr: std::net::SocketAddr,
+    polls: Arc<Mutex<Vec<Poll>>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+async fn answer(
+    State(polls): State<Arc<Mutex<Vec<Poll>>>>,
+    UrlPath(target): UrlPath<String>,
+    headers: HeaderMap,
+) -> &'static str {
+    let node = headers
+        .get(vigil::sources::NODE_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    polls.lock().unwrap().push(Poll {
+        at: Instant::now(),
+        target,
+        node,
+    });
+    "{\"up\": 1}"
+}
+
+impl PollLog {
+    fn start() -> Self {
+        let polls: Arc<Mutex<Vec<Poll>>> = Arc::default();
+        let app = Router::new()
+            .route("/{target}", axum::routing::get(answer))
+            .with_state(polls.clone());
+        let (runtime, addr) = serve(app, 0);
+        PollLog {
+            addr,
+            polls,
+            _runtime: runtime,
+        }
+    }
+
+    /// The polls between `from` and `to`.
+    fn between(&self, from: Instant, to: Instant) -> Vec<Poll> {
+        let polls = self.polls.lock().unwrap();
+        polls
+            .iter()
+            .filter(|poll| poll.at >= from && poll.at <= to)
+            .cloned()
+            .collect()
+    }
+}
+
+fn target_name(index: usize) -> String {
+    format!("t{index:02}")
+}
+
+/// The config of node `node`.
+fn config(nats: &str, log: &PollLog, node: &str) -> String {
+    let mut text = format!(
+        "[api]\nlisten = \"off\"\n\n[cluster]\nurls = [\"{nats}\"]\nname = \"test\"\nnode = \"{node}\"\npartitions = {PARTITIONS}\nlease_ttl = \"{}s\"\nrenew_every = \"{}s\"\n",
+        LEASE_TTL.as_secs(),
+        RENEW_EVERY.as_secs()
+    );
+    for index in 0..TARGETS {
+        let name = target_name(index);
+        text.push_str(&format!(
+            "\n[[targets]]\nname = \"{name}\"\nkind = \"http-json\"\nurl = \"http://{}/{name}\"\ninterval = \"{}ms\"\n",
+            log.addr,
+            INTERVAL.as_millis()
+        ));
+    }
+    text
+}
+
+/// A cluster under test: the server, the poll log and the nodes by id.
+struct Fleet {
+    nats: NatsServer,
+    log: PollLog,
+    nodes: BTreeMap<String, Vigil>,
+}
+
+impl Fleet {
+    fn start(nodes: &[&str]) -> Self {
+        let nats = NatsServer::start();
+        let log = PollLog::start();
+        let mut fleet = Fleet {
+            nats,
+            log,
+            nodes: BTreeMap::new(),
+        };
+        for node in nodes {
+            fleet.add(node);
+        }
+        fleet
+    }
+
+    fn add(&mut self, node: &str) {
+        let vigil = Vigil::start(&config(&self.nats.url(), &self.log, node));
+        self.nodes.insert(node.to_string(), vigil);
+    }
+
+    /// `vigil cluster status --format json`, through any node's config;
+    /// retried for up to 30 s while no node has made the bucket yet.
+    fn status(&self) -> Value {
+        let config = self
+            .nodes
+            .values()
+            .next()
+            .expect("a node")
+            .config_path();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let output = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+                .args(["cluster", "status", "--format", "json", "--config"])
+                .arg(&config)
+                .output()
+                .unwrap();
+            if output.status.success() {
+                return serde_json::from_slice(&output.stdout).unwrap();
+            }
+            let error = String::from_utf8_lossy(&output.stderr).to_string();
+            assert!(
+                Instant::now() < deadline && error.contains("has no lease bucket"),
+                "vigil cluster status failed: {error}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits (at most 60 s) until exactly `members` hold every partition,
+    /// each within one of the others, and says who holds which.
+    fn wait_balanced(&mut self, members: &[&str]) -> BTreeMap<u32, String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = self.status();
+            let owners = owners(&status);
+            let mut counts: BTreeMap<String, usize> = members
+                .iter()
+                .map(|member| (member.to_string(), 0))
+                .collect();
+            let mut strangers = false;
+            for owner in owners.values() {
+                match counts.get_mut(owner) {
+                    Some(count) => *count += 1,
+                    None => strangers = true,
+                }
+            }
+            let live: BTreeSet<String> = status["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|node| node["member"] == true)
+                .map(|node| node["node"].as_str().unwrap().to_string())
+                .collect();
+            let (min, max) = (
+                counts.values().min().copied().unwrap_or(0),
+                counts.values().max().copied().unwrap_or(0),
+            );
+            let wanted: BTreeSet<String> = members.iter().map(|m| m.to_string()).collect();
+            if owners.len() == PARTITIONS as usize && !strangers && max - min <= 1 && live == wanted
+            {
+                return owners;
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|(name, node)| format!("--- {name} ---\n{}", node.stderr()))
+                    .collect();
+                panic!(
+                    "the partitions were not balanced over {members:?} within 60s: {counts:?}, live {live:?}\nstatus: {status}\n{}",
+                    logs.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Each target's polls in the window, in order: (time, node).
+    fn polls_by_target(&self, from: Instant, to: Instant) -> BTreeMap<String, Vec<(Instant, String)>> {
+        let mut by_target: BTreeMap<String, Vec<(Instant, String)>> = (0..TARGETS)
+            .map(|index| (target_name(index), Vec::new()))
+            .collect();
+        for poll in self.log.between(from, to) {
+            by_target
+                .entry(poll.target)
+                .or_default()
+                .push((poll.at, poll.node));
+        }
+        for polls in by_target.values_mut() {
+            polls.sort();
+        }
+        by_target
+    }
+}
+
+/// Partition → owner, from `vigil cluster status --format json`.
+fn owners(status: &Value) -> BTreeMap<u32, String> {
+    let mut owners = BTreeMap::new();
+    for node in status["nodes"].as_array().unwrap() {
+        let name = node["node"].as_str().unwrap();
+        for partition in node["leases"].as_object().unwrap().keys() {
+            owners.insert(partition.parse().unwrap(), name.to_string());
+        }
+    }
+    owners
+}
+
+fn partition_of(target: &str) -> u32 {
+    Partitions::new(PARTITIONS).of(target).0
+}
+
+/// The targets whose partition `node` holds.
+fn targets_of(owners: &BTreeMap<u32, String>, node: &str) -> Vec<String> {
+    (0..TARGETS)
+        .map(target_name)
+        .filter(|target| owners.get(&partition_of(target)).map(String::as_str) == Some(node))
+        .collect()
+}
+
+/// Over a quiet window: every target polled by exactly its partition's
+/// owner, about once per interval, never twice within half an interval.
+fn assert_each_target_polled_by_its_owner(fleet: &Fleet, owners: &BTreeMap<u32, String>) {
+    let from = Instant::now();
+    std::thread::sleep(Duration::from_secs(5));
+    let to = Instant::now();
+    for (target, polls) in fleet.polls_by_target(from, to) {
+        let nodes: BTreeSet<&str> = polls.iter().map(|(_, node)| node.as_str()).collect();
+        let owner = owners[&partition_of(&target)].as_str();
+        assert_eq!(
+            nodes,
+            BTreeSet::from([owner]),
+            "target {target} (partition {}) was polled by {nodes:?}, its owner is {owner}",
+            partition_of(&target)
+        );
+        // Ten intervals in the window: at least 6 polls, at most 12.
+        assert!(
+            (6..=12).contains(&polls.len()),
+            "target {target}: {} polls in 5s at a 500ms interval",
+            polls.len()
+        );
+        for pair in polls.windows(2) {
+            assert!(
+                pair[1].0 - pair[0].0 >= INTERVAL / 2,
+                "target {target} polled twice within {:?}",
+                pair[1].0 - pair[0].0
+            );
+        }
+    }
+}
+
+/// The longest time a target went unpolled across `event`: from its last
+/// poll before, to its first poll after (by any node), per target.
+fn gaps_across(fleet: &Fleet, start: Instant, event: Instant, end: Instant) -> BTreeMap<String, Duration> {
+    fleet
+        .polls_by_target(start, end)
+        .into_iter()
+        .map(|(target, polls)| {
+            let before = polls.iter().rev().find(|(at, _)| *at <= event).map(|(at, _)| *at);
+            let after = polls.iter().find(|(at, _)| *at > event).map(|(at, _)| *at);
+            let gap = match (before, after) {
+                (Some(before), Some(after)) => after - before,
+                _ => panic!("target {target} was not polled on both sides of the event: {polls:?}"),
+            };
+            (target, gap)
+        })
+        .collect()
+}
+
+#[test]
+fn steady_state_every_target_is_polled_by_exactly_one_node_and_partitions_are_balanced() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut fleet = Fleet::start(&["n1", "n2", "n3"]);
+    let owners = fleet.wait_balanced(&["n1", "n2", "n3"]);
+    for node in ["n1", "n2", "n3"] {
+        let held = owners.values().filter(|owner| *owner == node).count();
+        assert_eq!(held, 10, "{node} holds {held} of 30: {owners:?}");
+    }
+    // Pollers start when their partition is gained; give them an interval.
+    std::thread::sleep(INTERVAL * 2);
+    assert_each_target_polled_by_its_owner(&fleet, &owners);
+}
+
+#[test]
+fn a_node_killed_with_sigkill_has_its_partitions_taken_over_within_the_lease_ttl() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut fleet = Fleet::start(&["n1", "n2", "n3"]);
+    let owners = fleet.wait_balanced(&["n1", "n2", "n3"]);
+    let orphans = targets_of(&owners, "n1");
+    assert!(!orphans.is_empty(), "n1 polls none of the targets: {owners:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    let start = Instant::now() - Duration::from_secs(2);
+    let mut victim = fleet.nodes.remove("n1").unwrap();
+    let killed = Instant::now();
+    drop(victim.seen.drain(..));
+    // `Drop` kills it with SIGKILL, by its PID.
+    drop(victim);
+    let after = fleet.wait_balanced(&["n2", "n3"]);
+    assert!(
+        after.values().all(|owner| owner != "n1"),
+        "n1's leases outlived it: {after:?}"
+    );
+    // Let the new owners poll a few times.
+    std::thread::sleep(Duration::from_secs(2));
+    let end = Instant::now();
+    // The bound: one interval (0.5 s) + the lease TTL (6 s) + 3 s of slack
+    // for the others' next round (1 s) and a loaded machine.
+    let bound = INTERVAL + LEASE_TTL + Duration::from_secs(3);
+    let gaps = gaps_across(&fleet, start, killed, end);
+    let worst = orphans.iter().map(|target| gaps[target]).max().unwrap();
+    eprintln!("SIGKILL handover: the longest gap of n1's {} targets was {worst:?} (bound {bound:?})", orphans.len());
+    for target in &orphans {
+        assert!(
+            gaps[target] <= bound,
+            "target {target} went unpolled for {:?} after n1 was killed (bound {bound:?})",
+            gaps[target]
+        );
+    }
+    // Nothing is left unpolled, and nobody polls what it does not own.
+    assert_each_target_polled_by_its_owner(&fleet, &after);
+}
+
+#[test]
+fn a_node_stopped_with_sigterm_releases_its_leases_at_once() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut fleet = Fleet::start(&["n1", "n2", "n3"]);
+    let owners = fleet.wait_balanced(&["n1", "n2", "n3"]);
+    let orphans = targets_of(&owners, "n1");
+    assert!(!orphans.is_empty(), "n1 polls none of the targets: {owners:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    let start = Instant::now() - Duration::from_secs(2);
+    let mut leaving = fleet.nodes.remove("n1").unwrap();
+    let stopped = Instant::now();
+    leaving.terminate();
+    assert!(
+        leaving.stderr().contains("Left the cluster; partition leases released."),
+        "{}",
+        leaving.stderr()
+    );
+    let after = fleet.wait_balanced(&["n2", "n3"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let end = Instant::now();
+    // The bound: one interval (0.5 s) + one renew period (1 s, when the
+    // others next look) + 2 s of slack; a lease left to expire would take
+    // the TTL (6 s) instead.
+    let bound = INTERVAL + RENEW_EVERY + Duration::from_secs(2);
+    let gaps = gaps_across(&fleet, start, stopped, end);
+    let worst = orphans.iter().map(|target| gaps[target]).max().unwrap();
+    eprintln!("SIGTERM handover: the longest gap of n1's {} targets was {worst:?} (bound {bound:?})", orphans.len());
+    for target in &orphans {
+        assert!(
+            gaps[target] <= bound,
+            "target {target} went unpolled for {:?} after n1 stopped (bound {bound:?})",
+            gaps[target]
+        );
+    }
+    assert_each_target_polled_by_its_owner(&fleet, &after);
+}
+
+#[test]
+fn a_node_joining_takes_about_its_share_and_only_from_the_others_surplus() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut fleet = Fleet::start(&["n1", "n2"]);
+    let before = fleet.wait_balanced(&["n1", "n2"]);
+    fleet.add("n3");
+    let after = fleet.wait_balanced(&["n1", "n2", "n3"]);
+    let moved: Vec<u32> = (0..PARTITIONS)
+        .filter(|partition| before[partition] != after[partition])
+        .collect();
+    // P/N = 10 partitions move, all of them to the new node: none between
+    // the old ones.
+    assert_eq!(moved.len(), 10, "moved: {moved:?}\nbefore {before:?}\nafter {after:?}");
+    assert!(
+        moved.iter().all(|partition| after[partition] == "n3"),
+        "a partition moved between the old nodes: before {before:?}\nafter {after:?}"
+    );
+    std::thread::sleep(INTERVAL * 2);
+    assert_each_target_polled_by_its_owner(&fleet, &after);
+}
+
+#[test]
+fn a_node_paused_past_its_lease_polls_nothing_when_it_resumes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut fleet = Fleet::start(&["n1", "n2", "n3"]);
+    let before = fleet.wait_balanced(&["n1", "n2", "n3"]);
+    assert!(!targets_of(&before, "n1").is_empty(), "{before:?}");
+    std::thread::sleep(Duration::from_secs(1));
+    fleet.nodes["n1"].signal("STOP");
+    // Past the lease: the others take n1's partitions while it sleeps.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = owners(&fleet.status());
+        if now.len() == PARTITIONS as usize && now.values().all(|owner| owner != "n1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "n1's partitions were not taken over: {now:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let resumed = Instant::now();
+    fleet.nodes["n1"].signal("CONT");
+    // Every timer of n1 is overdue now; none of its leases is valid. It
+    // cannot hold a new lease for a renew period (its first round finds
+    // every partition taken; the others release to it only after they see
+    // its membership), so any poll of n1 in the first 800 ms after waking
+    // is a poll without a lease.
+    std::thread::sleep(Duration::from_millis(800));
+    let stale: Vec<Poll> = fleet
+        .log
+        .between(resumed, Instant::now())
+        .into_iter()
+        .filter(|poll| poll.node == "n1")
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "n1 polled {} targets right after it woke, with its leases expired: {:?}",
+        stale.len(),
+        stale.iter().map(|poll| &poll.target).collect::<Vec<_>>()
+    );
+    // It rejoins and gets its share back; then each target has one poller.
+    let after = fleet.wait_balanced(&["n1", "n2", "n3"]);
+    std::thread::sleep(INTERVAL * 2);
+    assert_each_target_polled_by_its_owner(&fleet, &after);
+}
