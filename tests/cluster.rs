@@ -142,12 +142,7 @@ impl Fleet {
     /// `vigil cluster status --format json`, through any node's config;
     /// retried for up to 30 s while no node has made the bucket yet.
     fn status(&self) -> Value {
-        let config = self
-            .nodes
-            .values()
-            .next()
-            .expect("a node")
-            .config_path();
+        let config = self.nodes.values().next().expect("a node").config_path();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let output = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
@@ -217,7 +212,11 @@ impl Fleet {
     }
 
     /// Each target's polls in the window, in order: (time, node).
-    fn polls_by_target(&self, from: Instant, to: Instant) -> BTreeMap<String, Vec<(Instant, String)>> {
+    fn polls_by_target(
+        &self,
+        from: Instant,
+        to: Instant,
+    ) -> BTreeMap<String, Vec<(Instant, String)>> {
         let mut by_target: BTreeMap<String, Vec<(Instant, String)>> = (0..TARGETS)
             .map(|index| (target_name(index), Vec::new()))
             .collect();
@@ -291,12 +290,21 @@ fn assert_each_target_polled_by_its_owner(fleet: &Fleet, owners: &BTreeMap<u32, 
 
 /// The longest time a target went unpolled across `event`: from its last
 /// poll before, to its first poll after (by any node), per target.
-fn gaps_across(fleet: &Fleet, start: Instant, event: Instant, end: Instant) -> BTreeMap<String, Duration> {
+fn gaps_across(
+    fleet: &Fleet,
+    start: Instant,
+    event: Instant,
+    end: Instant,
+) -> BTreeMap<String, Duration> {
     fleet
         .polls_by_target(start, end)
         .into_iter()
         .map(|(target, polls)| {
-            let before = polls.iter().rev().find(|(at, _)| *at <= event).map(|(at, _)| *at);
+            let before = polls
+                .iter()
+                .rev()
+                .find(|(at, _)| *at <= event)
+                .map(|(at, _)| *at);
             let after = polls.iter().find(|(at, _)| *at > event).map(|(at, _)| *at);
             let gap = match (before, after) {
                 (Some(before), Some(after)) => after - before,
@@ -327,7 +335,10 @@ fn a_node_killed_with_sigkill_has_its_partitions_taken_over_within_the_lease_ttl
     let mut fleet = Fleet::start(&["n1", "n2", "n3"]);
     let owners = fleet.wait_balanced(&["n1", "n2", "n3"]);
     let orphans = targets_of(&owners, "n1");
-    assert!(!orphans.is_empty(), "n1 polls none of the targets: {owners:?}");
+    assert!(
+        !orphans.is_empty(),
+        "n1 polls none of the targets: {owners:?}"
+    );
     std::thread::sleep(Duration::from_secs(2));
     let start = Instant::now() - Duration::from_secs(2);
     let mut victim = fleet.nodes.remove("n1").unwrap();
@@ -348,7 +359,10 @@ fn a_node_killed_with_sigkill_has_its_partitions_taken_over_within_the_lease_ttl
     let bound = INTERVAL + LEASE_TTL + Duration::from_secs(3);
     let gaps = gaps_across(&fleet, start, killed, end);
     let worst = orphans.iter().map(|target| gaps[target]).max().unwrap();
-    eprintln!("SIGKILL handover: the longest gap of n1's {} targets was {worst:?} (bound {bound:?})", orphans.len());
+    eprintln!(
+        "SIGKILL handover: the longest gap of n1's {} targets was {worst:?} (bound {bound:?})",
+        orphans.len()
+    );
     for target in &orphans {
         assert!(
             gaps[target] <= bound,
@@ -366,14 +380,19 @@ fn a_node_stopped_with_sigterm_releases_its_leases_at_once() {
     let mut fleet = Fleet::start(&["n1", "n2", "n3"]);
     let owners = fleet.wait_balanced(&["n1", "n2", "n3"]);
     let orphans = targets_of(&owners, "n1");
-    assert!(!orphans.is_empty(), "n1 polls none of the targets: {owners:?}");
+    assert!(
+        !orphans.is_empty(),
+        "n1 polls none of the targets: {owners:?}"
+    );
     std::thread::sleep(Duration::from_secs(2));
     let start = Instant::now() - Duration::from_secs(2);
     let mut leaving = fleet.nodes.remove("n1").unwrap();
     let stopped = Instant::now();
     leaving.terminate();
     assert!(
-        leaving.stderr().contains("Left the cluster; partition leases released."),
+        leaving
+            .stderr()
+            .contains("Left the cluster; partition leases released."),
         "{}",
         leaving.stderr()
     );
@@ -386,7 +405,10 @@ fn a_node_stopped_with_sigterm_releases_its_leases_at_once() {
     let bound = INTERVAL + RENEW_EVERY + Duration::from_secs(2);
     let gaps = gaps_across(&fleet, start, stopped, end);
     let worst = orphans.iter().map(|target| gaps[target]).max().unwrap();
-    eprintln!("SIGTERM handover: the longest gap of n1's {} targets was {worst:?} (bound {bound:?})", orphans.len());
+    eprintln!(
+        "SIGTERM handover: the longest gap of n1's {} targets was {worst:?} (bound {bound:?})",
+        orphans.len()
+    );
     for target in &orphans {
         assert!(
             gaps[target] <= bound,
@@ -409,7 +431,11 @@ fn a_node_joining_takes_about_its_share_and_only_from_the_others_surplus() {
         .collect();
     // P/N = 10 partitions move, all of them to the new node: none between
     // the old ones.
-    assert_eq!(moved.len(), 10, "moved: {moved:?}\nbefore {before:?}\nafter {after:?}");
+    assert_eq!(
+        moved.len(),
+        10,
+        "moved: {moved:?}\nbefore {before:?}\nafter {after:?}"
+    );
     assert!(
         moved.iter().all(|partition| after[partition] == "n3"),
         "a partition moved between the old nodes: before {before:?}\nafter {after:?}"
@@ -433,7 +459,10 @@ fn a_node_paused_past_its_lease_polls_nothing_when_it_resumes() {
         if now.len() == PARTITIONS as usize && now.values().all(|owner| owner != "n1") {
             break;
         }
-        assert!(Instant::now() < deadline, "n1's partitions were not taken over: {now:?}");
+        assert!(
+            Instant::now() < deadline,
+            "n1's partitions were not taken over: {now:?}"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     std::thread::sleep(Duration::from_secs(1));

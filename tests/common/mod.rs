@@ -611,7 +611,9 @@ pub fn nats_server_binary() -> PathBuf {
         });
     let text = String::from_utf8_lossy(&output.stdout).to_string();
     let version = text.trim().trim_start_matches("nats-server: v");
-    let mut parts = version.split('.').map(|part| part.parse::<u32>().unwrap_or(0));
+    let mut parts = version
+        .split('.')
+        .map(|part| part.parse::<u32>().unwrap_or(0));
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     assert!(
         (major, minor) >= (2, 11),

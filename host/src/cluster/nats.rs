@@ -323,7 +323,8 @@ impl LeaseBucket {
     /// The live members and taken partitions (keys that were deleted or
     /// expired are not listed).
     pub async fn scan(&self) -> Result<Scan, LeaseError> {
-        let unavailable = |error: &dyn std::fmt::Display| LeaseError::Unavailable(error.to_string());
+        let unavailable =
+            |error: &dyn std::fmt::Display| LeaseError::Unavailable(error.to_string());
         let mut keys = self.store.keys().await.map_err(|e| unavailable(&e))?;
         let mut scan = Scan::default();
         while let Some(key) = keys.next().await {

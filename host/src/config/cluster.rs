@@ -97,8 +97,9 @@ impl ClusterConfig {
             return Err("no `urls`: which NATS servers to join\nhint: e.g. urls = [\"nats://127.0.0.1:4222\"]".into());
         }
         for url in &self.urls {
-            let parsed = reqwest::Url::parse(url)
-                .map_err(|error| format!("url `{url}` is not a URL: {error}\nhint: e.g. \"nats://127.0.0.1:4222\""))?;
+            let parsed = reqwest::Url::parse(url).map_err(|error| {
+                format!("url `{url}` is not a URL: {error}\nhint: e.g. \"nats://127.0.0.1:4222\"")
+            })?;
             if !matches!(parsed.scheme(), "nats" | "tls") || parsed.host_str().is_none() {
                 return Err(format!(
                     "url `{url}` is not a NATS server URL\nhint: write nats://HOST:PORT (or tls://HOST:PORT), e.g. \"nats://127.0.0.1:4222\""
@@ -192,7 +193,11 @@ fn default_node() -> String {
             }
         })
         .collect();
-    let host = if host.is_empty() { "vigil".into() } else { host };
+    let host = if host.is_empty() {
+        "vigil".into()
+    } else {
+        host
+    };
     format!("{host}-{}", std::process::id())
 }
 
@@ -247,10 +252,10 @@ mod tests {
             error("urls = [\"nats://x:1\"]\nname = \"a.b\"")
                 .starts_with("name `a.b` must be 1 to 64 letters")
         );
+        assert!(error(&format!("{head}node = \"a b\"")).starts_with("node `a b` must be 1 to 64"));
         assert!(
-            error(&format!("{head}node = \"a b\"")).starts_with("node `a b` must be 1 to 64")
+            error(&format!("{head}partitions = 0")).starts_with("partitions = 0 is out of range")
         );
-        assert!(error(&format!("{head}partitions = 0")).starts_with("partitions = 0 is out of range"));
         assert!(
             error(&format!("{head}lease_ttl = \"500ms\""))
                 .starts_with("lease_ttl = \"500ms\" is shorter than 1s\nhint: ")

@@ -471,7 +471,9 @@ impl Settings {
         }
         let audit = section(file.audit, "audit", &at, |section| section.validate())?;
         let api = section(file.api, "api", &at, |section| section.validate(base))?;
-        let cluster = section(file.cluster, "cluster", &at, |section| section.validate(base))?;
+        let cluster = section(file.cluster, "cluster", &at, |section| {
+            section.validate(base)
+        })?;
         let mut sinks: Vec<SinkSpec> = Vec::new();
         for spanned in file.sinks {
             let location = at(spanned.span());
