@@ -491,3 +491,24 @@ fn a_node_paused_past_its_lease_polls_nothing_when_it_resumes() {
     std::thread::sleep(INTERVAL * 2);
     assert_each_target_polled_by_its_owner(&fleet, &after);
 }
+
+#[test]
+fn a_node_whose_partition_count_differs_from_the_clusters_is_refused() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut fleet = Fleet::start(&["n1"]);
+    fleet.wait_balanced(&["n1"]);
+    let other = config(&fleet.nats.url(), &fleet.log, "n2")
+        .replace(&format!("partitions = {PARTITIONS}"), "partitions = 16");
+    let mut refused = Vigil::start(&other);
+    let status = refused.wait_exit(Duration::from_secs(30));
+    assert!(!status.success());
+    let error = refused.stderr();
+    assert!(
+        error.contains(&format!(
+            "error: cluster `test` was made with partitions = {PARTITIONS}, lease_ttl = \"6s\" (bucket `vigil_test_leases`), but this config says partitions = 16"
+        )) && error.contains("\nhint: every node must say the same"),
+        "{error}"
+    );
+    // The running node is untouched.
+    assert_eq!(fleet.wait_balanced(&["n1"]).len(), PARTITIONS as usize);
+}
