@@ -112,9 +112,11 @@ fn config(nats: &str, log: &PollLog, node: &str) -> String {
     text
 }
 
-/// A cluster under test: the server, the poll log and the nodes by id.
+/// A cluster under test: the servers, the poll log and the nodes by id.
 struct Fleet {
-    nats: NatsServer,
+    /// The URL the nodes started by [`Fleet::add`] join.
+    url: String,
+    _nats: Vec<NatsServer>,
     log: PollLog,
     nodes: BTreeMap<String, Vigil>,
 }
@@ -124,7 +126,8 @@ impl Fleet {
         let nats = NatsServer::start();
         let log = PollLog::start();
         let mut fleet = Fleet {
-            nats,
+            url: nats.url(),
+            _nats: vec![nats],
             log,
             nodes: BTreeMap::new(),
         };
@@ -135,7 +138,7 @@ impl Fleet {
     }
 
     fn add(&mut self, node: &str) {
-        let vigil = Vigil::start(&config(&self.nats.url(), &self.log, node));
+        let vigil = Vigil::start(&config(&self.url, &self.log, node));
         self.nodes.insert(node.to_string(), vigil);
     }
 
@@ -497,7 +500,7 @@ fn a_node_whose_partition_count_differs_from_the_clusters_is_refused() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut fleet = Fleet::start(&["n1"]);
     fleet.wait_balanced(&["n1"]);
-    let other = config(&fleet.nats.url(), &fleet.log, "n2")
+    let other = config(&fleet.url, &fleet.log, "n2")
         .replace(&format!("partitions = {PARTITIONS}"), "partitions = 16");
     let mut refused = Vigil::start(&other);
     let status = refused.wait_exit(Duration::from_secs(30));
@@ -511,4 +514,27 @@ fn a_node_whose_partition_count_differs_from_the_clusters_is_refused() {
     );
     // The running node is untouched.
     assert_eq!(fleet.wait_balanced(&["n1"]).len(), PARTITIONS as usize);
+}
+
+#[test]
+fn nodes_share_the_partitions_through_a_three_server_nats_cluster() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let servers = common::NatsCluster::start();
+    let log = PollLog::start();
+    // Each node talks to a different server; the bucket has a copy on each.
+    let urls = servers.urls();
+    let mut fleet = Fleet {
+        url: urls[0].clone(),
+        _nats: servers.servers,
+        log,
+        nodes: BTreeMap::new(),
+    };
+    for (index, node) in ["n1", "n2", "n3"].into_iter().enumerate() {
+        let text = config(&urls[index], &fleet.log, node)
+            .replace("renew_every = ", "replicas = 3\nrenew_every = ");
+        fleet.nodes.insert(node.into(), Vigil::start(&text));
+    }
+    let owners = fleet.wait_balanced(&["n1", "n2", "n3"]);
+    std::thread::sleep(INTERVAL * 2);
+    assert_each_target_polled_by_its_owner(&fleet, &owners);
 }
