@@ -514,6 +514,27 @@ fn a_node_whose_partition_count_differs_from_the_clusters_is_refused() {
     );
     // The running node is untouched.
     assert_eq!(fleet.wait_balanced(&["n1"]).len(), PARTITIONS as usize);
+    // The same status for people.
+    let config = fleet.nodes["n1"].config_path();
+    let text = common::run_vigil([
+        "cluster".as_ref(),
+        "status".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ]);
+    assert!(
+        text.starts_with("cluster `test` (bucket `vigil_test_leases`, nats-server 2.15.1): 1 nodes, 30 of 30 partitions owned\n"),
+        "{text}"
+    );
+    let row = text
+        .lines()
+        .find(|line| line.starts_with("n1 "))
+        .unwrap_or_default();
+    assert_eq!(
+        row.split_whitespace().nth(1),
+        Some("30"),
+        "n1's row: {text}"
+    );
 }
 
 #[test]
