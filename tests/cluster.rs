@@ -559,3 +559,44 @@ fn nodes_share_the_partitions_through_a_three_server_nats_cluster() {
     std::thread::sleep(INTERVAL * 2);
     assert_each_target_polled_by_its_owner(&fleet, &owners);
 }
+
+#[test]
+fn a_lost_nats_connection_is_not_a_lost_lease_until_its_deadline() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut fleet = Fleet::start(&["n1", "n2", "n3"]);
+    let owners = fleet.wait_balanced(&["n1", "n2", "n3"]);
+    std::thread::sleep(INTERVAL * 2);
+    fleet._nats[0].kill();
+    let killed = Instant::now();
+    // Within the lease (deadline: last renewal + 6 s - 0.6 s, so at least
+    // 4.4 s after the kill) every owner polls on.
+    std::thread::sleep(Duration::from_secs(3));
+    let cut_off = fleet.polls_by_target(killed + Duration::from_millis(500), Instant::now());
+    for (target, polls) in &cut_off {
+        let owner = &owners[&partition_of(target)];
+        assert!(
+            !polls.is_empty() && polls.iter().all(|(_, node)| node == owner),
+            "target {target} while NATS is down: {polls:?} (owner {owner})"
+        );
+    }
+    // Past every deadline (the TTL after the kill, plus 1.5 s) nobody polls:
+    // nothing proves the leases are still theirs.
+    std::thread::sleep(
+        (killed + LEASE_TTL + Duration::from_millis(1500))
+            .saturating_duration_since(Instant::now()),
+    );
+    let quiet_from = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    let late = fleet.log.between(quiet_from, Instant::now());
+    assert!(
+        late.is_empty(),
+        "{} polls after every lease's deadline passed with NATS down, e.g. {:?}",
+        late.len(),
+        late.first()
+    );
+    // NATS back (same port and store): the nodes share the partitions again.
+    fleet._nats[0].restart();
+    let after = fleet.wait_balanced(&["n1", "n2", "n3"]);
+    std::thread::sleep(INTERVAL * 2);
+    assert_each_target_polled_by_its_owner(&fleet, &after);
+}
