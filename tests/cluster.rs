@@ -594,6 +594,19 @@ fn a_lost_nats_connection_is_not_a_lost_lease_until_its_deadline() {
         late.len(),
         late.first()
     );
+    // Each owner polled its targets until close to the deadline, and not
+    // past it. The last renewal went out at most a renew period (1 s) before
+    // the kill, so the deadline is at least 6 - 0.6 - 1 = 4.4 s after it,
+    // and a 500 ms interval puts the last poll at 3.9 s or later: 3.5 s is
+    // the bound. Dropping a lease at the first failed renewal would stop
+    // polling within about 3 s (two calls timing out after 1 s each).
+    for (target, polls) in fleet.polls_by_target(killed, quiet_from) {
+        let last = polls.last().map(|(at, _)| *at - killed).unwrap_or_default();
+        assert!(
+            last >= Duration::from_millis(3500) && last <= LEASE_TTL,
+            "target {target} was last polled {last:?} after NATS went down (expected 3.5 s to 6 s)"
+        );
+    }
     // NATS back (same port and store): the nodes share the partitions again.
     fleet._nats[0].restart();
     let after = fleet.wait_balanced(&["n1", "n2", "n3"]);
