@@ -472,25 +472,30 @@ fn a_node_paused_past_its_lease_polls_nothing_when_it_resumes() {
     let resumed = Instant::now();
     fleet.nodes["n1"].signal("CONT");
     // Every timer of n1 is overdue now; none of its leases is valid. It
-    // cannot hold a new lease for a renew period (its first round finds
-    // every partition taken; the others release to it only after they see
-    // its membership), so any poll of n1 in the first 800 ms after waking
-    // is a poll without a lease.
-    std::thread::sleep(Duration::from_millis(800));
-    let stale: Vec<Poll> = fleet
-        .log
-        .between(resumed, Instant::now())
-        .into_iter()
-        .filter(|poll| poll.node == "n1")
-        .collect();
-    assert!(
-        stale.is_empty(),
-        "n1 polled {} targets right after it woke, with its leases expired: {:?}",
-        stale.len(),
-        stale.iter().map(|poll| &poll.target).collect::<Vec<_>>()
-    );
-    // It rejoins and gets its share back; then each target has one poller.
+    // rejoins and takes its share back from the others' surplus, which they
+    // release (stopping their polls) before it can take it: so for every
+    // target, once n1 polls it, nobody else does. A poll on an expired
+    // lease would be followed by the real owner's next poll.
     let after = fleet.wait_balanced(&["n1", "n2", "n3"]);
+    std::thread::sleep(Duration::from_secs(1));
+    for (target, polls) in fleet.polls_by_target(resumed, Instant::now()) {
+        if let Some(first) = polls.iter().position(|(_, node)| node == "n1") {
+            let others: Vec<&(Instant, String)> = polls[first..]
+                .iter()
+                .filter(|(_, node)| node != "n1")
+                .collect();
+            assert!(
+                others.is_empty(),
+                "target {target} was polled by n1 {:?} after it woke, then by {:?}: n1 polled without a lease",
+                polls[first].0 - resumed,
+                others
+                    .iter()
+                    .map(|(at, node)| (node, *at - resumed))
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+    // Then each target has one poller.
     std::thread::sleep(INTERVAL * 2);
     assert_each_target_polled_by_its_owner(&fleet, &after);
 }
