@@ -28,6 +28,8 @@ use crate::actions::dispatch::Dispatch;
 use crate::alerts::{AlertStats, Alerting};
 use crate::api::{Api, Views};
 use crate::clock::now_ms;
+use crate::cluster::Leases;
+use crate::cluster::nats::{LeaseBucket, Nats};
 use crate::config::{ConfigWatch, ReloadRequest, Settings, TenantBoard};
 use crate::names::RuleName;
 use crate::plugins::reload::{self, Change, ReloaderHandle, StatusBoard};
@@ -68,6 +70,8 @@ pub struct App {
     tenant_routes: TenantRoutes,
     /// The tenants as the API shows them, published again on every reload.
     tenant_board: TenantBoard,
+    /// In a cluster: the lease bucket, opened (and checked) at build.
+    leases: Option<LeaseBucket>,
 }
 
 /// What a stop left undone, also logged.
@@ -92,6 +96,15 @@ impl App {
         mut delivery: Delivery,
     ) -> anyhow::Result<App> {
         data_dir.create()?;
+        // Joining the cluster can fail (no server, a server too old, a
+        // bucket made for another partition count): before anything runs.
+        let leases = match &settings.cluster {
+            None => None,
+            Some(cluster) => {
+                let nats = Nats::connect(cluster).await?;
+                Some(nats.leases(cluster, true).await?)
+            }
+        };
         let state = data_dir.open_state()?;
         let console = delivery.console();
         crate::sinks::spec::attach(&mut delivery, &settings.sinks, &state, console).await?;
@@ -221,6 +234,7 @@ impl App {
             config_path: None,
             tenant_routes,
             tenant_board,
+            leases,
         })
     }
 
@@ -293,9 +307,20 @@ impl App {
             reload_requests,
             tenant_routes,
             tenant_board,
+            leases,
             ..
         } = self;
         let mut pollers = Pollers::new(sample_tx, targets);
+        // In a cluster the pollers follow what the lease keeper holds.
+        let (leases, mut owned) = match (leases, &settings.cluster) {
+            (Some(bucket), Some(cluster)) => {
+                let leases = Leases::start(bucket, cluster);
+                let owned = leases.ownership().subscribe();
+                pollers = pollers.in_cluster(leases.ownership(), &cluster.node);
+                (Some(leases), Some(owned))
+            }
+            _ => (None, None),
+        };
         pollers.apply(&settings.targets);
         let mut config = ConfigWatch::start(
             config_path.as_deref(),
@@ -348,6 +373,7 @@ impl App {
                     }
                     router.feedback(&feedback.rule, feedback.target, feedback.outcome);
                 }
+                Some(()) = changed(&mut owned) => pollers.rescope(),
                 _ = ticks.tick() => {
                     alerting.tick(&router.tick(), &dispatch.open_breakers(), now_ms());
                     dispatch.tick();
@@ -376,7 +402,24 @@ impl App {
         }
         reloader.abort();
         drop(pollers);
+        // Polling stopped: the others may take this node's partitions now,
+        // not a lease TTL from now.
+        if let Some(leases) = leases {
+            leases.release().await;
+        }
         Ok(stop(router, results, alerting, samples, settings.shutdown_grace).await)
+    }
+}
+
+/// The next change of the owned partitions; never, outside a cluster (or
+/// once the lease keeper is gone).
+async fn changed(owned: &mut Option<tokio::sync::watch::Receiver<u64>>) -> Option<()> {
+    match owned {
+        Some(receiver) => match receiver.changed().await {
+            Ok(()) => Some(()),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 

@@ -66,6 +66,28 @@ enum Command {
     /// minisign signature a host with `require_signature` checks
     /// (`minisign -V` verifies it too).
     Sign(SignArgs),
+    /// Look at the cluster a config's `[cluster]` section joins.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Show the nodes, the partitions each holds and how long ago each
+    /// lease was renewed, read straight from the cluster's lease bucket in
+    /// NATS (no node needs to run on this machine).
+    Status(ClusterStatusArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ClusterStatusArgs {
+    /// The config with the `[cluster]` section (its URLs, credentials, name
+    /// and partitions are used).
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Text for people or JSON.
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
 }
 
 #[derive(Debug, clap::Args)]
@@ -270,6 +292,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             crate::api::status::run(&args.host.data_dir()?, args.format == Format::Json)
         }
         Command::Check(args) => check(args),
+        Command::Cluster(ClusterCommand::Status(args)) => cluster_status(args),
         Command::New(args) => new(args),
         Command::Keygen(args) => crate::signing::keygen(
             &args.public_key,
@@ -341,6 +364,30 @@ fn run_monitor(args: RunArgs) -> anyhow::Result<()> {
         app.run(shutdown_signal()).await?;
         Ok(())
     })
+}
+
+fn cluster_status(args: ClusterStatusArgs) -> anyhow::Result<()> {
+    let settings = Settings::load(&args.config)?;
+    let Some(cluster) = settings.cluster else {
+        anyhow::bail!(
+            "`{}` has no [cluster] section\nhint: give the config the cluster's nodes run with",
+            args.config.display()
+        );
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let status = runtime.block_on(crate::cluster::status::read(&cluster))?;
+    let mut out = std::io::stdout().lock();
+    match args.format {
+        Format::Json => {
+            serde_json::to_writer(&mut out, &status)?;
+            std::io::Write::write_all(&mut out, b"\n")?;
+        }
+        Format::Text => crate::cluster::status::print(&status, &mut out)?,
+    }
+    Ok(())
 }
 
 fn new(args: NewArgs) -> anyhow::Result<()> {

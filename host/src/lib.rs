@@ -37,7 +37,8 @@
 //!   the [`runtime`]) → [`alerts`] → [`sinks`], wired together by [`app`];
 //! - beside it: [`actions`] (remediation the rules ask for), [`state`] (the
 //!   one database), [`config`] (settings and their reload), [`api`] (the
-//!   HTTP API, `/metrics` and the page, over every stage's read model);
+//!   HTTP API, `/metrics` and the page, over every stage's read model),
+//!   [`cluster`] (targets partitioned across nodes through NATS KV leases);
 //! - shared by all: [`names`], [`clock`], [`duration`], [`size`], [`hash`],
 //!   [`http`], [`process`], [`text`], [`watch`];
 //! - the rule authors' tools: [`cli`], [`casefile`] (`vigil test`),
@@ -55,6 +56,7 @@ pub mod sources;
 // Beside the pipeline.
 pub mod actions;
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod state;
 

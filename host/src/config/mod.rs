@@ -81,12 +81,14 @@ use toml::Spanned;
 use crate::routing::{NamePattern, TargetSelector};
 
 mod api;
+mod cluster;
 mod sinks;
 mod tenants;
 mod watch;
 
 pub use api::{ApiSettings, DEFAULT_LISTEN, Listen};
 pub use tenants::{GrantView, TenantBoard, TenantGrant, TenantSpec, TenantView};
+pub use cluster::ClusterSettings;
 
 pub use sinks::DEFAULT_SINK_TIMEOUT;
 pub use watch::{ConfigWatch, ReloadRequest};
@@ -157,6 +159,9 @@ pub struct Settings {
     /// The tenants (`[[tenants]]`), each with its grant and what its own
     /// file chose; their rules are in `rules`, named `tenant/rule`.
     pub tenants: Vec<TenantSpec>,
+    /// The cluster this host joins (`[cluster]`); `None`: a single host
+    /// polling every target. Takes effect at the next start.
+    pub cluster: Option<ClusterSettings>,
 }
 
 impl Settings {
@@ -172,6 +177,7 @@ impl Settings {
             ("shutdown_grace", self.shutdown_grace != new.shutdown_grace),
             ("sinks", self.sinks != new.sinks),
             ("api", self.api != new.api),
+            ("cluster", self.cluster != new.cluster),
         ];
         changed
             .into_iter()
@@ -371,6 +377,7 @@ impl Settings {
             sinks: Vec::new(),
             api: ApiSettings::default(),
             tenants: Vec::new(),
+            cluster: None,
         }
     }
 
@@ -505,6 +512,9 @@ impl Settings {
         }
         let audit = section(file.audit, "audit", &at, |section| section.validate())?;
         let api = section(file.api, "api", &at, |section| section.validate(base))?;
+        let cluster = section(file.cluster, "cluster", &at, |section| {
+            section.validate(base)
+        })?;
         let mut sinks: Vec<SinkSpec> = Vec::new();
         for spanned in file.sinks {
             let location = at(spanned.span());
@@ -583,6 +593,7 @@ impl Settings {
             sinks,
             api,
             tenants,
+            cluster,
         })
     }
 }
@@ -633,6 +644,7 @@ struct ConfigFile {
     shutdown_grace: Option<ConfigDuration>,
     audit: Option<Spanned<AuditConfig>>,
     api: Option<Spanned<api::ApiConfig>>,
+    cluster: Option<Spanned<cluster::ClusterConfig>>,
     trust: Option<Spanned<TrustConfig>>,
     #[serde(default)]
     targets: Vec<Spanned<TargetConfig>>,

@@ -21,11 +21,22 @@ use super::describe;
 use super::failure::{PollError, Reason};
 use crate::http::read_body_capped;
 
+/// The header that names the cluster node which polled (cluster mode only):
+/// a target, or the operator reading its access log, can tell which node
+/// watches it now.
+pub const NODE_HEADER: &str = "vigil-node";
+
 /// The client every HTTP target polls through: keep-alive connections are
-/// pooled per host and reused by whichever target asks next.
-pub fn client() -> reqwest::Client {
+/// pooled per host and reused by whichever target asks next. In a cluster,
+/// `node` is sent in [`NODE_HEADER`] with every poll.
+pub fn client(node: Option<&str>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(node) = node.and_then(|node| HeaderValue::from_str(node).ok()) {
+        headers.insert(NODE_HEADER, node);
+    }
     reqwest::Client::builder()
         .user_agent(concat!("vigil/", env!("CARGO_PKG_VERSION")))
+        .default_headers(headers)
         .build()
         .expect("a default HTTP client builds")
 }

@@ -40,12 +40,14 @@ use tokio::time::MissedTickBehavior;
 pub use board::{TargetBoard, TargetHealth, TargetView};
 pub use command::CommandSource;
 pub use failure::{PollError, Reason};
+pub use fetch::NODE_HEADER;
 pub use http_json::{HttpJsonSource, flatten};
 pub use local::LocalSource;
 pub use pollers::{Pollers, first_poll_delay};
 pub use prometheus::PrometheusSource;
 
 use crate::clock::now_ms;
+use crate::cluster::Claim;
 use crate::config::{TargetKind, TargetSpec};
 use crate::runtime::{Health, Label, Metric, Sample};
 
@@ -77,13 +79,15 @@ impl From<Vec<Metric>> for Reading {
 /// Starts polling `target` every interval, the first time at `start`,
 /// sending each sample to `samples` until that channel closes and
 /// publishing each poll on `board`. HTTP targets go through `http` (see
-/// [`fetch::client`]).
+/// [`fetch::client`]). With a `claim` (cluster mode), a poll whose turn
+/// comes when the claim no longer holds is skipped.
 pub fn spawn(
     target: &TargetSpec,
     samples: mpsc::Sender<Arc<Sample>>,
     board: TargetBoard,
     http: &reqwest::Client,
     start: tokio::time::Instant,
+    claim: Option<Claim>,
 ) -> tokio::task::JoinHandle<()> {
     match &target.kind {
         TargetKind::HttpJson {
@@ -92,7 +96,7 @@ pub fn spawn(
             max_body_bytes,
         } => {
             let source = HttpJsonSource::new(http.clone(), url.clone(), *timeout, *max_body_bytes);
-            tokio::spawn(run(target.clone(), source, samples, board, start))
+            tokio::spawn(run(target.clone(), source, samples, board, start, claim))
         }
         TargetKind::Prometheus {
             url,
@@ -101,7 +105,7 @@ pub fn spawn(
         } => {
             let source =
                 PrometheusSource::new(http.clone(), url.clone(), *timeout, *max_body_bytes);
-            tokio::spawn(run(target.clone(), source, samples, board, start))
+            tokio::spawn(run(target.clone(), source, samples, board, start, claim))
         }
         TargetKind::Command {
             argv,
@@ -109,7 +113,7 @@ pub fn spawn(
             max_output_bytes,
         } => {
             let source = CommandSource::new(argv.clone(), *timeout, *max_output_bytes);
-            tokio::spawn(run(target.clone(), source, samples, board, start))
+            tokio::spawn(run(target.clone(), source, samples, board, start, claim))
         }
         TargetKind::Local => tokio::spawn(run(
             target.clone(),
@@ -117,6 +121,7 @@ pub fn spawn(
             samples,
             board,
             start,
+            claim,
         )),
     }
 }
@@ -127,6 +132,7 @@ async fn run<S: Source>(
     samples: mpsc::Sender<Arc<Sample>>,
     board: TargetBoard,
     start: tokio::time::Instant,
+    claim: Option<Claim>,
 ) {
     let labels: Vec<Label> = target
         .labels
@@ -142,6 +148,11 @@ async fn run<S: Source>(
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
+        // Checked at the poll itself, not only when the pollers are told:
+        // a node paused past its lease wakes with every timer due at once.
+        if claim.as_ref().is_some_and(|claim| !claim.holds()) {
+            continue;
+        }
         let (started_ms, started) = (now_ms(), std::time::Instant::now());
         let polled = source.poll().await;
         board.polled(

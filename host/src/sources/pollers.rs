@@ -13,6 +13,12 @@
 //! for them, not once per target. Each wake-up of a thread costs a context
 //! switch (and, on a VM, an inter-processor interrupt), which at one poll
 //! per wake-up was most of the host's CPU time (`BENCHMARKS.md`).
+//!
+//! In a cluster ([`Pollers::in_cluster`]) only the targets whose partition
+//! this node owns are polled: [`Pollers::rescope`] starts the targets of a
+//! partition gained and stops those of one lost, and each task checks its
+//! [`Claim`] before every poll, so a lease that lapses stops polling at
+//! its deadline even before the pollers are told.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -21,6 +27,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::TargetBoard;
+use crate::cluster::{Claim, NodeId, Ownership};
 use crate::config::TargetSpec;
 use crate::names::TargetName;
 use crate::runtime::Sample;
@@ -46,6 +53,10 @@ pub struct Pollers {
     samples: mpsc::Sender<Arc<Sample>>,
     board: TargetBoard,
     http: reqwest::Client,
+    /// The targets the config asks for, owned here or not.
+    config: Vec<TargetSpec>,
+    /// In a cluster: which partitions this node polls.
+    ownership: Option<Ownership>,
 }
 
 impl Pollers {
@@ -56,19 +67,52 @@ impl Pollers {
             running: HashMap::new(),
             samples,
             board,
-            http: super::fetch::client(),
+            http: super::fetch::client(None),
+            config: Vec::new(),
+            ownership: None,
         }
+    }
+
+    /// Polls only the targets of the partitions `ownership` holds, and
+    /// names `node` in every HTTP poll ([`super::fetch::NODE_HEADER`]).
+    pub fn in_cluster(mut self, ownership: Ownership, node: &NodeId) -> Self {
+        self.ownership = Some(ownership);
+        self.http = super::fetch::client(Some(node.as_str()));
+        self
     }
 
     /// Makes the running pollers match `targets`: new targets start, gone
     /// ones stop, changed ones restart (their first polls spread over their
-    /// interval); the others are not touched.
+    /// interval); the others are not touched. In a cluster, only the
+    /// targets owned now run.
     pub fn apply(&mut self, targets: &[TargetSpec]) {
+        self.config = targets.to_vec();
+        self.rescope();
+    }
+
+    /// Starts and stops targets as the owned partitions changed (nothing
+    /// changes outside a cluster).
+    pub fn rescope(&mut self) {
+        let targets: Vec<TargetSpec> = match &self.ownership {
+            None => self.config.clone(),
+            Some(ownership) => self
+                .config
+                .iter()
+                .filter(|target| ownership.owns_target(&target.name))
+                .cloned()
+                .collect(),
+        };
+        let targets = &targets[..];
+        let clustered = self.ownership.is_some();
         let names: HashSet<&str> = targets.iter().map(|target| target.name.as_str()).collect();
         self.running.retain(|name, (_, task)| {
             let keep = names.contains(name.as_str());
             if !keep {
-                tracing::info!(target = %name, "Target removed; polling stops.");
+                if clustered {
+                    tracing::debug!(target = %name, "Target's partition is no longer held here; polling stops.");
+                } else {
+                    tracing::info!(target = %name, "Target removed; polling stops.");
+                }
                 task.abort();
                 self.board.forget(name);
             }
@@ -81,6 +125,9 @@ impl Pollers {
                 Some((_, task)) => {
                     tracing::info!(target = %target.name, "Target changed; polling restarts.");
                     task.abort();
+                }
+                None if clustered => {
+                    tracing::debug!(target = %target.name, "Target's partition is held here; polling starts.")
                 }
                 None if !self.running.is_empty() => {
                     tracing::info!(target = %target.name, "Target added; polling starts.")
@@ -99,6 +146,9 @@ impl Pollers {
                 self.board.clone(),
                 &self.http,
                 start,
+                self.ownership
+                    .as_ref()
+                    .map(|ownership| Claim::new(ownership, &target.name)),
             );
             self.running
                 .insert(target.name.clone(), (target.clone(), task));

@@ -1,0 +1,620 @@
+//! Cluster mode (issue 16): three `vigil` processes share 24 targets
+//! through partition leases in a real nats-server (2.15, from
+//! `tests/cluster/requirements.txt`) on loopback. One status server logs
+//! every poll with the node that made it (the `vigil-node` header), so the
+//! tests read who polled what and when.
+//!
+//! Settings: 30 partitions, `lease_ttl` 6 s, `renew_every` 1 s, targets
+//! polled every 500 ms. Bounds are stated in each test and kept generous:
+//! the machine is a noisy 2-core box; the tests assert who polled, in what
+//! order, and gaps against bounds several times the expected value.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::HeaderMap;
+use common::{NatsServer, Vigil, serve};
+use serde_json::Value;
+use vigil::cluster::Partitions;
+
+const PARTITIONS: u32 = 30;
+const TARGETS: usize = 24;
+const INTERVAL: Duration = Duration::from_millis(500);
+const LEASE_TTL: Duration = Duration::from_secs(6);
+const RENEW_EVERY: Duration = Duration::from_secs(1);
+
+/// The tests start three hosts each; run one at a time on a 2-core box.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// One poll the status server saw.
+#[derive(Debug, Clone)]
+struct Poll {
+    at: Instant,
+    target: String,
+    node: String,
+}
+
+/// A status server that answers every `/NAME` with `{"up": 1}` and logs
+/// who polled it.
+struct PollLog {
+    addr: std::net::SocketAddr,
+    polls: Arc<Mutex<Vec<Poll>>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+async fn answer(
+    State(polls): State<Arc<Mutex<Vec<Poll>>>>,
+    UrlPath(target): UrlPath<String>,
+    headers: HeaderMap,
+) -> &'static str {
+    let node = headers
+        .get(vigil::sources::NODE_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    polls.lock().unwrap().push(Poll {
+        at: Instant::now(),
+        target,
+        node,
+    });
+    "{\"up\": 1}"
+}
+
+impl PollLog {
+    fn start() -> Self {
+        let polls: Arc<Mutex<Vec<Poll>>> = Arc::default();
+        let app = Router::new()
+            .route("/{target}", axum::routing::get(answer))
+            .with_state(polls.clone());
+        let (runtime, addr) = serve(app, 0);
+        PollLog {
+            addr,
+            polls,
+            _runtime: runtime,
+        }
+    }
+
+    /// The polls between `from` and `to`.
+    fn between(&self, from: Instant, to: Instant) -> Vec<Poll> {
+        let polls = self.polls.lock().unwrap();
+        polls
+            .iter()
+            .filter(|poll| poll.at >= from && poll.at <= to)
+            .cloned()
+            .collect()
+    }
+}
+
+fn target_name(index: usize) -> String {
+    format!("t{index:02}")
+}
+
+/// The config of node `node`.
+fn config(nats: &str, log: &PollLog, node: &str) -> String {
+    let mut text = format!(
+        "[api]\nlisten = \"off\"\n\n[cluster]\nurls = [\"{nats}\"]\nname = \"test\"\nnode = \"{node}\"\npartitions = {PARTITIONS}\nlease_ttl = \"{}s\"\nrenew_every = \"{}s\"\n",
+        LEASE_TTL.as_secs(),
+        RENEW_EVERY.as_secs()
+    );
+    for index in 0..TARGETS {
+        let name = target_name(index);
+        text.push_str(&format!(
+            "\n[[targets]]\nname = \"{name}\"\nkind = \"http-json\"\nurl = \"http://{}/{name}\"\ninterval = \"{}ms\"\n",
+            log.addr,
+            INTERVAL.as_millis()
+        ));
+    }
+    text
+}
+
+/// A cluster under test: the servers, the poll log and the nodes by id.
+struct Fleet {
+    /// The URL the nodes started by [`Fleet::add`] join.
+    url: String,
+    _nats: Vec<NatsServer>,
+    log: PollLog,
+    nodes: BTreeMap<String, Vigil>,
+}
+
+impl Fleet {
+    fn start(nodes: &[&str]) -> Self {
+        let nats = NatsServer::start();
+        let log = PollLog::start();
+        let mut fleet = Fleet {
+            url: nats.url(),
+            _nats: vec![nats],
+            log,
+            nodes: BTreeMap::new(),
+        };
+        for node in nodes {
+            fleet.add(node);
+        }
+        fleet
+    }
+
+    fn add(&mut self, node: &str) {
+        let vigil = Vigil::start(&config(&self.url, &self.log, node));
+        self.nodes.insert(node.to_string(), vigil);
+    }
+
+    /// `vigil cluster status --format json`, through any node's config;
+    /// retried for up to 30 s while no node has made the bucket yet.
+    fn status(&self) -> Value {
+        let config = self.nodes.values().next().expect("a node").config_path();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let output = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+                .args(["cluster", "status", "--format", "json", "--config"])
+                .arg(&config)
+                .output()
+                .unwrap();
+            if output.status.success() {
+                return serde_json::from_slice(&output.stdout).unwrap();
+            }
+            let error = String::from_utf8_lossy(&output.stderr).to_string();
+            assert!(
+                Instant::now() < deadline && error.contains("has no lease bucket"),
+                "vigil cluster status failed: {error}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits (at most 60 s) until exactly `members` hold every partition,
+    /// each within one of the others, and says who holds which.
+    fn wait_balanced(&mut self, members: &[&str]) -> BTreeMap<u32, String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = self.status();
+            let owners = owners(&status);
+            let mut counts: BTreeMap<String, usize> = members
+                .iter()
+                .map(|member| (member.to_string(), 0))
+                .collect();
+            let mut strangers = false;
+            for owner in owners.values() {
+                match counts.get_mut(owner) {
+                    Some(count) => *count += 1,
+                    None => strangers = true,
+                }
+            }
+            let live: BTreeSet<String> = status["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|node| node["member"] == true)
+                .map(|node| node["node"].as_str().unwrap().to_string())
+                .collect();
+            let (min, max) = (
+                counts.values().min().copied().unwrap_or(0),
+                counts.values().max().copied().unwrap_or(0),
+            );
+            let wanted: BTreeSet<String> = members.iter().map(|m| m.to_string()).collect();
+            if owners.len() == PARTITIONS as usize && !strangers && max - min <= 1 && live == wanted
+            {
+                return owners;
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|(name, node)| format!("--- {name} ---\n{}", node.stderr()))
+                    .collect();
+                panic!(
+                    "the partitions were not balanced over {members:?} within 60s: {counts:?}, live {live:?}\nstatus: {status}\n{}",
+                    logs.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Each target's polls in the window, in order: (time, node).
+    fn polls_by_target(
+        &self,
+        from: Instant,
+        to: Instant,
+    ) -> BTreeMap<String, Vec<(Instant, String)>> {
+        let mut by_target: BTreeMap<String, Vec<(Instant, String)>> = (0..TARGETS)
+            .map(|index| (target_name(index), Vec::new()))
+            .collect();
+        for poll in self.log.between(from, to) {
+            by_target
+                .entry(poll.target)
+                .or_default()
+                .push((poll.at, poll.node));
+        }
+        for polls in by_target.values_mut() {
+            polls.sort();
+        }
+        by_target
+    }
+}
+
+/// Partition → owner, from `vigil cluster status --format json`.
+fn owners(status: &Value) -> BTreeMap<u32, String> {
+    let mut owners = BTreeMap::new();
+    for node in status["nodes"].as_array().unwrap() {
+        let name = node["node"].as_str().unwrap();
+        for partition in node["leases"].as_object().unwrap().keys() {
+            owners.insert(partition.parse().unwrap(), name.to_string());
+        }
+    }
+    owners
+}
+
+fn partition_of(target: &str) -> u32 {
+    Partitions::new(PARTITIONS).of(target).0
+}
+
+/// The targets whose partition `node` holds.
+fn targets_of(owners: &BTreeMap<u32, String>, node: &str) -> Vec<String> {
+    (0..TARGETS)
+        .map(target_name)
+        .filter(|target| owners.get(&partition_of(target)).map(String::as_str) == Some(node))
+        .collect()
+}
+
+/// Over a quiet window: every target polled by exactly its partition's
+/// owner, about once per interval, never twice within half an interval.
+fn assert_each_target_polled_by_its_owner(fleet: &Fleet, owners: &BTreeMap<u32, String>) {
+    let from = Instant::now();
+    std::thread::sleep(Duration::from_secs(5));
+    let to = Instant::now();
+    for (target, polls) in fleet.polls_by_target(from, to) {
+        let nodes: BTreeSet<&str> = polls.iter().map(|(_, node)| node.as_str()).collect();
+        let owner = owners[&partition_of(&target)].as_str();
+        assert_eq!(
+            nodes,
+            BTreeSet::from([owner]),
+            "target {target} (partition {}) was polled by {nodes:?}, its owner is {owner}",
+            partition_of(&target)
+        );
+        // Ten intervals in the window: at least 6 polls, at most 12.
+        assert!(
+            (6..=12).contains(&polls.len()),
+            "target {target}: {} polls in 5s at a 500ms interval",
+            polls.len()
+        );
+        for pair in polls.windows(2) {
+            assert!(
+                pair[1].0 - pair[0].0 >= INTERVAL / 2,
+                "target {target} polled twice within {:?}",
+                pair[1].0 - pair[0].0
+            );
+        }
+    }
+}
+
+/// The longest time a target went unpolled across `event`: from its last
+/// poll before, to its first poll after (by any node), per target.
+fn gaps_across(
+    fleet: &Fleet,
+    start: Instant,
+    event: Instant,
+    end: Instant,
+) -> BTreeMap<String, Duration> {
+    fleet
+        .polls_by_target(start, end)
+        .into_iter()
+        .map(|(target, polls)| {
+            let before = polls
+                .iter()
+                .rev()
+                .find(|(at, _)| *at <= event)
+                .map(|(at, _)| *at);
+            let after = polls.iter().find(|(at, _)| *at > event).map(|(at, _)| *at);
+            let gap = match (before, after) {
+                (Some(before), Some(after)) => after - before,
+                _ => panic!("target {target} was not polled on both sides of the event: {polls:?}"),
+            };
+            (target, gap)
+        })
+        .collect()
+}
+
+#[test]
+fn steady_state_every_target_is_polled_by_exactly_one_node_and_partitions_are_balanced() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut fleet = Fleet::start(&["n1", "n2", "n3"]);
+    let owners = fleet.wait_balanced(&["n1", "n2", "n3"]);
+    for node in ["n1", "n2", "n3"] {
+        let held = owners.values().filter(|owner| *owner == node).count();
+        assert_eq!(held, 10, "{node} holds {held} of 30: {owners:?}");
+    }
+    // Pollers start when their partition is gained; give them an interval.
+    std::thread::sleep(INTERVAL * 2);
+    assert_each_target_polled_by_its_owner(&fleet, &owners);
+}
+
+#[test]
+fn a_node_killed_with_sigkill_has_its_partitions_taken_over_within_the_lease_ttl() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut fleet = Fleet::start(&["n1", "n2", "n3"]);
+    let owners = fleet.wait_balanced(&["n1", "n2", "n3"]);
+    let orphans = targets_of(&owners, "n1");
+    assert!(
+        !orphans.is_empty(),
+        "n1 polls none of the targets: {owners:?}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let start = Instant::now() - Duration::from_secs(2);
+    let mut victim = fleet.nodes.remove("n1").unwrap();
+    let killed = Instant::now();
+    drop(victim.seen.drain(..));
+    // `Drop` kills it with SIGKILL, by its PID.
+    drop(victim);
+    let after = fleet.wait_balanced(&["n2", "n3"]);
+    assert!(
+        after.values().all(|owner| owner != "n1"),
+        "n1's leases outlived it: {after:?}"
+    );
+    // Let the new owners poll a few times.
+    std::thread::sleep(Duration::from_secs(2));
+    let end = Instant::now();
+    // The bound: one interval (0.5 s) + the lease TTL (6 s) + 3 s of slack
+    // for the others' next round (1 s) and a loaded machine.
+    let bound = INTERVAL + LEASE_TTL + Duration::from_secs(3);
+    let gaps = gaps_across(&fleet, start, killed, end);
+    let worst = orphans.iter().map(|target| gaps[target]).max().unwrap();
+    eprintln!(
+        "SIGKILL handover: the longest gap of n1's {} targets was {worst:?} (bound {bound:?})",
+        orphans.len()
+    );
+    for target in &orphans {
+        assert!(
+            gaps[target] <= bound,
+            "target {target} went unpolled for {:?} after n1 was killed (bound {bound:?})",
+            gaps[target]
+        );
+    }
+    // Nothing is left unpolled, and nobody polls what it does not own.
+    assert_each_target_polled_by_its_owner(&fleet, &after);
+}
+
+#[test]
+fn a_node_stopped_with_sigterm_releases_its_leases_at_once() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut fleet = Fleet::start(&["n1", "n2", "n3"]);
+    let owners = fleet.wait_balanced(&["n1", "n2", "n3"]);
+    let orphans = targets_of(&owners, "n1");
+    assert!(
+        !orphans.is_empty(),
+        "n1 polls none of the targets: {owners:?}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let start = Instant::now() - Duration::from_secs(2);
+    let mut leaving = fleet.nodes.remove("n1").unwrap();
+    let stopped = Instant::now();
+    leaving.terminate();
+    assert!(
+        leaving
+            .stderr()
+            .contains("Left the cluster; partition leases released."),
+        "{}",
+        leaving.stderr()
+    );
+    let after = fleet.wait_balanced(&["n2", "n3"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let end = Instant::now();
+    // The bound: one interval (0.5 s) + one renew period (1 s, when the
+    // others next look) + 2 s of slack; a lease left to expire would take
+    // the TTL (6 s) instead.
+    let bound = INTERVAL + RENEW_EVERY + Duration::from_secs(2);
+    let gaps = gaps_across(&fleet, start, stopped, end);
+    let worst = orphans.iter().map(|target| gaps[target]).max().unwrap();
+    eprintln!(
+        "SIGTERM handover: the longest gap of n1's {} targets was {worst:?} (bound {bound:?})",
+        orphans.len()
+    );
+    for target in &orphans {
+        assert!(
+            gaps[target] <= bound,
+            "target {target} went unpolled for {:?} after n1 stopped (bound {bound:?})",
+            gaps[target]
+        );
+    }
+    assert_each_target_polled_by_its_owner(&fleet, &after);
+}
+
+#[test]
+fn a_node_joining_takes_about_its_share_and_only_from_the_others_surplus() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut fleet = Fleet::start(&["n1", "n2"]);
+    let before = fleet.wait_balanced(&["n1", "n2"]);
+    fleet.add("n3");
+    let after = fleet.wait_balanced(&["n1", "n2", "n3"]);
+    let moved: Vec<u32> = (0..PARTITIONS)
+        .filter(|partition| before[partition] != after[partition])
+        .collect();
+    // P/N = 10 partitions move, all of them to the new node: none between
+    // the old ones.
+    assert_eq!(
+        moved.len(),
+        10,
+        "moved: {moved:?}\nbefore {before:?}\nafter {after:?}"
+    );
+    assert!(
+        moved.iter().all(|partition| after[partition] == "n3"),
+        "a partition moved between the old nodes: before {before:?}\nafter {after:?}"
+    );
+    std::thread::sleep(INTERVAL * 2);
+    assert_each_target_polled_by_its_owner(&fleet, &after);
+}
+
+#[test]
+fn a_node_paused_past_its_lease_polls_nothing_when_it_resumes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut fleet = Fleet::start(&["n1", "n2", "n3"]);
+    let before = fleet.wait_balanced(&["n1", "n2", "n3"]);
+    assert!(!targets_of(&before, "n1").is_empty(), "{before:?}");
+    std::thread::sleep(Duration::from_secs(1));
+    fleet.nodes["n1"].signal("STOP");
+    // Past the lease: the others take n1's partitions while it sleeps.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = owners(&fleet.status());
+        if now.len() == PARTITIONS as usize && now.values().all(|owner| owner != "n1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n1's partitions were not taken over: {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let resumed = Instant::now();
+    fleet.nodes["n1"].signal("CONT");
+    // Every timer of n1 is overdue now; none of its leases is valid. It
+    // rejoins and takes its share back from the others' surplus, which they
+    // release (stopping their polls) before it can take it: so for every
+    // target, once n1 polls it, nobody else does. A poll on an expired
+    // lease would be followed by the real owner's next poll.
+    let after = fleet.wait_balanced(&["n1", "n2", "n3"]);
+    std::thread::sleep(Duration::from_secs(1));
+    for (target, polls) in fleet.polls_by_target(resumed, Instant::now()) {
+        if let Some(first) = polls.iter().position(|(_, node)| node == "n1") {
+            let others: Vec<&(Instant, String)> = polls[first..]
+                .iter()
+                .filter(|(_, node)| node != "n1")
+                .collect();
+            assert!(
+                others.is_empty(),
+                "target {target} was polled by n1 {:?} after it woke, then by {:?}: n1 polled without a lease",
+                polls[first].0 - resumed,
+                others
+                    .iter()
+                    .map(|(at, node)| (node, *at - resumed))
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+    // Then each target has one poller.
+    std::thread::sleep(INTERVAL * 2);
+    assert_each_target_polled_by_its_owner(&fleet, &after);
+}
+
+#[test]
+fn a_node_whose_partition_count_differs_from_the_clusters_is_refused() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut fleet = Fleet::start(&["n1"]);
+    fleet.wait_balanced(&["n1"]);
+    let other = config(&fleet.url, &fleet.log, "n2")
+        .replace(&format!("partitions = {PARTITIONS}"), "partitions = 16");
+    let mut refused = Vigil::start(&other);
+    let status = refused.wait_exit(Duration::from_secs(30));
+    assert!(!status.success());
+    let error = refused.stderr();
+    assert!(
+        error.contains(&format!(
+            "error: cluster `test` was made with partitions = {PARTITIONS}, lease_ttl = \"6s\" (bucket `vigil_test_leases`), but this config says partitions = 16"
+        )) && error.contains("\nhint: every node must say the same"),
+        "{error}"
+    );
+    // The running node is untouched.
+    assert_eq!(fleet.wait_balanced(&["n1"]).len(), PARTITIONS as usize);
+    // The same status for people.
+    let config = fleet.nodes["n1"].config_path();
+    let text = common::run_vigil([
+        "cluster".as_ref(),
+        "status".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ]);
+    assert!(
+        text.starts_with("cluster `test` (bucket `vigil_test_leases`, nats-server 2.15.1): 1 nodes, 30 of 30 partitions owned\n"),
+        "{text}"
+    );
+    let row = text
+        .lines()
+        .find(|line| line.starts_with("n1 "))
+        .unwrap_or_default();
+    assert_eq!(
+        row.split_whitespace().nth(1),
+        Some("30"),
+        "n1's row: {text}"
+    );
+}
+
+#[test]
+fn nodes_share_the_partitions_through_a_three_server_nats_cluster() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let servers = common::NatsCluster::start();
+    let log = PollLog::start();
+    // Each node talks to a different server; the bucket has a copy on each.
+    let urls = servers.urls();
+    let mut fleet = Fleet {
+        url: urls[0].clone(),
+        _nats: servers.servers,
+        log,
+        nodes: BTreeMap::new(),
+    };
+    for (index, node) in ["n1", "n2", "n3"].into_iter().enumerate() {
+        let text = config(&urls[index], &fleet.log, node)
+            .replace("renew_every = ", "replicas = 3\nrenew_every = ");
+        fleet.nodes.insert(node.into(), Vigil::start(&text));
+    }
+    let owners = fleet.wait_balanced(&["n1", "n2", "n3"]);
+    std::thread::sleep(INTERVAL * 2);
+    assert_each_target_polled_by_its_owner(&fleet, &owners);
+}
+
+#[test]
+fn a_lost_nats_connection_is_not_a_lost_lease_until_its_deadline() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut fleet = Fleet::start(&["n1", "n2", "n3"]);
+    let owners = fleet.wait_balanced(&["n1", "n2", "n3"]);
+    std::thread::sleep(INTERVAL * 2);
+    fleet._nats[0].kill();
+    let killed = Instant::now();
+    // Within the lease (deadline: last renewal + 6 s - 0.6 s, so at least
+    // 4.4 s after the kill) every owner polls on.
+    std::thread::sleep(Duration::from_secs(3));
+    let cut_off = fleet.polls_by_target(killed + Duration::from_millis(500), Instant::now());
+    for (target, polls) in &cut_off {
+        let owner = &owners[&partition_of(target)];
+        assert!(
+            !polls.is_empty() && polls.iter().all(|(_, node)| node == owner),
+            "target {target} while NATS is down: {polls:?} (owner {owner})"
+        );
+    }
+    // Past every deadline (the TTL after the kill, plus 1.5 s) nobody polls:
+    // nothing proves the leases are still theirs.
+    std::thread::sleep(
+        (killed + LEASE_TTL + Duration::from_millis(1500))
+            .saturating_duration_since(Instant::now()),
+    );
+    let quiet_from = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    let late = fleet.log.between(quiet_from, Instant::now());
+    assert!(
+        late.is_empty(),
+        "{} polls after every lease's deadline passed with NATS down, e.g. {:?}",
+        late.len(),
+        late.first()
+    );
+    // Each owner polled its targets until close to the deadline, and not
+    // past it. The last renewal went out at most a renew period (1 s) before
+    // the kill, so the deadline is at least 6 - 0.6 - 1 = 4.4 s after it,
+    // and a 500 ms interval puts the last poll at 3.9 s or later: 3.5 s is
+    // the bound. Dropping a lease at the first failed renewal would stop
+    // polling within about 3 s (two calls timing out after 1 s each).
+    for (target, polls) in fleet.polls_by_target(killed, quiet_from) {
+        let last = polls.last().map(|(at, _)| *at - killed).unwrap_or_default();
+        assert!(
+            last >= Duration::from_millis(3500) && last <= LEASE_TTL,
+            "target {target} was last polled {last:?} after NATS went down (expected 3.5 s to 6 s)"
+        );
+    }
+    // NATS back (same port and store): the nodes share the partitions again.
+    fleet._nats[0].restart();
+    let after = fleet.wait_balanced(&["n1", "n2", "n3"]);
+    std::thread::sleep(INTERVAL * 2);
+    assert_each_target_polled_by_its_owner(&fleet, &after);
+}
