@@ -150,7 +150,8 @@ impl App {
         )?;
         let board = RuleBoard::default();
         let (result_tx, results) = mpsc::channel(RESULT_QUEUE);
-        let mut router = Router::new(board.clone(), result_tx);
+        let pool = plugins::Pool::start(settings.evaluation_threads);
+        let mut router = Router::new(board.clone(), result_tx, pool);
         for (rule, spec) in rules.into_iter().zip(&settings.rules) {
             router.install(rule, spec.failure_policy);
         }
@@ -395,7 +396,7 @@ async fn stop(
             None => break,
         }
     }
-    // Every thread has reported `Stopped`: joining waits for nothing more.
+    // Every rule has reported `Stopped`: joining waits for nothing more.
     let _ =
         tokio::task::spawn_blocking(move || stopping.into_iter().for_each(Stopping::join)).await;
     stopped.undelivered = alerting.into_delivery().close(grace).await;

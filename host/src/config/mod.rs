@@ -6,6 +6,7 @@
 //! ```toml
 //! data_dir = "/var/lib/vigil"          # optional
 //! shutdown_grace = "5s"                # optional: how long a stop may take
+//! evaluation_threads = 4               # optional: threads that run every rule (default: the cores, at least 2)
 //!
 //! [[targets]]
 //! name = "web-01"
@@ -91,6 +92,7 @@ use crate::duration::TextDuration;
 use crate::hash::Sha256;
 use crate::names::{ActionName, RuleName, Syntax, TargetName, TenantName};
 use crate::plugins::trust::{Keyring, Trust, TrustSettings, TrustedKey};
+use crate::plugins::{MAX_THREADS, Pool};
 use crate::runtime::{Limits, builtin};
 use crate::sinks::SinkSpec;
 use crate::size::TextSize;
@@ -147,6 +149,9 @@ pub struct Settings {
     pub sinks: Vec<SinkSpec>,
     /// The HTTP API (`[api]`). Takes effect at the next start.
     pub api: ApiSettings,
+    /// Threads that evaluate rules, shared by every rule (a busy tenant may
+    /// hold all but one). Takes effect at the next start.
+    pub evaluation_threads: usize,
 }
 
 impl Settings {
@@ -162,6 +167,10 @@ impl Settings {
             ("shutdown_grace", self.shutdown_grace != new.shutdown_grace),
             ("sinks", self.sinks != new.sinks),
             ("api", self.api != new.api),
+            (
+                "evaluation_threads",
+                self.evaluation_threads != new.evaluation_threads,
+            ),
         ];
         changed
             .into_iter()
@@ -360,6 +369,7 @@ impl Settings {
             audit: AuditSettings::default(),
             sinks: Vec::new(),
             api: ApiSettings::default(),
+            evaluation_threads: Pool::default_threads(),
         }
     }
 
@@ -498,6 +508,22 @@ impl Settings {
                 }
             }
         }
+        let evaluation_threads = match file.evaluation_threads {
+            None => Pool::default_threads(),
+            Some(threads) => {
+                let location = at(threads.span());
+                let threads = threads.into_inner();
+                if !(1..=MAX_THREADS as u64).contains(&threads) {
+                    return Err(ConfigError {
+                        location,
+                        message: format!(
+                            "evaluation_threads = {threads}: must be between 1 and {MAX_THREADS}\nhint: leave it out for one thread per core (at least 2)"
+                        ),
+                    });
+                }
+                threads as usize
+            }
+        };
         Ok(Settings {
             data_dir: file.data_dir.map(|dir| base.join(dir)),
             targets,
@@ -512,6 +538,7 @@ impl Settings {
             audit,
             sinks,
             api,
+            evaluation_threads,
         })
     }
 }
@@ -560,6 +587,7 @@ struct ConfigFile {
     actions: Option<Spanned<toml::Table>>,
     reload_debounce: Option<ConfigDuration>,
     shutdown_grace: Option<ConfigDuration>,
+    evaluation_threads: Option<Spanned<u64>>,
     audit: Option<Spanned<AuditConfig>>,
     api: Option<Spanned<api::ApiConfig>>,
     trust: Option<Spanned<TrustConfig>>,
