@@ -283,6 +283,7 @@ impl<W, S, O> Schedule<W, S, O> {
     }
 
     /// Threads serving `group` now.
+    #[cfg(test)]
     pub fn running(&self, group: &Group) -> usize {
         self.groups.get(group).map_or(0, |state| state.running)
     }
