@@ -40,6 +40,11 @@ fn measured(counters: &RuleCounters) -> &Histogram {
     &counters.latency
 }
 
+/// The call alone, for comparison.
+fn calls(counters: &RuleCounters) -> &Histogram {
+    &counters.durations
+}
+
 fn tenant(n: usize) -> String {
     format!("t{n:02}")
 }
@@ -237,7 +242,6 @@ async fn run(spin: bool, window: Duration) {
     let spinning = tenant(0);
     let one_quiet = |owner: &str| owner == quiet_tenant;
     let all_quiet = |owner: &str| owner != spinning;
-    let calls = |counters: &RuleCounters| -> &Histogram { &counters.durations };
     let (one_before, all_before) = (
         snapshot(&board, measured, one_quiet),
         snapshot(&board, measured, all_quiet),
