@@ -1114,6 +1114,27 @@ mod tests {
     }
 
     #[test]
+    fn evaluation_threads_defaults_to_the_cores_is_checked_and_takes_effect_at_start() {
+        let targets = "[[targets]]\nname = \"local\"\nkind = \"local\"\n";
+        let parse = |head: &str| parse(&format!("{head}\n{targets}"));
+        let default = parse("").unwrap();
+        assert_eq!(default.evaluation_threads, Pool::default_threads());
+        assert!(default.evaluation_threads >= 2);
+        let four = parse("evaluation_threads = 4").unwrap();
+        assert_eq!(four.evaluation_threads, 4);
+        assert_eq!(default.start_only_changes(&four), ["evaluation_threads"]);
+        for refused in ["evaluation_threads = 0", "evaluation_threads = 100000"] {
+            let error = parse(refused).unwrap_err();
+            assert!(error.location.ends_with(":1"), "{error}");
+            assert!(
+                error.message.contains("must be between 1 and 256")
+                    && error.message.contains("hint:"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
     fn a_full_config_becomes_typed_settings() {
         let settings = parse(
             r#"
