@@ -108,6 +108,8 @@ fn sample(target: usize, timestamp_ms: u64) -> Arc<vigil::runtime::Sample> {
 }
 
 /// Cumulative buckets `(upper bound, count)`, read the way a scrape does.
+/// (`vigil::api::metrics::histogram_buckets` does the same; this copy lets
+/// the bench build on commits before it, for the "before" figures.)
 fn buckets(histogram: &Histogram) -> Vec<(f64, u64)> {
     let mut registry = Registry::default();
     registry.register("h", "", histogram.clone());
