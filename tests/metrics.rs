@@ -107,6 +107,13 @@ fn metrics_pass_promtool_and_carry_the_series_an_operator_looks_for() {
         &[("rule", "threshold")],
         1.0,
     );
+    // Queue wait plus call: as many observations as calls, with the same
+    // labels.
+    at_least(
+        "vigil_rule_evaluation_latency_seconds_count",
+        &[("rule", "threshold")],
+        1.0,
+    );
     at_least(
         "vigil_poll_duration_seconds_count",
         &[("kind", "http-json")],

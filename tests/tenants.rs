@@ -31,6 +31,11 @@ struct Scene {
 
 impl Scene {
     fn start(nosy_file: &str) -> Scene {
+        Scene::start_with(nosy_file, "")
+    }
+
+    /// [`Scene::start`] with `grant` added to the nosy tenant's grant.
+    fn start_with(nosy_file: &str, grant: &str) -> Scene {
         let status = StatusServer::start();
         for target in ["victim-01", "nosy-01"] {
             status.set(
@@ -84,6 +89,7 @@ name = \"nosy\"
 targets = [\"nosy-*\"]
 sinks = [\"nosy-log\"]
 max_memory_mib = 32
+{grant}
 ",
             target("victim-01"),
             target("nosy-01"),
@@ -344,6 +350,25 @@ fn a_broken_tenant_file_at_start_stops_that_tenant_only() {
     // Fixed, it loads without a restart.
     std::fs::write(scene.root().join("tenants.d/nosy.toml"), NOSY).unwrap();
     scene.wait_evaluations("nosy/snoop", 5);
+}
+
+#[test]
+fn a_tenant_past_its_evaluation_rate_loses_samples_and_the_others_do_not() {
+    // 10 samples a second for each rule; the nosy tenant may evaluate 2.
+    let scene = Scene::start_with(NOSY, "evaluations_per_second = 2");
+    scene.wait_evaluations("victim/keeper", 40);
+    let counters = |rule: &str| {
+        get_json(&format!("{}/api/v1/rules?name={rule}", scene.base))["rules"][0]["counters"]
+            .clone()
+    };
+    let nosy = counters("nosy/snoop");
+    let victim = counters("victim/keeper");
+    assert!(nosy["rate_limited"].as_u64().unwrap() > 0, "{nosy}");
+    assert!(
+        nosy["evaluations"].as_u64() < victim["evaluations"].as_u64(),
+        "nosy {nosy} victim {victim}"
+    );
+    assert_eq!(victim["rate_limited"], 0, "{victim}");
 }
 
 fn evaluations(scene: &Scene, rule: &str) -> u64 {

@@ -181,7 +181,11 @@ impl App {
         )?;
         let board = RuleBoard::default();
         let (result_tx, results) = mpsc::channel(RESULT_QUEUE);
-        let mut router = Router::new(board.clone(), result_tx);
+        let pool = plugins::Pool::start(settings.evaluation_threads);
+        for tenant in &settings.tenants {
+            pool.set_share(Some(tenant.name.clone()), tenant.share());
+        }
+        let mut router = Router::new(board.clone(), result_tx, pool);
         for rule in rules {
             let policy = settings
                 .rules
@@ -386,6 +390,9 @@ impl App {
                     // rules running now as for those the reload brings.
                     tenant_routes.set(new.tenant_sinks());
                     tenant_board.publish(&new);
+                    for tenant in &new.tenants {
+                        router.pool().set_share(Some(tenant.name.clone()), tenant.share());
+                    }
                     dispatch.reconfigure(new.actions.clone(), new.tenant_actions());
                     pollers.apply(&new.targets);
                     reloader.reconcile(new.rules, new.rule_dirs);
@@ -475,7 +482,7 @@ async fn stop(
             None => break,
         }
     }
-    // Every thread has reported `Stopped`: joining waits for nothing more.
+    // Every rule has reported `Stopped`: joining waits for nothing more.
     let _ =
         tokio::task::spawn_blocking(move || stopping.into_iter().for_each(Stopping::join)).await;
     stopped.undelivered = alerting.into_delivery().close(grace).await;

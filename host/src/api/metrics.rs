@@ -5,8 +5,8 @@
 //! walk over its targets and rules, and a poll or an evaluation costs it
 //! nothing more.
 //!
-//! Series per target: 3 plus one per failure reason seen; per rule: 17
-//! plus the histogram's buckets; per sink: 4; per (action, outcome): 1;
+//! Series per target: 3 plus one per failure reason seen; per rule: 18
+//! plus the two histograms' buckets; per sink: 4; per (action, outcome): 1;
 //! for the compiled components: 2 (how many are in memory, not one per
 //! component: their hashes would be unbounded label values).
 
@@ -22,6 +22,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::{Shared, Views};
@@ -108,9 +109,31 @@ pub fn rule_counts(counters: &RuleCounters) -> BTreeMap<&'static str, u64> {
         ("quarantines", read(&counters.quarantines)),
         ("skipped", read(&counters.skipped)),
         ("dropped", read(&counters.dropped)),
+        ("rate_limited", read(&counters.rate_limited)),
         ("abandoned", read(&counters.abandoned)),
         ("feedback_dropped", read(&counters.feedback_dropped)),
     ])
+}
+
+/// A histogram's cumulative buckets, `(upper bound, observations up to
+/// it)`, `+Inf` last, as a scrape reads them: what a test or benchmark
+/// reads a quantile from (the histogram has no reader of its own).
+pub fn histogram_buckets(histogram: &Histogram) -> Vec<(f64, u64)> {
+    let mut registry = Registry::default();
+    registry.register("h", "", histogram.clone());
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)
+        .expect("encoding into a string cannot fail");
+    text.lines()
+        .filter_map(|line| {
+            let (le, count) = line.strip_prefix("h_bucket{le=\"")?.split_once("\"} ")?;
+            let le = match le {
+                "+Inf" => f64::INFINITY,
+                finite => finite.parse().ok()?,
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 /// The failure kinds of `vigil_rule_failures_total`, with the counter each
@@ -277,6 +300,15 @@ impl Collector for StageCollector {
         )?;
         family(
             e,
+            "vigil_rule_evaluation_latency_seconds",
+            "How long from a sample's offer to the rule to the end of its call (queue wait plus call)",
+            MetricType::Histogram,
+            rules
+                .iter()
+                .map(|(name, c)| (rule(name), c.latency.clone())),
+        )?;
+        family(
+            e,
             "vigil_rule_failures",
             "Failed rule calls by kind",
             MetricType::Counter,
@@ -320,6 +352,15 @@ impl Collector for StageCollector {
             rules
                 .iter()
                 .map(|(name, c)| (rule(name), counter(read(&c.dropped)))),
+        )?;
+        family(
+            e,
+            "vigil_rule_samples_rate_limited",
+            "Samples dropped for the rule because its tenant was past its evaluation rate",
+            MetricType::Counter,
+            rules
+                .iter()
+                .map(|(name, c)| (rule(name), counter(read(&c.rate_limited)))),
         )?;
         family(
             e,

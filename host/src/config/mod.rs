@@ -6,6 +6,7 @@
 //! ```toml
 //! data_dir = "/var/lib/vigil"          # optional
 //! shutdown_grace = "5s"                # optional: how long a stop may take
+//! evaluation_threads = 4               # optional: threads that run every rule (default: the cores, at least 2)
 //!
 //! [[targets]]
 //! name = "web-01"
@@ -87,8 +88,8 @@ mod tenants;
 mod watch;
 
 pub use api::{ApiSettings, DEFAULT_LISTEN, Listen};
-pub use tenants::{GrantView, TenantBoard, TenantGrant, TenantSpec, TenantView};
 pub use cluster::ClusterSettings;
+pub use tenants::{GrantView, TenantBoard, TenantGrant, TenantSpec, TenantView};
 
 pub use sinks::DEFAULT_SINK_TIMEOUT;
 pub use watch::{ConfigWatch, ReloadRequest};
@@ -100,6 +101,7 @@ use crate::duration::TextDuration;
 use crate::hash::Sha256;
 use crate::names::{ActionName, RuleName, Syntax, TENANT_SEPARATOR, TargetName, TenantName};
 use crate::plugins::trust::{Keyring, Trust, TrustSettings, TrustedKey};
+use crate::plugins::{MAX_THREADS, Pool};
 use crate::runtime::{Limits, builtin};
 use crate::sinks::SinkSpec;
 use crate::size::TextSize;
@@ -162,6 +164,9 @@ pub struct Settings {
     /// The cluster this host joins (`[cluster]`); `None`: a single host
     /// polling every target. Takes effect at the next start.
     pub cluster: Option<ClusterSettings>,
+    /// Threads that evaluate rules, shared by every rule (a busy tenant may
+    /// hold all but one). Takes effect at the next start.
+    pub evaluation_threads: usize,
 }
 
 impl Settings {
@@ -178,6 +183,10 @@ impl Settings {
             ("sinks", self.sinks != new.sinks),
             ("api", self.api != new.api),
             ("cluster", self.cluster != new.cluster),
+            (
+                "evaluation_threads",
+                self.evaluation_threads != new.evaluation_threads,
+            ),
         ];
         changed
             .into_iter()
@@ -378,6 +387,7 @@ impl Settings {
             api: ApiSettings::default(),
             tenants: Vec::new(),
             cluster: None,
+            evaluation_threads: Pool::default_threads(),
         }
     }
 
@@ -578,6 +588,22 @@ impl Settings {
                 }
             }
         }
+        let evaluation_threads = match file.evaluation_threads {
+            None => Pool::default_threads(),
+            Some(threads) => {
+                let location = at(threads.span());
+                let threads = threads.into_inner();
+                if !(1..=MAX_THREADS as u64).contains(&threads) {
+                    return Err(ConfigError {
+                        location,
+                        message: format!(
+                            "evaluation_threads = {threads}: must be between 1 and {MAX_THREADS}\nhint: leave it out for one thread per core (at least 2)"
+                        ),
+                    });
+                }
+                threads as usize
+            }
+        };
         Ok(Settings {
             data_dir: file.data_dir.map(|dir| base.join(dir)),
             targets,
@@ -594,6 +620,7 @@ impl Settings {
             api,
             tenants,
             cluster,
+            evaluation_threads,
         })
     }
 }
@@ -642,6 +669,7 @@ struct ConfigFile {
     actions: Option<Spanned<toml::Table>>,
     reload_debounce: Option<ConfigDuration>,
     shutdown_grace: Option<ConfigDuration>,
+    evaluation_threads: Option<Spanned<u64>>,
     audit: Option<Spanned<AuditConfig>>,
     api: Option<Spanned<api::ApiConfig>>,
     cluster: Option<Spanned<cluster::ClusterConfig>>,
@@ -1173,6 +1201,27 @@ mod tests {
                 .contains("targets: an empty target pattern matches nothing"),
             "{empty}"
         );
+    }
+
+    #[test]
+    fn evaluation_threads_defaults_to_the_cores_is_checked_and_takes_effect_at_start() {
+        let targets = "[[targets]]\nname = \"local\"\nkind = \"local\"\n";
+        let parse = |head: &str| parse(&format!("{head}\n{targets}"));
+        let default = parse("").unwrap();
+        assert_eq!(default.evaluation_threads, Pool::default_threads());
+        assert!(default.evaluation_threads >= 2);
+        let four = parse("evaluation_threads = 4").unwrap();
+        assert_eq!(four.evaluation_threads, 4);
+        assert_eq!(default.start_only_changes(&four), ["evaluation_threads"]);
+        for refused in ["evaluation_threads = 0", "evaluation_threads = 100000"] {
+            let error = parse(refused).unwrap_err();
+            assert!(error.location.ends_with(":1"), "{error}");
+            assert!(
+                error.message.contains("must be between 1 and 256")
+                    && error.message.contains("hint:"),
+                "{error}"
+            );
+        }
     }
 
     #[test]

@@ -247,6 +247,13 @@ impl TenantConfig {
 }
 
 impl TenantSpec {
+    /// Its share of the evaluation pool (the grant's rate).
+    pub fn share(&self) -> crate::plugins::TenantShare {
+        crate::plugins::TenantShare {
+            evaluations_per_second: self.grant.evaluations_per_second,
+        }
+    }
+
     /// The tenant `name` with its file read and checked against `grant`. A
     /// file that is refused leaves `previous`'s accepted text in force, if
     /// there is one and it still fits the grant. Never fails: a refusal is

@@ -1,5 +1,7 @@
 //! Rules as the host runs them: loading (read, compile, link, `configure`), the
-//! metrics each rule subscribed to, and one worker thread per rule.
+//! metrics each rule subscribed to, and the pool of threads that evaluates
+//! them (`pool`: a bounded queue per rule, turns fair across tenants,
+//! `schedule`: who goes next; `worker`: one rule's evaluation).
 //!
 //! Loading refuses a rule with the exact reason, naming the rule, its file
 //! and where the config declares it. Nothing is half-loaded: a rule is
@@ -7,7 +9,9 @@
 //! [`trust`] (pin, signature) is checked on those bytes and the same bytes
 //! are compiled.
 
+mod pool;
 pub mod reload;
+mod schedule;
 mod subscription;
 pub mod trust;
 mod worker;
@@ -26,10 +30,9 @@ pub use crate::config::FailurePolicy;
 /// The rules embedded in the binary (they live in the runtime, below the
 /// config that names them).
 pub use crate::runtime::builtin;
-pub use worker::{
-    Evaluation, QUEUE, Refused, RuleBoard, RuleCounters, RuleHealth, RuleState, RuleWorker,
-    Stopping, WorkerEvent,
-};
+pub use pool::{MAX_THREADS, Pool, PoolStats, QUEUE, RuleWorker, Stopping};
+pub use schedule::{Refused, TenantShare};
+pub use worker::{Evaluation, RuleBoard, RuleCounters, RuleHealth, RuleState, WorkerEvent};
 
 use crate::config::{RuleSource, RuleSpec};
 use crate::hash::Sha256;

@@ -1,16 +1,7 @@
-//! One thread per rule, evaluating the samples sent to it in order, and the
-//! failure policy that sets a failing rule aside.
-//!
-//! Rules are called synchronously (a wasm call is a few microseconds), so each
-//! rule gets a plain thread rather than a slot on the async runtime: a rule
-//! that burns its whole deadline delays only its own queue, never the poll
-//! loop or another rule. Nobody waits on that queue either: offering a
-//! sample ([`RuleWorker::offer`]) fails at once when it is full, and the
-//! router drops the sample for this rule only and counts it.
-//!
-//! Samples come through a bounded queue; new versions and action outcomes
-//! through a side channel the thread reads before each sample, so neither
-//! ever waits behind (or blocks on) a full sample queue.
+//! One rule's evaluation, wherever it runs: the state a pool thread takes
+//! with the rule ([`Worker`]: its instance, failure record and waiting
+//! action outcomes), what it reports ([`WorkerEvent`]), the failure policy
+//! that sets a failing rule aside, and the counters the API reads.
 //!
 //! After `quarantine_after` failures in a row the rule is quarantined: the
 //! samples that arrive meanwhile are not evaluated (each is reported as
@@ -19,9 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc as side;
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -31,10 +20,6 @@ use crate::config::FailurePolicy;
 use crate::names::RuleName;
 use crate::runtime::{ActionOutcome, CallError, RuleInstance, RuleLog, Sample, Verdict};
 
-/// Samples waiting for one rule; more are dropped for this rule.
-pub const QUEUE: usize = 1024;
-/// Action outcomes waiting to be handed to one rule; more are dropped.
-const MAX_PENDING_FEEDBACK: usize = 1024;
 /// Outcomes kept for one target until its next sample (the newest).
 const MAX_FEEDBACK_PER_TARGET: usize = 32;
 
@@ -103,6 +88,14 @@ const EVALUATION_BUCKETS: [f64; 12] = [
     1.0,
 ];
 
+/// Upper bounds (seconds) of the latency histogram (offered to evaluated):
+/// from a call's few microseconds to the seconds a sample may wait behind
+/// a rule that runs to its deadline on every sample.
+const LATENCY_BUCKETS: [f64; 19] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
 /// How a rule stands now, as the API shows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RuleState {
@@ -153,6 +146,9 @@ pub struct RuleCounters {
     pub state: std::sync::Mutex<RuleState>,
     /// How long calls take (skipped ones are not counted).
     pub durations: prometheus_client::metrics::histogram::Histogram,
+    /// How long from a sample's offer to the end of its call: the wait in
+    /// the queue plus the call (skipped ones are not counted).
+    pub latency: prometheus_client::metrics::histogram::Histogram,
     /// Calls made (successful or not).
     pub evaluations: AtomicU64,
     /// Calls that hit their deadline.
@@ -173,6 +169,9 @@ pub struct RuleCounters {
     pub skipped: AtomicU64,
     /// Samples dropped for this rule because its queue was full.
     pub dropped: AtomicU64,
+    /// Samples dropped for this rule because its tenant was past its
+    /// evaluation rate.
+    pub rate_limited: AtomicU64,
     /// Samples queued but not evaluated at shutdown.
     pub abandoned: AtomicU64,
     /// Action outcomes dropped because too many were waiting.
@@ -187,6 +186,7 @@ impl Default for RuleCounters {
                 ..RuleState::default()
             }),
             durations: prometheus_client::metrics::histogram::Histogram::new(EVALUATION_BUCKETS),
+            latency: prometheus_client::metrics::histogram::Histogram::new(LATENCY_BUCKETS),
             evaluations: AtomicU64::default(),
             timeouts: AtomicU64::default(),
             memory_limits: AtomicU64::default(),
@@ -197,6 +197,7 @@ impl Default for RuleCounters {
             quarantines: AtomicU64::default(),
             skipped: AtomicU64::default(),
             dropped: AtomicU64::default(),
+            rate_limited: AtomicU64::default(),
             abandoned: AtomicU64::default(),
             feedback_dropped: AtomicU64::default(),
         }
@@ -272,192 +273,18 @@ impl RuleBoard {
     }
 }
 
-/// A rule's worker thread and the queues that feed it.
-pub struct RuleWorker {
-    name: RuleName,
-    samples: mpsc::Sender<Arc<Sample>>,
-    control: side::Sender<Control>,
-    /// Outcomes sent but not yet taken by the thread.
-    pending_feedback: Arc<AtomicUsize>,
-    counters: Arc<RuleCounters>,
-    abandon: Arc<AtomicBool>,
-    thread: JoinHandle<()>,
-}
-
-/// Why a sample was not queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
-    /// The rule's queue is full: it is not keeping up.
-    Full,
-    /// The worker has stopped.
-    Closed,
-}
-
-/// What a worker is told besides samples. The thread applies these before
-/// its next sample, so each sample is evaluated exactly once, by the version
-/// before a swap or the one after.
-enum Control {
+/// What a rule is told besides samples. A thread applies these before the
+/// rule's next sample, so each sample is evaluated exactly once, by the
+/// version before a swap or the one after.
+pub(super) enum Control {
+    /// A new version.
     Swap(Box<LoadedRule>),
     /// The outcome of an action this rule requested for a target.
     Feedback(String, ActionOutcome),
 }
 
-impl RuleWorker {
-    /// Starts a thread that evaluates every sample it is offered and reports
-    /// each outcome on `results`, waiting when `results` is full (which
-    /// only ever slows this rule).
-    pub fn spawn(
-        rule: LoadedRule,
-        policy: FailurePolicy,
-        counters: Arc<RuleCounters>,
-        results: mpsc::Sender<WorkerEvent>,
-    ) -> Self {
-        let (samples, mut queue) = mpsc::channel::<Arc<Sample>>(QUEUE);
-        let (control, orders) = side::channel::<Control>();
-        let pending_feedback = Arc::new(AtomicUsize::new(0));
-        let abandon = Arc::new(AtomicBool::new(false));
-        let name = rule.name.clone();
-        let mut worker = Worker {
-            name: rule.name,
-            feedback: HashMap::new(),
-            version: rule.version,
-            subscription: rule.subscription,
-            instance: rule.instance,
-            policy,
-            counters: counters.clone(),
-            consecutive: 0,
-            backoff: policy.initial_backoff,
-            quarantined_until: None,
-            last_error: None,
-        };
-        let (pending, stop) = (pending_feedback.clone(), abandon.clone());
-        let thread = std::thread::Builder::new()
-            .name(format!("rule-{name}"))
-            .spawn(move || {
-                let mut abandoned = 0;
-                while let Some(sample) = queue.blocking_recv() {
-                    worker.take_orders(&orders, &pending);
-                    if stop.load(Ordering::Relaxed) {
-                        abandoned += 1;
-                        continue;
-                    }
-                    let evaluation = worker.evaluate(&sample);
-                    if results
-                        .blocking_send(WorkerEvent::Evaluated(evaluation))
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                worker
-                    .counters
-                    .abandoned
-                    .fetch_add(abandoned, Ordering::Relaxed);
-                let rule = worker.name.clone();
-                let _ = results.blocking_send(WorkerEvent::Stopped { rule, abandoned });
-            })
-            .expect("spawning a rule thread");
-        RuleWorker {
-            name,
-            samples,
-            control,
-            pending_feedback,
-            counters,
-            abandon,
-            thread,
-        }
-    }
-
-    /// The rule's name.
-    pub fn name(&self) -> &RuleName {
-        &self.name
-    }
-
-    /// The rule's counters.
-    pub fn counters(&self) -> &Arc<RuleCounters> {
-        &self.counters
-    }
-
-    /// Queues a sample if there is room, never waiting.
-    pub fn offer(&self, sample: Arc<Sample>) -> Result<(), Refused> {
-        self.samples.try_send(sample).map_err(|error| match error {
-            mpsc::error::TrySendError::Full(_) => Refused::Full,
-            mpsc::error::TrySendError::Closed(_) => Refused::Closed,
-        })
-    }
-
-    /// Hands the rule the outcome of an action it requested, with its next
-    /// sample of `target`. Past [`MAX_PENDING_FEEDBACK`] waiting outcomes
-    /// (a rule asking faster than it evaluates) the outcome is dropped and
-    /// counted.
-    pub fn feedback(&self, target: String, outcome: ActionOutcome) {
-        if self.pending_feedback.fetch_add(1, Ordering::Relaxed) >= MAX_PENDING_FEEDBACK {
-            self.pending_feedback.fetch_sub(1, Ordering::Relaxed);
-            self.counters
-                .feedback_dropped
-                .fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        if self
-            .control
-            .send(Control::Feedback(target, outcome))
-            .is_err()
-        {
-            tracing::warn!(rule = %self.name, "Rule worker stopped; action feedback dropped.");
-        }
-    }
-
-    /// Hands over a new version of the rule; it takes over before the next
-    /// sample. A version not newer than the running one is ignored.
-    pub fn swap(&self, rule: LoadedRule) {
-        if self.control.send(Control::Swap(Box::new(rule))).is_err() {
-            tracing::error!(rule = %self.name, "Rule worker stopped; new version not installed.");
-        }
-    }
-
-    /// Closes the queues: the thread evaluates the samples already queued,
-    /// reports [`WorkerEvent::Stopped`] and ends. The returned handle can
-    /// cut that short ([`Stopping::abandon`]) and wait for the thread.
-    pub fn close(self) -> Stopping {
-        Stopping {
-            name: self.name,
-            abandon: self.abandon,
-            thread: self.thread,
-        }
-    }
-}
-
-/// A worker whose queue is closed, finishing what was queued.
-pub struct Stopping {
-    name: RuleName,
-    abandon: Arc<AtomicBool>,
-    thread: JoinHandle<()>,
-}
-
-impl Stopping {
-    /// The rule's name.
-    pub fn name(&self) -> &RuleName {
-        &self.name
-    }
-
-    /// Stops evaluating: samples still queued are counted as abandoned,
-    /// not evaluated. A call in progress finishes first (it is bounded by
-    /// the rule's deadline).
-    pub fn abandon(&self) {
-        self.abandon.store(true, Ordering::Relaxed);
-    }
-
-    /// Waits for the thread to end (call after its `Stopped` event, or
-    /// after [`Stopping::abandon`], or it may wait for the whole queue).
-    pub fn join(self) {
-        if self.thread.join().is_err() {
-            tracing::error!(rule = %self.name, "Rule worker panicked.");
-        }
-    }
-}
-
-/// What the worker thread owns.
-struct Worker {
+/// A rule's state, owned by whichever thread serves it.
+pub(super) struct Worker {
     name: RuleName,
     /// Action outcomes waiting for the next sample of their target.
     feedback: HashMap<String, VecDeque<ActionOutcome>>,
@@ -466,6 +293,7 @@ struct Worker {
     instance: RuleInstance,
     policy: FailurePolicy,
     counters: Arc<RuleCounters>,
+    results: mpsc::Sender<WorkerEvent>,
     consecutive: u32,
     /// The length of the next quarantine.
     backoff: Duration,
@@ -474,13 +302,35 @@ struct Worker {
 }
 
 impl Worker {
-    /// Applies the swaps and outcomes sent since the last sample.
-    fn take_orders(&mut self, orders: &side::Receiver<Control>, pending: &AtomicUsize) {
-        while let Ok(order) = orders.try_recv() {
+    /// A rule about to serve its first sample, reporting on `results`.
+    pub(super) fn new(
+        rule: LoadedRule,
+        policy: FailurePolicy,
+        counters: Arc<RuleCounters>,
+        results: mpsc::Sender<WorkerEvent>,
+    ) -> Self {
+        Worker {
+            name: rule.name,
+            feedback: HashMap::new(),
+            version: rule.version,
+            subscription: rule.subscription,
+            instance: rule.instance,
+            policy,
+            counters,
+            results,
+            consecutive: 0,
+            backoff: policy.initial_backoff,
+            quarantined_until: None,
+            last_error: None,
+        }
+    }
+
+    /// Applies the swaps and outcomes given since the last sample.
+    pub(super) fn take_orders(&mut self, orders: Vec<Control>) {
+        for order in orders {
             match order {
                 Control::Swap(rule) => self.swap(*rule),
                 Control::Feedback(target, outcome) => {
-                    pending.fetch_sub(1, Ordering::Relaxed);
                     let waiting = self.feedback.entry(target).or_default();
                     if waiting.len() == MAX_FEEDBACK_PER_TARGET {
                         waiting.pop_front();
@@ -492,6 +342,21 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Sends `event` to the alert stage, waiting while its queue is full.
+    /// False when nobody reads them any more.
+    pub(super) fn report(&self, event: WorkerEvent) -> bool {
+        self.results.blocking_send(event).is_ok()
+    }
+
+    /// Reports that the rule stopped, with the samples it left.
+    pub(super) fn stopped(self: Box<Self>, abandoned: u64) {
+        self.counters
+            .abandoned
+            .fetch_add(abandoned, Ordering::Relaxed);
+        let rule = self.name.clone();
+        self.report(WorkerEvent::Stopped { rule, abandoned });
     }
 
     /// Installs a newer version. It starts with a clean failure record: the
@@ -510,7 +375,8 @@ impl Worker {
         self.last_error = None;
     }
 
-    fn evaluate(&mut self, sample: &Arc<Sample>) -> Evaluation {
+    /// Evaluates `sample`, offered at `offered`.
+    pub(super) fn evaluate(&mut self, sample: &Arc<Sample>, offered: Instant) -> Evaluation {
         let mut view = self.subscription.view(sample);
         if let Some(outcomes) = self.feedback.remove(&sample.target) {
             let mut with_feedback = (*view).clone();
@@ -531,6 +397,8 @@ impl Worker {
         self.counters.count(&result);
         if !matches!(result, Err(CallError::Quarantined(_))) {
             self.counters.durations.observe(duration.as_secs_f64());
+            let latency = offered.elapsed();
+            self.counters.latency.observe(latency.as_secs_f64());
         }
         let health = self.update_health(&result);
         self.counters.settled(&health);
@@ -619,7 +487,9 @@ mod tests {
         };
         let counters = Arc::new(RuleCounters::default());
         let (results, mut evaluations) = mpsc::channel(16);
-        let worker = RuleWorker::spawn(rule, policy, counters.clone(), results);
+        let pool = super::super::Pool::start(2);
+        let worker =
+            super::super::RuleWorker::spawn(&pool, rule, policy, counters.clone(), results);
         let sample = Arc::new(crate::sources::make_sample("t", &[], Ok(vec![]), 1));
         for _ in 0..4 {
             worker.offer(sample.clone()).unwrap();

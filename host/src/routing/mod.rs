@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::names::RuleName;
 use crate::plugins::{
-    FailurePolicy, LoadedRule, Refused, RuleBoard, RuleWorker, Stopping, WorkerEvent,
+    FailurePolicy, LoadedRule, Pool, Refused, RuleBoard, RuleWorker, Stopping, WorkerEvent,
 };
 use crate::runtime::{ActionOutcome, Sample};
 
@@ -44,6 +44,8 @@ pub struct RouterStats {
 pub struct Router {
     /// Each rule's worker, and the targets it sees.
     workers: BTreeMap<RuleName, (RuleWorker, TargetSelector)>,
+    /// The threads that evaluate every rule.
+    pool: Pool,
     board: RuleBoard,
     results: mpsc::Sender<WorkerEvent>,
     /// Samples dropped per rule since the last [`Router::tick`].
@@ -54,11 +56,12 @@ pub struct Router {
 }
 
 impl Router {
-    /// A router with no rules yet. Workers report on `results`; their
-    /// counters are published on `board`.
-    pub fn new(board: RuleBoard, results: mpsc::Sender<WorkerEvent>) -> Self {
+    /// A router with no rules yet, whose rules run on `pool`. Workers
+    /// report on `results`; their counters are published on `board`.
+    pub fn new(board: RuleBoard, results: mpsc::Sender<WorkerEvent>, pool: Pool) -> Self {
         Router {
             workers: BTreeMap::new(),
+            pool,
             board,
             results,
             dropping: BTreeMap::new(),
@@ -70,6 +73,11 @@ impl Router {
     /// The router's totals.
     pub fn stats(&self) -> Arc<RouterStats> {
         self.stats.clone()
+    }
+
+    /// The threads that evaluate the rules (to set a tenant's share).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
     }
 
     /// How many rules are running.
@@ -101,6 +109,9 @@ impl Router {
                         started.push(name.clone());
                     }
                 }
+                // Counted by the worker: a tenant past its rate is a
+                // policy, not a rule that cannot keep up.
+                Err(Refused::RateLimited) => {}
                 Err(Refused::Closed) => {
                     tracing::error!(rule = %name, "Rule worker stopped; sample not evaluated.");
                 }
@@ -133,7 +144,8 @@ impl Router {
                 let counters = self.board.counters(&rule.name);
                 let name = rule.name.clone();
                 let selector = rule.targets.clone();
-                let worker = RuleWorker::spawn(rule, policy, counters, self.results.clone());
+                let worker =
+                    RuleWorker::spawn(&self.pool, rule, policy, counters, self.results.clone());
                 self.workers.insert(name, (worker, selector));
             }
         }
@@ -145,7 +157,7 @@ impl Router {
         if let Some((name, (worker, _))) = self.workers.remove_entry(rule) {
             self.dropping.remove(rule);
             self.removed.insert(name);
-            // Not joined: the thread ends on its own once its queue is done.
+            // Not joined: it leaves the pool on its own once its queue is done.
             drop(worker.close());
         }
     }
