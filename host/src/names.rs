@@ -1,6 +1,7 @@
 //! Names: which characters each kind of name may hold ([`Syntax`]), and the
 //! typed names the host passes around once a config is parsed
-//! ([`RuleName`], [`TargetName`], [`ActionName`], [`TenantName`]).
+//! ([`RuleName`], [`TargetName`], [`ActionName`], [`TenantName`], and the
+//! cluster's [`NodeId`] and [`ClusterName`]).
 //!
 //! The typed names are cheap to clone (an `Arc<str>`), so a name can be a
 //! map key, sit in every sample and log line, and cross threads without a
@@ -184,6 +185,17 @@ name_type! {
     /// of the `tenant` label on its alerts, and the key of its share of the
     /// rule workers.
     TenantName
+}
+
+name_type! {
+    /// A node's id in its cluster (`[cluster] node`): letters, digits, `_`
+    /// and `-`, since it is a key in the lease bucket.
+    NodeId
+}
+
+name_type! {
+    /// A cluster's name (`[cluster] name`), which names its buckets.
+    ClusterName
 }
 
 #[cfg(test)]

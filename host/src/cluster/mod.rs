@@ -29,61 +29,8 @@ mod ownership;
 mod partition;
 pub mod status;
 
-use std::sync::Arc;
-
 pub use lease::Leases;
 pub use ownership::{Claim, Ownership};
 pub use partition::{Partition, Partitions, Plan, fair_share, plan};
 
-/// Defines a name type over an `Arc<str>`, checked where it is declared
-/// (the config).
-macro_rules! id_type {
-    ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-        #[serde(from = "String", into = "String")]
-        pub struct $name(Arc<str>);
-
-        impl $name {
-            /// The text.
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-
-        impl From<&str> for $name {
-            fn from(text: &str) -> Self {
-                $name(text.into())
-            }
-        }
-
-        impl From<String> for $name {
-            fn from(text: String) -> Self {
-                $name(text.into())
-            }
-        }
-
-        impl From<$name> for String {
-            fn from(name: $name) -> String {
-                name.0.to_string()
-            }
-        }
-    };
-}
-
-id_type! {
-    /// A node's id in its cluster (`[cluster] node`): letters, digits, `_`
-    /// and `-`, since it is a key in the lease bucket.
-    NodeId
-}
-
-id_type! {
-    /// A cluster's name (`[cluster] name`), which names its buckets.
-    ClusterName
-}
+pub use crate::names::{ClusterName, NodeId};

@@ -507,13 +507,7 @@ impl Settings {
                 });
             }
             if !names.insert(spec.name.clone()) {
-                return Err(ConfigError {
-                    location,
-                    message: format!(
-                        "rule `{}`: the name is used twice\nhint: set `name` to tell the rules apart",
-                        spec.name
-                    ),
-                });
+                return Err(rule_named_twice(location, &spec.name));
             }
             rules.push(spec);
         }
@@ -655,6 +649,16 @@ fn section<C, T: Default>(
         location,
         message: format!("[{name}]: {message}"),
     })
+}
+
+/// Two rules of one config (or one tenant's file) with the same name.
+fn rule_named_twice(location: String, name: &RuleName) -> ConfigError {
+    ConfigError {
+        location,
+        message: format!(
+            "rule `{name}`: the name is used twice\nhint: set `name` to tell the rules apart"
+        ),
+    }
 }
 
 fn line_of(text: &str, offset: usize) -> usize {

@@ -374,13 +374,7 @@ fn resolve(
         )
         .map_err(fail)?;
         if rules.iter().any(|other: &RuleSpec| other.name == spec.name) {
-            return Err(ConfigError {
-                location,
-                message: format!(
-                    "rule `{}`: the name is used twice\nhint: set `name` to tell the rules apart",
-                    spec.name
-                ),
-            });
+            return Err(super::rule_named_twice(location, &spec.name));
         }
         rules.push(spec);
     }
