@@ -11,7 +11,9 @@
 //! ```
 //!
 //! `VIGIL_BENCH_SECONDS` (default 30) is the measured window, after 5 s of
-//! warm-up that the histograms' figures leave out. Results: `BENCHMARKS.md`.
+//! warm-up that the histograms' figures leave out. `VIGIL_BENCH_THREADS`
+//! sets `evaluation_threads` (default: the host's default, the cores).
+//! Results: `BENCHMARKS.md`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,6 +57,13 @@ fn settings(spin: bool) -> Settings {
     settings.targets.clear();
     settings.api.listen = Listen::Off;
     settings.shutdown_grace = Duration::from_secs(1);
+    if let Some(threads) = std::env::var("VIGIL_BENCH_THREADS")
+        .ok()
+        .and_then(|text| text.parse().ok())
+    {
+        settings.evaluation_threads = threads;
+    }
+    println!("evaluation threads: {}", settings.evaluation_threads);
     for t in 0..TENANTS {
         for m in 0..RULES_PER_TENANT {
             let mut spec = threshold.clone();
