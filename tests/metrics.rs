@@ -163,7 +163,7 @@ impl Prometheus {
             ),
         )
         .unwrap();
-        let port = live::free_port();
+        let port = common::free_port();
         let child = Command::new(program)
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(

@@ -201,16 +201,6 @@ pub fn request(method: &str, url: &str, token: Option<&str>) -> Answer {
     })
 }
 
-/// A free port on loopback (bound and released: another process could take
-/// it in between, which on a test machine does not happen in practice).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The pinned requirements of these tests' Python tools.
 pub const REQUIREMENTS: &str = include_str!("requirements.txt");
 
