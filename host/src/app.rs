@@ -24,6 +24,7 @@ use std::time::Duration;
 use anyhow::bail;
 use tokio::sync::mpsc;
 
+use crate::actions::ClaimStore;
 use crate::actions::dispatch::Dispatch;
 use crate::alerts::{AlertStats, Alerting};
 use crate::api::{Api, Views};
@@ -98,11 +99,13 @@ impl App {
         data_dir.create()?;
         // Joining the cluster can fail (no server, a server too old, a
         // bucket made for another partition count): before anything runs.
-        let leases = match &settings.cluster {
-            None => None,
+        let (leases, claims) = match &settings.cluster {
+            None => (None, None),
             Some(cluster) => {
                 let nats = Nats::connect(cluster).await?;
-                Some(nats.leases(cluster, true).await?)
+                let leases = nats.leases(cluster, true).await?;
+                let claims: Arc<dyn ClaimStore> = Arc::new(nats.claims(cluster).await?);
+                (Some(leases), Some((claims, cluster.node.clone())))
             }
         };
         let state = data_dir.open_state()?;
@@ -114,7 +117,7 @@ impl App {
         // Compiled rules are kept in the data directory's cache, so a
         // restart loads them in milliseconds instead of compiling them again.
         let runtime = Runtime::new()?.with_compile_cache(CompileCache::new(data_dir.cache_dir()));
-        let dispatch = Dispatch::start(settings.actions.clone(), settings.audit, &state)?;
+        let dispatch = Dispatch::start(settings.actions.clone(), settings.audit, &state, claims)?;
         dispatch.reconfigure(settings.actions.clone(), settings.tenant_actions());
         let specs = settings.rules.clone();
         let (loader_runtime, loader_state) = (runtime.clone(), state.clone());

@@ -1,9 +1,10 @@
 //! The command line: flags parsed once into typed values, then handed to
 //! the library.
 
-use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::io::{IsTerminal, Write as _};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -77,6 +78,33 @@ enum ClusterCommand {
     /// lease was renewed, read straight from the cluster's lease bucket in
     /// NATS (no node needs to run on this machine).
     Status(ClusterStatusArgs),
+    /// Remediation claims: every action run in the cluster is claimed
+    /// before it starts. A claim left `running` by a node that died
+    /// mid-run blocks that action on that target ("outcome unknown")
+    /// until it is released here.
+    #[command(subcommand)]
+    Claims(ClaimsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClaimsCommand {
+    /// List the claims: action, target, node, when, and how the run ended
+    /// (or `running`).
+    List(ClusterStatusArgs),
+    /// Release the claim of ACTION on TARGET after checking what the
+    /// interrupted run did: the next request runs it again.
+    Release(ClaimReleaseArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ClaimReleaseArgs {
+    /// The action, as declared.
+    action: String,
+    /// The target's name.
+    target: String,
+    /// The config with the `[cluster]` section.
+    #[arg(long, short)]
+    config: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -293,6 +321,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Check(args) => check(args),
         Command::Cluster(ClusterCommand::Status(args)) => cluster_status(args),
+        Command::Cluster(ClusterCommand::Claims(ClaimsCommand::List(args))) => cluster_claims(args),
+        Command::Cluster(ClusterCommand::Claims(ClaimsCommand::Release(args))) => {
+            release_claim(args)
+        }
         Command::New(args) => new(args),
         Command::Keygen(args) => crate::signing::keygen(
             &args.public_key,
@@ -366,18 +398,83 @@ fn run_monitor(args: RunArgs) -> anyhow::Result<()> {
     })
 }
 
-fn cluster_status(args: ClusterStatusArgs) -> anyhow::Result<()> {
-    let settings = Settings::load(&args.config)?;
+/// The `[cluster]` section of `config`, and a runtime to talk to NATS on.
+fn cluster_of(
+    config: &Path,
+) -> anyhow::Result<(crate::config::ClusterSettings, tokio::runtime::Runtime)> {
+    let settings = Settings::load(config)?;
     let Some(cluster) = settings.cluster else {
         anyhow::bail!(
             "`{}` has no [cluster] section\nhint: give the config the cluster's nodes run with",
-            args.config.display()
+            config.display()
         );
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    Ok((cluster, runtime))
+}
+
+fn cluster_claims(args: ClusterStatusArgs) -> anyhow::Result<()> {
+    let (cluster, runtime) = cluster_of(&args.config)?;
+    let claims = runtime.block_on(async {
+        let nats = crate::cluster::nats::Nats::connect(&cluster).await?;
+        nats.claims(&cluster).await?.list().await
+    })?;
+    let mut out = std::io::stdout().lock();
+    for claim in &claims {
+        match args.format {
+            Format::Json => serde_json::to_writer(&mut out, claim)?,
+            Format::Text => {
+                let state = match &claim.finished {
+                    Some(finished) => finished.status.as_str(),
+                    None => "running (outcome unknown if its node is gone)",
+                };
+                write!(
+                    out,
+                    "{}\t{}\tnode {}\tclaimed {}\t{state}",
+                    claim.action,
+                    claim.target,
+                    claim.node,
+                    humantime::format_rfc3339_millis(
+                        std::time::UNIX_EPOCH + Duration::from_millis(claim.claimed_ms)
+                    )
+                )?;
+            }
+        }
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+fn release_claim(args: ClaimReleaseArgs) -> anyhow::Result<()> {
+    let (cluster, runtime) = cluster_of(&args.config)?;
+    let released = runtime.block_on(async {
+        let nats = crate::cluster::nats::Nats::connect(&cluster).await?;
+        nats.claims(&cluster)
+            .await?
+            .release(&args.action, &args.target)
+            .await
+    })?;
+    match released {
+        Some(node) => println!(
+            "Released the claim of `{}` on `{}` (node {node}).",
+            args.action, args.target
+        ),
+        None => anyhow::bail!(
+            "no claim of `{}` on `{}` in cluster `{}`\nhint: `vigil cluster claims list --config {}` shows them",
+            args.action,
+            args.target,
+            cluster.name,
+            args.config.display()
+        ),
+    }
+    Ok(())
+}
+
+fn cluster_status(args: ClusterStatusArgs) -> anyhow::Result<()> {
+    let (cluster, runtime) = cluster_of(&args.config)?;
     let status = runtime.block_on(crate::cluster::status::read(&cluster))?;
     let mut out = std::io::stdout().lock();
     match args.format {

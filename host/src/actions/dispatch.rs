@@ -14,11 +14,11 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 
 use super::{
-    ActionSpec, AuditLog, AuditSettings, BreakerTrip, RealExecutor, Remediation, TenantActions,
+    ActionSpec, AuditLog, AuditSettings, BreakerTrip, ClaimStore, RealExecutor, Remediation,
+    TenantActions,
 };
 use crate::clock::now_ms;
-use crate::names::ActionName;
-use crate::names::RuleName;
+use crate::names::{ActionName, NodeId, RuleName};
 use crate::plugins::Evaluation;
 use crate::runtime::ActionOutcome;
 use crate::state::StateDb;
@@ -84,11 +84,13 @@ impl Dispatch {
     /// Opens the audit log in `state` and starts remediation with the
     /// declared `actions`. Runs a previous process left unfinished are
     /// marked interrupted and logged; records past the retention of
-    /// `audit` are deleted first.
+    /// `audit` are deleted first. In a cluster, `claims` is where enforced
+    /// runs are claimed, and this node's id.
     pub fn start(
         actions: BTreeMap<ActionName, ActionSpec>,
         audit: AuditSettings,
         state: &StateDb,
+        claims: Option<(Arc<dyn ClaimStore>, NodeId)>,
     ) -> anyhow::Result<Self> {
         let audit = AuditLog::open_with(state, audit).context("cannot open the audit log")?;
         let now = now_ms();
@@ -103,8 +105,11 @@ impl Dispatch {
         }
         let executor =
             Arc::new(RealExecutor::new().context("cannot build the HTTP client for actions")?);
-        let (remediation, interrupted) = Remediation::start(actions, audit, executor, now_ms())
+        let (mut remediation, interrupted) = Remediation::start(actions, audit, executor, now_ms())
             .context("cannot read the audit log")?;
+        if let Some((store, node)) = claims {
+            remediation = remediation.with_claims(store, node);
+        }
         for record in interrupted {
             tracing::warn!(
                 audit_id = record.id,

@@ -226,6 +226,27 @@ pub enum Reason {
         /// The target.
         target: String,
     },
+    /// In a cluster: the last claimed run of this action on this target
+    /// never reported an outcome (its node died or lost NATS mid-run), so
+    /// it is not run again until an operator releases the claim.
+    OutcomeUnknown {
+        /// The action.
+        action: String,
+        /// The target.
+        target: String,
+        /// The node that claimed the earlier run.
+        node: String,
+        /// When it claimed it, ms since the Unix epoch.
+        claimed_ms: u64,
+    },
+    /// In a cluster: the run could not be claimed (NATS unreachable), and
+    /// nothing runs without a claim.
+    ClaimUnavailable {
+        /// The action.
+        action: String,
+        /// What went wrong.
+        error: String,
+    },
 }
 
 /// What is wrong with one param.
@@ -261,7 +282,8 @@ pub enum ParamProblem {
 impl Reason {
     /// A stable short name: `not-granted`, `not-declared`, `rule-not-allowed`,
     /// `invalid-param`, `cooldown`, `rate-limited`, `breaker-open`,
-    /// `in-flight`. For audit filters and metric labels.
+    /// `in-flight`, `outcome-unknown`, `claim-unavailable`. For audit
+    /// filters and metric labels.
     pub fn code(&self) -> &'static str {
         match self {
             Reason::NotGranted { .. } => "not-granted",
@@ -272,6 +294,8 @@ impl Reason {
             Reason::RateLimited { .. } => "rate-limited",
             Reason::BreakerOpen(_) => "breaker-open",
             Reason::InFlight { .. } => "in-flight",
+            Reason::OutcomeUnknown { .. } => "outcome-unknown",
+            Reason::ClaimUnavailable { .. } => "claim-unavailable",
         }
     }
 }
@@ -344,6 +368,22 @@ impl fmt::Display for Reason {
             Reason::InFlight { action, target } => {
                 write!(f, "`{action}` is already running for `{target}`")
             }
+            Reason::OutcomeUnknown {
+                action,
+                target,
+                node,
+                claimed_ms,
+            } => write!(
+                f,
+                "outcome unknown: node `{node}` claimed `{action}` for `{target}` at {} and never reported how it ended; it is not run again until an operator releases the claim (`vigil cluster claims release {action} {target} --config ...`)",
+                humantime::format_rfc3339_millis(
+                    std::time::UNIX_EPOCH + Duration::from_millis(*claimed_ms)
+                )
+            ),
+            Reason::ClaimUnavailable { action, error } => write!(
+                f,
+                "`{action}` not run: it cannot be claimed in the cluster ({error}), and nothing runs unclaimed"
+            ),
         }
     }
 }

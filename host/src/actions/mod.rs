@@ -7,12 +7,17 @@
 //!                       history, now_ms)          execution)                    argv / HTTP, timeout)         feedback to the rule
 //! ```
 //!
+//! In a cluster an approved enforced run is also claimed
+//! ([`ClaimStore::claim`]) between the gate and the audit record, and the
+//! claim is settled with the outcome after the run ([`claims`]).
+//!
 //! | module | guarantees | refuses to |
 //! |---|---|---|
 //! | [`config`] | actions are declared by the operator only and validated whole: placeholders name declared params, patterns are anchored, the program is fixed | accept a placeholder in `command[0]` or in a header, an unknown field, an unused param |
 //! | [`gate`] | the seven checks, in order, first refusal wins; no clock, no I/O | run an undeclared action, a rule not allowed, an invalid or oversized param, past a cooldown, limit, open breaker, or twice at once for a target |
 //! | [`exec`] | argv without a shell, one param one element; killed and reaped at its timeout with its process group; output capped | interpret a param |
 //! | [`audit`] | a record before and after every run; an unfinished run shows after a crash; newest-first queries; a size and age bound | lose a run silently |
+//! | [`claims`] | in a cluster, an enforced run is claimed in a shared store before it starts and settled after; a claim that never finished refuses the action as `outcome-unknown` until an operator releases it | run twice what a dead node may have half done, or run unclaimed |
 //! | [`refusals`] | a repeated refusal adds to its record's count; at most N refusal records per rule a minute, the rest counted in one summary; no clock, no I/O | write one record per refusal |
 //!
 //! [`Remediation`] ties them together; it is what the pipeline calls.
@@ -49,6 +54,7 @@
 //!    through the host's API).
 
 pub mod audit;
+pub mod claims;
 pub mod config;
 pub mod dispatch;
 pub mod exec;
@@ -62,19 +68,23 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub use audit::{
     AuditDecision, AuditError, AuditLog, AuditQuery, AuditRecord, AuditSettings, AuditStatus,
 };
+pub use claims::{Claim, ClaimError, ClaimStore, Claimed};
 pub use config::{ActionConfig, ActionSpec, Mode, parse_actions};
 pub use exec::{DryRunExecutor, Executor, Outcome, RealExecutor, RunReport};
 pub use gate::{BreakerTrip, Decision, Gate, Invocation, Reason, Run, Status, TenantActions};
 
-use crate::names::ActionName;
+use crate::names::{ActionName, NodeId};
 use crate::runtime::ActionRequest;
 
 /// The gate, the audit log and an executor, used together the only safe
-/// way: decide, record, execute, record, feed the breaker.
+/// way: decide, (in a cluster) claim, record, execute, record, feed the
+/// breaker.
 pub struct Remediation {
     gate: Mutex<Gate>,
     audit: AuditLog,
     executor: Arc<dyn Executor>,
+    /// In a cluster: where enforced runs are claimed, and as whom.
+    claims: Option<(Arc<dyn ClaimStore>, NodeId)>,
 }
 
 /// What became of one request.
@@ -128,8 +138,16 @@ impl Remediation {
             gate: Mutex::new(gate),
             audit,
             executor,
+            claims: None,
         };
         Ok((remediation, interrupted))
+    }
+
+    /// In a cluster: claims every enforced run in `store` as `node` before
+    /// it starts (see [`claims`]). Dry runs are not claimed: nothing runs.
+    pub fn with_claims(mut self, store: Arc<dyn ClaimStore>, node: NodeId) -> Self {
+        self.claims = Some((store, node));
+        self
     }
 
     /// Decides on one request, records it, runs it if approved, records the
@@ -146,25 +164,43 @@ impl Remediation {
         request: &ActionRequest,
         now_ms: u64,
     ) -> Result<Handled, AuditError> {
-        let decision = self.gate().check(rule, target, request, now_ms);
+        let mut decision = self.gate().check(rule, target, request, now_ms);
+        // The gate put an approved run in flight: the guard takes it out
+        // again if it does not get to run (refused by its claim, an audit
+        // write that failed, the future dropped).
+        let approved = match &decision {
+            Decision::Run(run) => Some(run.clone()),
+            Decision::Refuse(_) => None,
+        };
+        let mut guard = approved.as_ref().map(|run| InFlight {
+            remediation: self,
+            run,
+            now_ms,
+            done: false,
+        });
+        let mut claim = None;
+        if let (Some(run), Some((store, node))) = (&approved, &self.claims)
+            && run.mode == Mode::Enforce
+        {
+            let wanted = Claim::running(&run.action, target, rule, node, now_ms);
+            match claimed(store.as_ref(), &wanted).await {
+                Ok(revision) => claim = Some((wanted, revision)),
+                Err(reason) => decision = Decision::Refuse(reason),
+            }
+        }
         let recorded = self
             .audit
             .record_decision(rule, target, request, &decision, now_ms);
-        let run = match decision {
-            Decision::Refuse(reason) => {
+        let (run, mut guard) = match (decision, guard.take()) {
+            (Decision::Run(run), Some(guard)) => (run, guard),
+            (Decision::Refuse(reason), _) => {
                 return Ok(Handled {
                     audit_id: recorded?,
                     outcome: Outcome::refused(&reason, now_ms),
                     breaker_opened: None,
                 });
             }
-            Decision::Run(run) => run,
-        };
-        let mut guard = InFlight {
-            remediation: self,
-            run: &run,
-            now_ms,
-            done: false,
+            (Decision::Run(_), None) => unreachable!("an approved run has its guard"),
         };
         let audit_id = recorded?; // On error the guard closes the run unexecuted.
         let outcome = match run.mode {
@@ -172,6 +208,17 @@ impl Remediation {
             Mode::Enforce => self.executor.execute(&run).await,
         };
         guard.done = true;
+        if let (Some((wanted, revision)), Some((store, _))) = (claim, &self.claims) {
+            let settled = wanted.settled(outcome.status, outcome.report.finished_ms);
+            if let Err(error) = store.settle(&settled, revision).await {
+                tracing::error!(
+                    action = %run.action,
+                    target,
+                    %error,
+                    "The run finished but its claim could not be settled: the next request for this action and target is refused as \"outcome unknown\" until an operator releases the claim."
+                );
+            }
+        }
         // The gate's clock, advanced by how long the run took.
         let took = outcome
             .report
@@ -214,6 +261,29 @@ impl Remediation {
         self.gate
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Claims `wanted` in `store`: the revision to settle at, or why the run
+/// must not go ahead.
+async fn claimed(store: &dyn ClaimStore, wanted: &Claim) -> Result<u64, Reason> {
+    match store.claim(wanted).await {
+        Ok(Claimed::Ours(revision)) => Ok(revision),
+        Ok(Claimed::Unknown(earlier)) => Err(Reason::OutcomeUnknown {
+            action: wanted.action.clone(),
+            target: wanted.target.clone(),
+            node: earlier.node.to_string(),
+            claimed_ms: earlier.claimed_ms,
+        }),
+        // Someone else's run started a moment ago: it is in flight there.
+        Ok(Claimed::Taken) => Err(Reason::InFlight {
+            action: wanted.action.clone(),
+            target: wanted.target.clone(),
+        }),
+        Err(error) => Err(Reason::ClaimUnavailable {
+            action: wanted.action.clone(),
+            error: error.to_string(),
+        }),
     }
 }
 
@@ -395,6 +465,124 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(handled.outcome.status, Status::Failed);
+    }
+
+    /// Claims in memory, as the NATS bucket keeps them; `down` makes
+    /// every call fail.
+    #[derive(Default)]
+    struct Claims {
+        held: Mutex<BTreeMap<String, (Claim, u64)>>,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl ClaimStore for Claims {
+        async fn claim(&self, claim: &Claim) -> Result<Claimed, ClaimError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(ClaimError("connection refused".into()));
+            }
+            let mut held = self.held.lock().unwrap();
+            let key = claims::key(&claim.action, &claim.target);
+            let revision = match held.get(&key) {
+                None => 1,
+                Some((existing, revision)) => {
+                    if let Some(blocked) = claims::blocking(existing.clone()) {
+                        return Ok(blocked);
+                    }
+                    revision + 1
+                }
+            };
+            held.insert(key, (claim.clone(), revision));
+            Ok(Claimed::Ours(revision))
+        }
+
+        async fn settle(&self, claim: &Claim, revision: u64) -> Result<(), ClaimError> {
+            let mut held = self.held.lock().unwrap();
+            let key = claims::key(&claim.action, &claim.target);
+            assert_eq!(held.get(&key).map(|(_, at)| *at), Some(revision));
+            held.insert(key, (claim.clone(), revision + 1));
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn in_a_cluster_a_run_is_claimed_first_and_an_unfinished_claim_is_never_run_again() {
+        let executor = Arc::new(Failing::default());
+        let store = Arc::new(Claims::default());
+        let audit = AuditLog::open(&StateDb::in_memory().unwrap()).unwrap();
+        let (remediation, _) =
+            Remediation::start(specs("enforce"), audit, executor.clone(), 0).unwrap();
+        let remediation = remediation.with_claims(store.clone(), "node-b".into());
+        // A finished run is taken over and settled with its outcome.
+        let first = remediation
+            .handle("threshold", "a", &restart(), 1_000)
+            .await
+            .unwrap();
+        assert_eq!(first.outcome.status, Status::Failed);
+        let key = claims::key("restart", "a");
+        let (settled, _) = store.held.lock().unwrap()[&key].clone();
+        assert_eq!(settled.node.to_string(), "node-b");
+        assert_eq!(settled.finished.unwrap().status, "failed");
+        // Another node died while running it on `b`: its claim stays.
+        let orphan = Claim::running("restart", "b", "threshold", &"node-a".into(), 1_500);
+        store
+            .held
+            .lock()
+            .unwrap()
+            .insert(claims::key("restart", "b"), (orphan, 7));
+        for now in [2_000, 3_000] {
+            let refused = remediation
+                .handle("threshold", "b", &restart(), now)
+                .await
+                .unwrap();
+            assert_eq!(refused.outcome.status, Status::Refused);
+            let detail = &refused.outcome.report.detail;
+            assert!(
+                detail.starts_with("outcome unknown: node `node-a` claimed `restart` for `b` at "),
+                "{detail}"
+            );
+            let record = remediation.audit().get(refused.audit_id).unwrap().unwrap();
+            assert_eq!(record.status, AuditStatus::Refused);
+        }
+        assert_eq!(executor.0.load(Ordering::SeqCst), 1, "never run on `b`");
+        // NATS unreachable: nothing runs unclaimed.
+        store.down.store(true, Ordering::SeqCst);
+        let refused = remediation
+            .handle("threshold", "c", &restart(), 4_000)
+            .await
+            .unwrap();
+        assert_eq!(refused.outcome.status, Status::Refused);
+        assert!(
+            refused.outcome.report.detail.starts_with(
+                "`restart` not run: it cannot be claimed in the cluster (connection refused)"
+            ),
+            "{}",
+            refused.outcome.report.detail
+        );
+        assert_eq!(executor.0.load(Ordering::SeqCst), 1);
+        // Not left in flight by the refusals: once claims answer, it runs.
+        store.down.store(false, Ordering::SeqCst);
+        let ran = remediation
+            .handle("threshold", "c", &restart(), 5_000)
+            .await
+            .unwrap();
+        assert_eq!(ran.outcome.status, Status::Failed);
+        assert_eq!(executor.0.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn dry_runs_are_not_claimed() {
+        let store = Arc::new(Claims::default());
+        store.down.store(true, Ordering::SeqCst);
+        let audit = AuditLog::open(&StateDb::in_memory().unwrap()).unwrap();
+        let (remediation, _) =
+            Remediation::start(specs("dry-run"), audit, Arc::new(Failing::default()), 0).unwrap();
+        let remediation = remediation.with_claims(store, "node-b".into());
+        let handled = remediation
+            .handle("threshold", "a", &restart(), 1_000)
+            .await
+            .unwrap();
+        assert_eq!(handled.outcome.status, Status::DryRun);
     }
 
     #[test]

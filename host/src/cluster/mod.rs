@@ -17,11 +17,12 @@
 //! | `ownership` | a partition is polled only before the deadline of its last acknowledged renewal (checked before every poll, lock-free); each change of the owned set is announced | let a node that was paused, or cut off from NATS for a whole TTL, poll on |
 //! | `lease` | one task keeps the leases: renewal by compare-and-set on the revision (a conflict drops the lease at once), membership per node, release above the share, take free ones up to it, release everything at shutdown; every NATS call bounded by `renew_every` | treat a lost connection as a lost lease before its deadline |
 //! | `nats` | the only code that touches `async-nats`; a server older than 2.11 and a bucket made for another partition count or TTL are refused with the fix | start on a cluster whose nodes disagree about `partitions` |
+//! | `nats::ClaimBucket` | remediation claims (`actions::claims`): create-only per (action, target), taken over only when finished, settled at the revision created; every call bounded (5 s) | let a run go ahead unclaimed, or take over a claim that never finished |
 //! | `status` | `vigil cluster status`: nodes, partitions per node and lease ages, read straight from the bucket | need a running node on this machine |
 //!
 //! Later: alert state per key (compare-and-set guarded by the sample's
-//! tick), a work-queue stream for notifications, remediation claims and
-//! pushed rules get their buckets in `nats` and a module each here.
+//! tick), a work-queue stream for notifications and pushed rules get their
+//! buckets in `nats` and a module each here.
 
 mod lease;
 pub mod nats;

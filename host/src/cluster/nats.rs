@@ -2,8 +2,8 @@
 //! server older than 2.11), opening the lease bucket (and refusing one made
 //! for another partition count or TTL), and the lease bucket's few typed
 //! operations. Everything else in `cluster` deals in partitions, node ids
-//! and revisions. Alert state, the notification stream and remediation
-//! claims will get their buckets and streams here too.
+//! and revisions. Remediation claims have their bucket here
+//! ([`ClaimBucket`]); alert state and the notification stream will too.
 //!
 //! **Why the bucket's `max_age` is the lease TTL, not a per-key TTL.** Every
 //! key in the lease bucket (a partition's lease, a node's membership) lives
@@ -27,6 +27,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::{NodeId, Partition, Partitions};
+use crate::actions::claims::{self, Claim, ClaimError, ClaimStore, Claimed};
 use crate::config::ClusterSettings;
 
 /// The oldest server accepted.
@@ -371,6 +372,151 @@ impl LeaseBucket {
             });
         }
         Ok(records)
+    }
+}
+
+/// `vigil_<name>_claims`.
+pub fn claim_bucket(settings: &ClusterSettings) -> String {
+    format!("vigil_{}_claims", settings.name)
+}
+
+/// How long one claim operation may take before the run is refused.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Nats {
+    /// Opens the cluster's claim bucket (remediation runs), creating it
+    /// when no node made it yet. Claims never expire: an unfinished one
+    /// stays until an operator releases it.
+    pub async fn claims(&self, settings: &ClusterSettings) -> anyhow::Result<ClaimBucket> {
+        let bucket = claim_bucket(settings);
+        let store = match self.jetstream.get_key_value(&bucket).await {
+            Ok(store) => store,
+            Err(_) => {
+                let config = kv::Config {
+                    bucket: bucket.clone(),
+                    description: "vigil remediation claims".into(),
+                    history: 1,
+                    num_replicas: settings.replicas,
+                    ..Default::default()
+                };
+                match self.jetstream.create_key_value(config).await {
+                    Ok(store) => store,
+                    Err(error) => self.jetstream.get_key_value(&bucket).await.map_err(|_| {
+                        anyhow::anyhow!(
+                            "cannot create the claim bucket `{bucket}`: {error}\nhint: is JetStream enabled on the server (`nats-server -js`), and may these credentials create streams?"
+                        )
+                    })?,
+                }
+            }
+        };
+        Ok(ClaimBucket { store })
+    }
+}
+
+/// The claim bucket: one key per (action, target) that ever ran in the
+/// cluster ([`claims::key`]), its value the [`Claim`] as JSON.
+#[derive(Clone)]
+pub struct ClaimBucket {
+    store: kv::Store,
+}
+
+fn unavailable(error: impl std::fmt::Display) -> ClaimError {
+    ClaimError(format!("NATS: {error}"))
+}
+
+/// `call`, or an error once it took [`CLAIM_TIMEOUT`].
+async fn bounded<T, E: std::fmt::Display>(
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<Result<T, E>, ClaimError> {
+    tokio::time::timeout(CLAIM_TIMEOUT, call)
+        .await
+        .map_err(|_| ClaimError(format!("NATS did not answer within {CLAIM_TIMEOUT:?}")))
+}
+
+impl ClaimBucket {
+    /// Every claim, for `vigil cluster claims`.
+    pub async fn list(&self) -> anyhow::Result<Vec<Claim>> {
+        let mut keys = self.store.keys().await?;
+        let mut names = Vec::new();
+        while let Some(key) = keys.next().await {
+            names.push(key?);
+        }
+        let mut claims = Vec::new();
+        for name in names {
+            let Some(value) = self.store.get(name.as_str()).await? else {
+                continue;
+            };
+            match serde_json::from_slice::<Claim>(&value) {
+                Ok(claim) => claims.push(claim),
+                Err(error) => tracing::warn!(key = %name, %error, "Unreadable claim skipped."),
+            }
+        }
+        claims.sort_by(|a, b| (&a.action, &a.target).cmp(&(&b.action, &b.target)));
+        Ok(claims)
+    }
+
+    /// Removes the claim of `action` on `target`: the node that held it
+    /// (`?` if the claim was unreadable), or `None` when there was none.
+    pub async fn release(&self, action: &str, target: &str) -> anyhow::Result<Option<String>> {
+        let key = claims::key(action, target);
+        let Some(entry) = self.store.entry(key.as_str()).await? else {
+            return Ok(None);
+        };
+        if entry.operation != kv::Operation::Put {
+            return Ok(None);
+        }
+        let node = serde_json::from_slice::<Claim>(&entry.value)
+            .map_or_else(|_| "?".to_string(), |claim| claim.node.to_string());
+        // Only the claim that was read: one taken over since stays.
+        self.store
+            .delete_expect_revision(key.as_str(), Some(entry.revision))
+            .await?;
+        Ok(Some(node))
+    }
+}
+
+#[async_trait::async_trait]
+impl ClaimStore for ClaimBucket {
+    async fn claim(&self, claim: &Claim) -> Result<Claimed, ClaimError> {
+        let key = claims::key(&claim.action, &claim.target);
+        let value = Bytes::from(serde_json::to_vec(claim).expect("a claim serializes"));
+        match bounded(self.store.create(key.as_str(), value.clone())).await? {
+            Ok(revision) => return Ok(Claimed::Ours(revision)),
+            Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {}
+            Err(error) => return Err(unavailable(error)),
+        }
+        let entry = bounded(self.store.entry(key.as_str()))
+            .await?
+            .map_err(unavailable)?;
+        // Released or taken over between the two calls: let the next
+        // request try again.
+        let Some(entry) = entry.filter(|entry| entry.operation == kv::Operation::Put) else {
+            return Ok(Claimed::Taken);
+        };
+        let existing: Claim = serde_json::from_slice(&entry.value).map_err(|error| {
+            ClaimError(format!(
+                "the claim under `{key}` is unreadable ({error}); release it with `vigil cluster claims release`"
+            ))
+        })?;
+        if let Some(blocked) = claims::blocking(existing) {
+            return Ok(blocked);
+        }
+        match bounded(self.store.update(key.as_str(), value, entry.revision)).await? {
+            Ok(revision) => Ok(Claimed::Ours(revision)),
+            Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                Ok(Claimed::Taken)
+            }
+            Err(error) => Err(unavailable(error)),
+        }
+    }
+
+    async fn settle(&self, claim: &Claim, revision: u64) -> Result<(), ClaimError> {
+        let key = claims::key(&claim.action, &claim.target);
+        let value = Bytes::from(serde_json::to_vec(claim).expect("a claim serializes"));
+        bounded(self.store.update(key.as_str(), value, revision))
+            .await?
+            .map(|_| ())
+            .map_err(unavailable)
     }
 }
 
