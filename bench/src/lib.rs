@@ -7,12 +7,16 @@
 //!   arrivals.
 //! - [`proc`]: CPU time and peak RSS of the processes under test, from
 //!   `/proc`.
+//! - [`children`]: the processes under test, killed by PID when dropped.
 //! - `src/bin/compare.rs`: the driver that runs both systems on one fleet
 //!   and prints their figures side by side (`bench/compare.sh`).
+//! - `src/bin/cluster.rs`: the same fleet polled by 1, 2 and 3 `vigil`
+//!   nodes sharing it through NATS (`bench/cluster.sh`, issue 16).
 //!
 //! Nothing here is part of the test suite: the figures are measured by hand
 //! and recorded in `BENCHMARKS.md`.
 
+pub mod children;
 pub mod fleet;
 pub mod proc;
 pub mod receiver;
