@@ -16,6 +16,17 @@
 //!    then delete the lease with the revision it holds), or create leases
 //!    for free partitions, up to the share.
 //!
+//! **A write that timed out may still land.** The client buffers what it
+//! sends while the connection is down and sends it once it is back, so a
+//! renewal (or a create) given up on here can reach the server later and
+//! move the key's revision. The next compare-and-set then conflicts with a
+//! write of this very node. Before dropping a lease on a conflict, and for
+//! every partition whose create timed out, the keeper therefore reads the
+//! key: if it names this node, the keeper renews it at the revision it
+//! found (the deadline moves only when that renewal is acknowledged).
+//! Without this, a NATS restart of a second made every node drop every
+//! lease and left every target unpolled for a whole TTL.
+//!
 //! The deadline is earlier than the server's expiry of the same write,
 //! which counts `max_age` from when the server stored it (after the send),
 //! by a safety margin of a tenth of the TTL for clock rate differences and
@@ -59,6 +70,7 @@ impl Leases {
             margin: settings.lease_ttl / 10,
             ownership: ownership.clone(),
             held: BTreeMap::new(),
+            doubtful: BTreeSet::new(),
         };
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(keeper.run(stopped));
@@ -107,6 +119,8 @@ struct Keeper {
     margin: Duration,
     ownership: Ownership,
     held: BTreeMap<Partition, Held>,
+    /// Partitions whose create timed out: perhaps taken by this node.
+    doubtful: BTreeSet<Partition>,
 }
 
 impl Keeper {
@@ -148,6 +162,7 @@ impl Keeper {
             tracing::warn!(node = %self.node, %error, "Cannot renew this node's cluster membership; leases hold until their deadline.");
         }
         self.renew().await;
+        self.settle_doubts().await;
         let scan = match self.bounded(self.bucket.scan()).await {
             Ok(scan) => scan,
             Err(error) => {
@@ -219,11 +234,10 @@ impl Keeper {
         let mut lost = 0;
         for (partition, sent, result) in results {
             match result {
-                Ok(revision) => {
-                    let deadline = sent + self.ttl - self.margin;
-                    self.ownership.grant(partition, deadline);
-                    self.held.insert(partition, Held { revision, deadline });
-                }
+                Ok(revision) => self.hold(partition, sent, revision),
+                // Perhaps an earlier renewal of ours that timed out here
+                // and landed later.
+                Err(LeaseError::Conflict) if self.reclaim(partition).await => {}
                 Err(LeaseError::Conflict) => {
                     self.ownership.revoke(partition);
                     self.held.remove(&partition);
@@ -264,10 +278,74 @@ impl Keeper {
                 .collect()
                 .await;
         for (partition, sent, result) in results {
-            if let Ok(revision) = result {
-                let deadline = sent + self.ttl - self.margin;
-                self.ownership.grant(partition, deadline);
-                self.held.insert(partition, Held { revision, deadline });
+            match result {
+                Ok(revision) => self.hold(partition, sent, revision),
+                Err(LeaseError::Unavailable(_)) => {
+                    self.doubtful.insert(partition);
+                }
+                Err(LeaseError::Conflict) => {}
+            }
+        }
+    }
+
+    /// Holds `partition` at `revision`, polled until the deadline that a
+    /// write sent at `sent` gives.
+    fn hold(&mut self, partition: Partition, sent: Instant, revision: u64) {
+        let deadline = sent + self.ttl - self.margin;
+        self.ownership.grant(partition, deadline);
+        self.held.insert(partition, Held { revision, deadline });
+    }
+
+    /// If the lease of `partition` names this node (a write of ours that
+    /// landed after it timed out here), renews it at the revision found:
+    /// whether this node still holds it. If NATS cannot tell, a held lease
+    /// is kept until its deadline, as for any renewal that fails (before
+    /// that deadline the server has not let it expire, so no other node
+    /// can have taken it), and a doubtful create stays in doubt.
+    async fn reclaim(&mut self, partition: Partition) -> bool {
+        let held = self.held.contains_key(&partition);
+        let (node, revision) = match self.bounded(self.bucket.holder(partition)).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return false,
+            Err(_) => {
+                if !held {
+                    self.doubtful.insert(partition);
+                }
+                return held;
+            }
+        };
+        if node != self.node {
+            return false;
+        }
+        let sent = Instant::now();
+        match self
+            .bounded(self.bucket.renew(partition, &self.node, revision))
+            .await
+        {
+            Ok(revision) => {
+                self.hold(partition, sent, revision);
+                tracing::debug!(%partition, "A lease write that had timed out had landed; the lease is kept.");
+                true
+            }
+            Err(LeaseError::Unavailable(_)) => {
+                match self.held.get_mut(&partition) {
+                    Some(held) => held.revision = revision,
+                    None => {
+                        self.doubtful.insert(partition);
+                    }
+                }
+                held
+            }
+            Err(LeaseError::Conflict) => false,
+        }
+    }
+
+    /// The partitions whose create timed out: those that name this node
+    /// are held (renewed), the others forgotten.
+    async fn settle_doubts(&mut self) {
+        for partition in std::mem::take(&mut self.doubtful) {
+            if !self.held.contains_key(&partition) {
+                self.reclaim(partition).await;
             }
         }
     }

@@ -312,6 +312,22 @@ impl LeaseBucket {
             })
     }
 
+    /// Who holds the lease of `partition` now, and at which revision.
+    pub async fn holder(&self, partition: Partition) -> Result<Option<(NodeId, u64)>, LeaseError> {
+        let key = Key::Lease(partition).text();
+        let entry = self
+            .store
+            .entry(key)
+            .await
+            .map_err(|error| LeaseError::Unavailable(error.to_string()))?;
+        Ok(entry
+            .filter(|entry| entry.operation == kv::Operation::Put)
+            .and_then(|entry| {
+                let value = serde_json::from_slice::<Value>(&entry.value).ok()?;
+                Some((value.node, entry.revision))
+            }))
+    }
+
     /// Deletes the lease of `partition` if it is still at `revision`.
     pub async fn release(&self, partition: Partition, revision: u64) -> Result<(), LeaseError> {
         let key = Key::Lease(partition).text();
