@@ -89,31 +89,23 @@ impl Nats {
         create: bool,
     ) -> anyhow::Result<LeaseBucket> {
         let bucket = lease_bucket(settings);
-        let store = match self.jetstream.get_key_value(&bucket).await {
-            Ok(store) => store,
-            Err(_) if create => {
-                let config = kv::Config {
-                    bucket: bucket.clone(),
-                    description: describe(settings.partitions, settings.lease_ttl),
-                    history: 1,
-                    max_age: settings.lease_ttl,
-                    num_replicas: settings.replicas,
-                    ..Default::default()
-                };
-                match self.jetstream.create_key_value(config).await {
-                    Ok(store) => store,
-                    // Another node made it at the same moment.
-                    Err(error) => self.jetstream.get_key_value(&bucket).await.map_err(|_| {
-                        anyhow::anyhow!(
-                            "cannot create the lease bucket `{bucket}`: {error}\nhint: is JetStream enabled on the server (`nats-server -js`), and may these credentials create streams?"
-                        )
-                    })?,
-                }
-            }
-            Err(error) => bail!(
-                "cluster `{}` has no lease bucket `{bucket}` ({error})\nhint: no node has joined it yet; start `vigil run` with this [cluster] section first",
-                settings.name
-            ),
+        let store = if create {
+            self.open_or_create(kv::Config {
+                bucket: bucket.clone(),
+                description: describe(settings.partitions, settings.lease_ttl),
+                history: 1,
+                max_age: settings.lease_ttl,
+                num_replicas: settings.replicas,
+                ..Default::default()
+            })
+            .await?
+        } else {
+            self.jetstream.get_key_value(&bucket).await.map_err(|error| {
+                anyhow::anyhow!(
+                    "cluster `{}` has no lease bucket `{bucket}` ({error})\nhint: no node has joined it yet; start `vigil run` with this [cluster] section first",
+                    settings.name
+                )
+            })?
         };
         let config = store
             .status()
@@ -142,6 +134,26 @@ impl Nats {
             store,
             partitions: settings.partitions,
         })
+    }
+}
+
+impl Nats {
+    /// Opens the KV bucket `config.bucket`, creating it with `config` when
+    /// no node made it yet.
+    async fn open_or_create(&self, config: kv::Config) -> anyhow::Result<kv::Store> {
+        let bucket = config.bucket.clone();
+        if let Ok(store) = self.jetstream.get_key_value(&bucket).await {
+            return Ok(store);
+        }
+        match self.jetstream.create_key_value(config).await {
+            Ok(store) => Ok(store),
+            // Another node made it at the same moment.
+            Err(error) => self.jetstream.get_key_value(&bucket).await.map_err(|_| {
+                anyhow::anyhow!(
+                    "cannot create the bucket `{bucket}`: {error}\nhint: is JetStream enabled on the server (`nats-server -js`), and may these credentials create streams?"
+                )
+            }),
+        }
     }
 }
 
@@ -404,27 +416,15 @@ impl Nats {
     /// when no node made it yet. Claims never expire: an unfinished one
     /// stays until an operator releases it.
     pub async fn claims(&self, settings: &ClusterSettings) -> anyhow::Result<ClaimBucket> {
-        let bucket = claim_bucket(settings);
-        let store = match self.jetstream.get_key_value(&bucket).await {
-            Ok(store) => store,
-            Err(_) => {
-                let config = kv::Config {
-                    bucket: bucket.clone(),
-                    description: "vigil remediation claims".into(),
-                    history: 1,
-                    num_replicas: settings.replicas,
-                    ..Default::default()
-                };
-                match self.jetstream.create_key_value(config).await {
-                    Ok(store) => store,
-                    Err(error) => self.jetstream.get_key_value(&bucket).await.map_err(|_| {
-                        anyhow::anyhow!(
-                            "cannot create the claim bucket `{bucket}`: {error}\nhint: is JetStream enabled on the server (`nats-server -js`), and may these credentials create streams?"
-                        )
-                    })?,
-                }
-            }
-        };
+        let store = self
+            .open_or_create(kv::Config {
+                bucket: claim_bucket(settings),
+                description: "vigil remediation claims".into(),
+                history: 1,
+                num_replicas: settings.replicas,
+                ..Default::default()
+            })
+            .await?;
         Ok(ClaimBucket { store })
     }
 }
