@@ -191,14 +191,17 @@ fn refused_at_start(config: &str) -> String {
     let status = vigil.wait_exit(Duration::from_secs(60));
     assert!(!status.success(), "vigil started:\n{}", vigil.stderr());
     // The exit can come before the thread reading stderr has read the last
-    // line: wait for the error `main` prints last.
+    // lines: wait for the error `main` prints last, and then until nothing
+    // more arrives (its `hint:` lines can come in a later read).
     let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = String::new();
     loop {
         let log = vigil.stderr();
-        if log.contains("error: ") || Instant::now() > deadline {
+        if (log.contains("error: ") && log == seen) || Instant::now() > deadline {
             return log;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        seen = log;
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
