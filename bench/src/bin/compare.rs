@@ -15,15 +15,16 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
+use vigil_bench::children::Children;
 use vigil_bench::fleet::{Fleet, Flip, Stats, target_name};
+use vigil_bench::min_median_max;
 use vigil_bench::receiver::Receiver;
-use vigil_bench::{min_median_max, proc};
 
 #[derive(Parser)]
 struct Args {
@@ -346,64 +347,6 @@ fn start_vigil(
         &dir.join("vigil.log"),
     )?;
     Ok(children)
-}
-
-/// The processes under test; killed (by PID) when dropped.
-#[derive(Default)]
-struct Children(Vec<(Child, PathBuf)>);
-
-impl Children {
-    fn spawn(&mut self, command: &mut Command, log: &Path) -> anyhow::Result<()> {
-        let out = std::fs::File::create(log)?;
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("cannot start `{}`", command.get_program().display()))?;
-        self.0.push((child, log.to_path_buf()));
-        Ok(())
-    }
-
-    /// An error with the log's end if one has exited.
-    fn check_running(&mut self) -> anyhow::Result<()> {
-        for (child, log) in &mut self.0 {
-            if let Some(status) = child.try_wait()? {
-                let text = std::fs::read_to_string(&*log).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(20).collect();
-                bail!(
-                    "`{}` (pid {}) exited with {status}; its log ends:\n{}",
-                    log.display(),
-                    child.id(),
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                );
-            }
-        }
-        Ok(())
-    }
-
-    fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        self.0
-            .iter()
-            .map(|(child, _)| proc::cpu_seconds(child.id()))
-            .sum()
-    }
-
-    fn peak_rss_bytes(&self) -> anyhow::Result<u64> {
-        self.0
-            .iter()
-            .map(|(child, _)| proc::peak_rss_bytes(child.id()))
-            .sum()
-    }
-}
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for (child, _) in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 fn find_program(name: &str) -> Option<PathBuf> {
