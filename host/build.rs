@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const WASM_TARGET: &str = "wasm32-wasip2";
-const GUEST_PACKAGES: [&str; 13] = [
+const GUEST_PACKAGES: [&str; 15] = [
     "vigil-threshold",
     "fixture-remediate",
     "fixture-counter",
@@ -26,6 +26,8 @@ const GUEST_PACKAGES: [&str; 13] = [
     "fixture-churn",
     "fixture-nosy",
     "fixture-global-counter",
+    "fixture-boundary",
+    "fixture-boundary-arena",
 ];
 
 fn main() {

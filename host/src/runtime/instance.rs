@@ -449,6 +449,68 @@ mod tests {
         assert_eq!(bytes % (64 * 1024), 0, "whole wasm pages: {bytes}");
     }
 
+    /// Issue 15: the SDK serves a call's arguments from an arena that is
+    /// reset after each call and grows when a sample does not fit. Samples
+    /// that shrink and grow past its block, each with its own values, must
+    /// come back as exactly their own alerts.
+    #[test]
+    fn rust_rules_read_each_sample_right_as_samples_outgrow_the_sdk_arena() {
+        let runtime = Runtime::new().unwrap();
+        let prepared = runtime
+            .prepare(crate::runtime::builtin::THRESHOLD.wasm)
+            .unwrap();
+        let state = crate::state::StateDb::in_memory()
+            .unwrap()
+            .rule("t")
+            .unwrap();
+        let (mut instance, _) = RuleInstance::start(
+            &runtime,
+            "t",
+            prepared,
+            "{}".into(),
+            Limits::default(),
+            state,
+        )
+        .unwrap();
+        // 2,000 disks with 100-byte mount paths: about 300 KiB of sample,
+        // many times the arena's first block. Every tenth disk is full.
+        for (call, disks) in [3, 2_000, 3, 2_000, 2_000, 1, 2_000]
+            .into_iter()
+            .enumerate()
+        {
+            let mount = |disk: usize| format!("/{call}/{disk:0>98}");
+            let value = 91.0 + call as f64;
+            let full = |disk: usize| disk.is_multiple_of(10);
+            let metrics = (0..disks)
+                .map(|disk| crate::runtime::Metric {
+                    name: "disk_used_percent".into(),
+                    value: if full(disk) { value } else { 50.0 },
+                    labels: vec![crate::runtime::Label {
+                        name: "mount".into(),
+                        value: mount(disk),
+                    }],
+                })
+                .collect();
+            let sample = crate::sources::make_sample("web-01", &[], Ok(metrics), 0);
+            let verdict = instance.evaluate(&sample).expect("evaluate");
+            let full_disks: Vec<usize> = (0..disks).filter(|&disk| full(disk)).collect();
+            assert_eq!(verdict.alerts.len(), full_disks.len(), "call {call}");
+            for (&disk, alert) in full_disks.iter().zip(&verdict.alerts) {
+                let label = alert.labels.iter().find(|label| label.name == "mount");
+                assert_eq!(
+                    label.map(|label| label.value.as_str()),
+                    Some(mount(disk).as_str()),
+                    "call {call}, disk {disk}"
+                );
+                assert!(
+                    alert.summary.contains(&format!("{value}")),
+                    "call {call}: {}",
+                    alert.summary
+                );
+            }
+        }
+    }
+
     #[test]
     fn call_errors_read_as_what_they_are() {
         let timeout = CallError::Timeout(Duration::from_millis(50), "timeout");

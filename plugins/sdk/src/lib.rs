@@ -32,6 +32,12 @@
 //! assert_eq!(verdict.alerts[0].name, "CpuHot");
 //! ```
 //!
+//! In wasm the SDK installs the component's `#[global_allocator]` and its
+//! `cabi_realloc`: the host copies each sample into an arena that is reset
+//! after the call, instead of one `malloc` and `free` per string and list
+//! (see `arena.rs`). A rule built with the SDK therefore cannot install an
+//! allocator of its own.
+//!
 //! Outside wasm (unit tests, benchmarks) [`log`] writes to stderr and
 //! [`state`] is an in-memory map per thread, so rule logic can be tested with
 //! plain `cargo test`.
@@ -61,6 +67,8 @@ pub use bindings::vigil::rules::types::{
     Severity, Verdict,
 };
 
+#[doc(hidden)]
+pub mod arena;
 pub mod log;
 pub mod state;
 
@@ -94,10 +102,10 @@ macro_rules! export_rule {
             struct VigilExport;
             impl $crate::bindings::Guest for VigilExport {
                 fn configure(config: String) -> Result<$crate::RuleInfo, String> {
-                    $crate::__private::configure::<$rule>(&config)
+                    $crate::__private::configure::<$rule>(config)
                 }
                 fn evaluate(sample: $crate::Sample) -> $crate::Verdict {
-                    $crate::__private::evaluate::<$rule>(&sample)
+                    $crate::__private::evaluate::<$rule>(sample)
                 }
             }
     $crate::bindings::__export_rule_world!(VigilExport with_types_in $crate::bindings);
@@ -112,28 +120,41 @@ pub mod __private {
     use std::any::Any;
     use std::cell::RefCell;
 
+    pub use super::arena;
     pub use wit_bindgen;
 
     thread_local! {
         static INSTANCE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
     }
 
-    pub fn configure<R: Rule>(config: &str) -> Result<RuleInfo, String> {
-        let rule = R::configure(config)?;
-        let info = rule.info();
-        INSTANCE.with(|slot| *slot.borrow_mut() = Some(Box::new(rule)));
-        Ok(info)
+    /// The export's arguments are owned here and dropped before
+    /// [`arena::end_call`], so the rule never holds a pointer into the arena.
+    pub fn configure<R: Rule>(config: String) -> Result<RuleInfo, String> {
+        arena::begin_call();
+        let configured = R::configure(&config).map(|rule| {
+            let info = rule.info();
+            INSTANCE.with(|slot| *slot.borrow_mut() = Some(Box::new(rule)));
+            info
+        });
+        drop(config);
+        arena::end_call();
+        configured
     }
 
-    pub fn evaluate<R: Rule>(sample: &Sample) -> Verdict {
-        INSTANCE.with(|slot| {
+    /// See [`configure`]: the sample is dropped before the arena is reset.
+    pub fn evaluate<R: Rule>(sample: Sample) -> Verdict {
+        arena::begin_call();
+        let verdict = INSTANCE.with(|slot| {
             let mut slot = slot.borrow_mut();
             let rule = slot
                 .as_mut()
                 .and_then(|rule| rule.downcast_mut::<R>())
                 .expect("the host calls `configure` before `evaluate`");
-            rule.evaluate(sample)
-        })
+            rule.evaluate(&sample)
+        });
+        drop(sample);
+        arena::end_call();
+        verdict
     }
 }
 
