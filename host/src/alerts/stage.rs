@@ -336,6 +336,73 @@ mod tests {
         }
     }
 
+    /// Records, for each hand-over, its events and how many alerts the
+    /// state database held at that moment.
+    #[derive(Clone)]
+    struct SavedFirst {
+        db: StateDb,
+        handed: Arc<Mutex<Vec<(Vec<String>, usize)>>>,
+    }
+
+    impl Outlet for SavedFirst {
+        fn alert(&self, event: AlertEvent) {
+            self.alerts(vec![event]);
+        }
+        fn alerts(&self, events: Vec<AlertEvent>) {
+            if events.is_empty() {
+                return;
+            }
+            let names = events
+                .iter()
+                .map(|e| format!("{:?} {} {}", e.status, e.rule, e.alert.name))
+                .collect();
+            let saved = self.db.saved_alerts().unwrap().len();
+            self.handed.lock().unwrap().push((names, saved));
+        }
+        fn evaluation(&self, _: &Arc<Evaluation>) {}
+        fn wants_evaluations(&self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn a_batch_is_saved_before_any_of_its_events_is_handed_over_in_one_go() {
+        let db = StateDb::in_memory().unwrap();
+        let outlet = SavedFirst {
+            db: db.clone(),
+            handed: Arc::default(),
+        };
+        let configured = HashSet::from(["r1", "r2"]);
+        let limits = RuleAlertLimits::default();
+        let mut alerting =
+            Alerting::start(db.clone(), &configured, limits, outlet.clone(), 0).unwrap();
+        alerting.evaluated_batch(
+            [
+                evaluation("r1", &["A", "B"], 1_000),
+                evaluation("r2", &["C"], 1_000),
+                evaluation("r1", &["A"], 2_000),
+            ],
+            2_000,
+        );
+        let handed = outlet.handed.lock().unwrap().clone();
+        // Every transition, in order, in one hand-over.
+        assert_eq!(handed.len(), 1, "{handed:?}");
+        assert_eq!(
+            handed[0].0,
+            ["Firing r1 A", "Firing r1 B", "Firing r2 C", "Resolved r1 B"]
+        );
+        // When it was handed over, the state was already saved: a crash
+        // after delivery finds every transition on disk.
+        let saved_at_end = db.saved_alerts().unwrap().len();
+        assert!(saved_at_end > 0);
+        assert_eq!(handed[0].1, saved_at_end);
+        // Outside a batch, each evaluation is saved and handed on alone.
+        alerting.evaluated(evaluation("r2", &[], 3_000), 3_000);
+        let handed = outlet.handed.lock().unwrap().clone();
+        assert_eq!(handed[1].0, ["Resolved r2 C"]);
+        assert_eq!(handed[1].1, db.saved_alerts().unwrap().len());
+    }
+
     /// `rule`'s verdict for target `a` at `at_ms`: alerts named `names`.
     fn evaluation(rule: &str, names: &[&str], at_ms: u64) -> Evaluation {
         let alerts = names
