@@ -336,12 +336,15 @@ mod tests {
         }
     }
 
-    /// Records, for each hand-over, its events and how many alerts the
-    /// state database held at that moment.
+    /// Each hand-over: its events, and how many alerts the state database
+    /// held at that moment.
+    type Handed = Vec<(Vec<String>, usize)>;
+
+    /// Records every hand-over (see [`Handed`]).
     #[derive(Clone)]
     struct SavedFirst {
         db: StateDb,
-        handed: Arc<Mutex<Vec<(Vec<String>, usize)>>>,
+        handed: Arc<Mutex<Handed>>,
     }
 
     impl Outlet for SavedFirst {
