@@ -27,6 +27,12 @@ impl Children {
         Ok(())
     }
 
+    /// Takes a child started elsewhere (e.g. with its stdout piped), to be
+    /// measured and killed with the others; `log` names it in errors.
+    pub fn adopt(&mut self, child: Child, log: PathBuf) {
+        self.0.push((child, log));
+    }
+
     /// An error with the end of its log if one has exited.
     pub fn check_running(&mut self) -> anyhow::Result<()> {
         for (child, log) in &mut self.0 {

@@ -15,7 +15,7 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,6 +46,16 @@ struct Args {
     /// The `vigil` binary [default: next to this one].
     #[arg(long)]
     vigil: Option<PathBuf>,
+    /// Runs the fleet in its own process (the `fleet` binary next to this
+    /// one) pinned to these CPUs with `taskset -c` (e.g. `1`), so its work
+    /// is not on the cores of the system under test. Without it the fleet
+    /// is served by this process, on any core.
+    #[arg(long, value_name = "CPU_LIST")]
+    fleet_cpus: Option<String>,
+    /// Pins the system under test to these CPUs with `taskset -c` (e.g.
+    /// `0`).
+    #[arg(long, value_name = "CPU_LIST")]
+    sut_cpus: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -67,6 +77,8 @@ impl System {
 struct Figures {
     window: Duration,
     cpu_seconds: f64,
+    /// The fleet's, when it runs in its own process.
+    fleet_cpu_seconds: f64,
     peak_rss_bytes: u64,
     fleet: Stats,
     detections: Vec<f64>,
@@ -112,8 +124,25 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    let fleet = Fleet::new(args.targets);
-    let fleet_addr = vigil_bench::serve(fleet.router(), 0).await?;
+    if (args.fleet_cpus.is_some() || args.sut_cpus.is_some()) && find_program("taskset").is_none() {
+        bail!(
+            "`taskset` is not on PATH (needed by --fleet-cpus and --sut-cpus)\nhint: sudo apt-get install util-linux"
+        );
+    }
+    let (fleet, _fleet_process) = match &args.fleet_cpus {
+        None => {
+            let fleet = Fleet::new(args.targets);
+            (
+                FleetControl::new(vigil_bench::serve(fleet.router(), 0).await?, None)?,
+                None,
+            )
+        }
+        Some(cpus) => {
+            let (addr, pid, process) = start_fleet(cpus, args.targets)?;
+            (FleetControl::new(addr, Some(pid))?, Some(process))
+        }
+    };
+    let fleet_addr = fleet.addr;
     let receiver = Receiver::new();
     let receiver_addr = vigil_bench::serve(receiver.router(), 0).await?;
     println!(
@@ -149,7 +178,7 @@ async fn measure(
     system: System,
     args: &Args,
     vigil: &Path,
-    fleet: &Arc<Fleet>,
+    fleet: &FleetControl,
     fleet_addr: SocketAddr,
     receiver: &Arc<Receiver>,
     receiver_addr: SocketAddr,
@@ -157,22 +186,22 @@ async fn measure(
     let dir = tempfile::tempdir()?;
     let hook = format!("http://{receiver_addr}/hook");
     let mut children = match system {
-        System::Prometheus => start_prometheus(dir.path(), args.targets, fleet_addr, &hook)?,
-        System::Vigil => start_vigil(dir.path(), vigil, args.targets, fleet_addr, &hook)?,
+        System::Prometheus => start_prometheus(dir.path(), args, fleet_addr, &hook)?,
+        System::Vigil => start_vigil(dir.path(), vigil, args, fleet_addr, &hook)?,
     };
     println!(
         "{}: started, waiting for every target to be polled",
         system.title()
     );
-    fleet.reset();
+    fleet.reset().await?;
     let ready_by = Instant::now() + Duration::from_secs(60 + args.targets as u64 / 1000);
-    while fleet.stats(1000).targets_seen < args.targets {
+    while fleet.stats().await?.targets_seen < args.targets {
         children.check_running()?;
         if Instant::now() > ready_by {
             bail!(
                 "{}: only {} of {} targets polled after a minute; see its log in {}",
                 system.title(),
-                fleet.stats(1000).targets_seen,
+                fleet.stats().await?.targets_seen,
                 args.targets,
                 dir.path().display()
             );
@@ -184,8 +213,9 @@ async fn measure(
 
     println!("{}: measuring", system.title());
     let seen_before = receiver.arrivals().len();
-    fleet.reset();
+    fleet.reset().await?;
     let cpu_before = children.cpu_seconds()?;
+    let fleet_cpu_before = fleet.cpu_seconds()?;
     let started = Instant::now();
     let client = reqwest::Client::builder().no_proxy().build()?;
     let control = |action: &str, i: usize| {
@@ -237,8 +267,9 @@ async fn measure(
         tokio::time::sleep(rest).await;
     }
     let cpu_seconds = children.cpu_seconds()? - cpu_before;
+    let fleet_cpu_seconds = fleet.cpu_seconds()? - fleet_cpu_before;
     let window = started.elapsed();
-    let fleet_stats = fleet.stats(1000);
+    let fleet_stats = fleet.stats().await?;
     let peak_rss_bytes = children.peak_rss_bytes()?;
     let other_notifications = receiver.arrivals()[seen_before..]
         .iter()
@@ -248,6 +279,7 @@ async fn measure(
     Ok(Figures {
         window,
         cpu_seconds,
+        fleet_cpu_seconds,
         peak_rss_bytes,
         fleet: fleet_stats,
         detections,
@@ -259,10 +291,11 @@ async fn measure(
 
 fn start_prometheus(
     dir: &Path,
-    targets: usize,
+    args: &Args,
     fleet: SocketAddr,
     hook: &str,
 ) -> anyhow::Result<Children> {
+    let targets = args.targets;
     let prometheus_port = free_port()?;
     let alertmanager_port = free_port()?;
     // JSON is YAML: written with serde_json, no YAML writer needed.
@@ -296,7 +329,7 @@ fn start_prometheus(
 
     let mut children = Children::default();
     children.spawn(
-        Command::new("prometheus-alertmanager").args([
+        pinned("prometheus-alertmanager", args.sut_cpus.as_deref()).args([
             format!("--config.file={}", dir.join("alertmanager.yml").display()),
             format!("--storage.path={}", dir.join("am-data").display()),
             format!("--web.listen-address=127.0.0.1:{alertmanager_port}"),
@@ -306,7 +339,7 @@ fn start_prometheus(
         &dir.join("alertmanager.log"),
     )?;
     children.spawn(
-        Command::new("prometheus").args([
+        pinned("prometheus", args.sut_cpus.as_deref()).args([
             format!("--config.file={}", dir.join("prometheus.yml").display()),
             format!("--storage.tsdb.path={}", dir.join("prom-data").display()),
             format!("--web.listen-address=127.0.0.1:{prometheus_port}"),
@@ -319,10 +352,11 @@ fn start_prometheus(
 fn start_vigil(
     dir: &Path,
     vigil: &Path,
-    targets: usize,
+    args: &Args,
     fleet: SocketAddr,
     hook: &str,
 ) -> anyhow::Result<Children> {
+    let targets = args.targets;
     let mut config = format!("data_dir = {:?}\n", dir.join("vigil-data"));
     for i in 0..targets {
         writeln!(
@@ -339,7 +373,7 @@ fn start_vigil(
     std::fs::write(&path, config)?;
     let mut children = Children::default();
     children.spawn(
-        Command::new(vigil)
+        pinned(vigil, args.sut_cpus.as_deref())
             .arg("run")
             .arg("--config")
             .arg(&path)
@@ -347,6 +381,94 @@ fn start_vigil(
         &dir.join("vigil.log"),
     )?;
     Ok(children)
+}
+
+/// `program`, under `taskset -c cpus` when `cpus` is given. `taskset`
+/// execs the program, so the child's PID is the program's.
+fn pinned(program: impl AsRef<std::ffi::OsStr>, cpus: Option<&str>) -> Command {
+    match cpus {
+        None => Command::new(program),
+        Some(cpus) => {
+            let mut command = Command::new("taskset");
+            command.arg("-c").arg(cpus).arg(program);
+            command
+        }
+    }
+}
+
+/// Starts the `fleet` binary (next to this one) pinned to `cpus`, and
+/// reads the address it prints.
+fn start_fleet(cpus: &str, targets: usize) -> anyhow::Result<(SocketAddr, u32, Children)> {
+    let program = std::env::current_exe()?.with_file_name("fleet");
+    if !program.is_file() {
+        bail!(
+            "no fleet binary at `{}`\nhint: cargo build --release -p vigil-bench",
+            program.display()
+        );
+    }
+    let mut child = pinned(&program, Some(cpus))
+        .args(["--targets", &targets.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start `{}`", program.display()))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let pid = child.id();
+    let mut children = Children::default();
+    children.adopt(child, PathBuf::from("fleet (stdout)"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+    let addr = line
+        .trim()
+        .strip_prefix("http://")
+        .and_then(|addr| addr.parse().ok())
+        .with_context(|| format!("the fleet printed `{}`, not its address", line.trim()))?;
+    Ok((addr, pid, children))
+}
+
+/// The fleet's control endpoints, over HTTP whether it runs in this
+/// process or in its own.
+struct FleetControl {
+    addr: SocketAddr,
+    /// The fleet's own process, if it has one.
+    pid: Option<u32>,
+    client: reqwest::Client,
+}
+
+impl FleetControl {
+    fn new(addr: SocketAddr, pid: Option<u32>) -> anyhow::Result<Self> {
+        Ok(FleetControl {
+            addr,
+            pid,
+            client: reqwest::Client::builder().no_proxy().build()?,
+        })
+    }
+
+    /// CPU seconds the fleet's own process has used (0 when it runs in
+    /// this one).
+    fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        self.pid.map_or(Ok(0.0), vigil_bench::proc::cpu_seconds)
+    }
+
+    /// The counters since the last reset, intervals measured against 1 s.
+    async fn stats(&self) -> anyhow::Result<Stats> {
+        let url = format!("http://{}/control/stats/1000", self.addr);
+        let body = self
+            .client
+            .get(url)
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?;
+        Ok(serde_json::from_slice(&body)?)
+    }
+
+    async fn reset(&self) -> anyhow::Result<()> {
+        let url = format!("http://{}/control/reset", self.addr);
+        self.client.post(url).send().await?.error_for_status()?;
+        Ok(())
+    }
 }
 
 fn find_program(name: &str) -> Option<PathBuf> {
@@ -399,6 +521,11 @@ fn table(args: &Args, results: &[(System, Figures)]) -> String {
     row("cores", &|f| {
         format!("{:.3}", f.cpu_seconds / f.window.as_secs_f64())
     });
+    if args.fleet_cpus.is_some() {
+        row("fleet's own cores (not counted above)", &|f| {
+            format!("{:.3}", f.fleet_cpu_seconds / f.window.as_secs_f64())
+        });
+    }
     row("peak RSS (MiB)", &|f| {
         format!("{:.0}", f.peak_rss_bytes as f64 / (1024.0 * 1024.0))
     });

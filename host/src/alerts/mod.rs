@@ -22,7 +22,7 @@ pub use stage::{AlertStats, Alerting, Outlet};
 
 use crate::names::{RuleName, TargetName};
 use crate::runtime::Alert;
-use crate::state::{StateDb, StateError};
+use crate::state::{AlertChanges, StateDb, StateError};
 
 /// Every alert the host is tracking, grouped by (rule, target).
 ///
@@ -35,6 +35,10 @@ use crate::state::{StateDb, StateError};
 /// It keeps at most [`AlertLimits`] alerts per (rule, target) and per rule
 /// (see [`bounds`]): a verdict that would take a rule past them is refused
 /// and changes nothing.
+///
+/// Between [`Tracker::hold`] and [`Tracker::commit`] the saves are gathered
+/// and written in one transaction, one durable commit for a batch of
+/// transitions: the caller announces none of them before the commit.
 #[derive(Default)]
 pub struct Tracker {
     groups: HashMap<(RuleName, TargetName), lifecycle::Group>,
@@ -42,6 +46,8 @@ pub struct Tracker {
     per_rule: HashMap<RuleName, usize>,
     limits: RuleAlertLimits,
     store: Option<StateDb>,
+    /// While held: the changes to save at [`Tracker::commit`], in order.
+    held: Option<Vec<AlertChanges>>,
     board: AlertBoard,
 }
 
@@ -71,7 +77,7 @@ impl Tracker {
                     for alert in legacy.alerts() {
                         group.insert(alert.clone());
                     }
-                    save_changes(&store, &key, group, &[]);
+                    save_changes(&store, &mut None, &key, group, &[]);
                 }
                 Err(error) => {
                     tracing::warn!(rule, target, %error, "Dropped an unreadable saved alert group.")
@@ -89,8 +95,28 @@ impl Tracker {
             per_rule,
             limits: RuleAlertLimits::default(),
             store: Some(store),
+            held: None,
             board,
         })
+    }
+
+    /// From now until [`Tracker::commit`], gathers the changes to save
+    /// instead of writing each transition on its own.
+    pub fn hold(&mut self) {
+        if self.store.is_some() && self.held.is_none() {
+            self.held = Some(Vec::new());
+        }
+    }
+
+    /// Saves what was gathered since [`Tracker::hold`] in one transaction,
+    /// and writes each change on its own again from now on.
+    pub fn commit(&mut self) {
+        let (Some(store), Some(held)) = (&self.store, self.held.take()) else {
+            return;
+        };
+        if let Err(error) = store.save_alert_changes(&held) {
+            tracing::error!(groups = held.len(), %error, "Saving alert state failed; a restart may announce these alerts again.");
+        }
     }
 
     /// Sets each rule's limits (at start and when the config changes). A
@@ -120,7 +146,7 @@ impl Tracker {
         let events = lifecycle::step(group, rule, target, alerts, now_ms);
         let after_len = group.len();
         if let Some(store) = &self.store {
-            save_changes(store, &key, group, &before);
+            save_changes(store, &mut self.held, &key, group, &before);
         }
         if after_len > 0 || !before.is_empty() {
             self.board.publish(rule, target, group.alerts());
@@ -197,7 +223,8 @@ impl Tracker {
             }
             if let Some(store) = &self.store {
                 let key = (rule.clone(), target.clone());
-                save_changes(store, &key, &lifecycle::Group::default(), &group.shape());
+                let empty = lifecycle::Group::default();
+                save_changes(store, &mut self.held, &key, &empty, &group.shape());
             }
             self.board.publish(rule, target, std::iter::empty());
             if let Some(total) = self.per_rule.get_mut(rule) {
@@ -267,9 +294,11 @@ impl Tracker {
 }
 
 /// Saves what changed in `group` since `before` (its earlier shape): one
-/// row per alert that appeared, fired or ended, in one transaction.
+/// row per alert that appeared, fired or ended, in one transaction; or,
+/// while `held`, adds them to what [`Tracker::commit`] will save.
 fn save_changes(
     store: &StateDb,
+    held: &mut Option<Vec<AlertChanges>>,
     key: &(RuleName, TargetName),
     group: &lifecycle::Group,
     before: &[(Fingerprint, State, u64)],
@@ -283,6 +312,17 @@ fn save_changes(
         })
         .collect();
     let removed: Vec<u64> = gone.into_iter().map(Fingerprint::as_u64).collect();
+    if let Some(held) = held {
+        if !upserts.is_empty() || !removed.is_empty() {
+            held.push(AlertChanges {
+                rule: key.0.to_string(),
+                target: key.1.to_string(),
+                upserts,
+                removed,
+            });
+        }
+        return;
+    }
     if let Err(error) = store.save_alerts(&key.0, &key.1, &upserts, &removed) {
         tracing::error!(rule = %key.0, target = %key.1, %error, "Saving alert state failed; a restart may announce these alerts again.");
     }

@@ -22,6 +22,21 @@ const ALERT_GROUPS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new(
 /// A saved alert: (rule, target, fingerprint, JSON).
 pub type SavedAlert = (String, String, u64, Vec<u8>);
 
+/// What changed in one (rule, target) group, as [`StateDb::save_alerts`]
+/// takes it: for saving several groups' changes in one transaction
+/// ([`StateDb::save_alert_changes`]).
+#[derive(Debug, Clone)]
+pub struct AlertChanges {
+    /// The rule.
+    pub rule: String,
+    /// The target.
+    pub target: String,
+    /// (fingerprint, JSON) to write.
+    pub upserts: Vec<(u64, Vec<u8>)>,
+    /// Fingerprints to delete.
+    pub removed: Vec<u64>,
+}
+
 impl StateDb {
     /// Saves what changed in one (rule, target) group, in one transaction:
     /// `upserts` are (fingerprint, JSON) to write, `removed` fingerprints to
@@ -44,6 +59,33 @@ impl StateDb {
             }
             for fingerprint in removed {
                 table.remove((rule, target, *fingerprint))?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Saves the changes of several groups, in order, in one transaction:
+    /// one durable commit for a whole batch of transitions instead of one
+    /// each. All or nothing, like [`StateDb::save_alerts`].
+    pub fn save_alert_changes(&self, changes: &[AlertChanges]) -> Result<(), StateError> {
+        if changes
+            .iter()
+            .all(|group| group.upserts.is_empty() && group.removed.is_empty())
+        {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(ALERTS)?;
+            for group in changes {
+                let (rule, target) = (group.rule.as_str(), group.target.as_str());
+                for (fingerprint, bytes) in &group.upserts {
+                    table.insert((rule, target, *fingerprint), bytes.as_slice())?;
+                }
+                for fingerprint in &group.removed {
+                    table.remove((rule, target, *fingerprint))?;
+                }
             }
         }
         txn.commit()?;

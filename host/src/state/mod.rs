@@ -48,7 +48,7 @@ use std::sync::Arc;
 
 use redb::Database;
 
-pub use alerts::SavedAlert;
+pub use alerts::{AlertChanges, SavedAlert};
 pub use audit::{AuditTable, Finish};
 pub use data_dir::{DataDir, DataDirError};
 pub use outbox::OutboxTable;
