@@ -29,7 +29,10 @@ use crate::alerts::{AlertStats, Alerting};
 use crate::api::{Api, Views};
 use crate::clock::now_ms;
 use crate::cluster::Leases;
-use crate::cluster::nats::{LeaseBucket, Nats};
+use crate::cluster::alert_state::SharedAlerts;
+use crate::cluster::nats::{AlertBucket, LeaseBucket, Nats, NotificationStream};
+use crate::cluster::notify;
+use crate::config::ClusterSettings;
 use crate::config::{ConfigWatch, ReloadRequest, Settings, TenantBoard};
 use crate::names::RuleName;
 use crate::plugins::reload::{self, Change, ReloaderHandle, StatusBoard};
@@ -72,6 +75,54 @@ pub struct App {
     tenant_board: TenantBoard,
     /// In a cluster: the lease bucket, opened (and checked) at build.
     leases: Option<LeaseBucket>,
+    /// In a cluster: the alert state bucket and the notification stream.
+    shared: Option<Shared>,
+}
+
+/// What a node shares with the cluster besides leases (issue 16): alert
+/// state and notifications.
+struct Shared {
+    alerts: AlertBucket,
+    notifications: NotificationStream,
+}
+
+/// Opens the alert state bucket and the notification stream.
+async fn join_shared(nats: &Nats, cluster: &ClusterSettings) -> anyhow::Result<Shared> {
+    Ok(Shared {
+        alerts: nats.alert_states(cluster).await?,
+        notifications: nats.notifications(cluster, notify::ACK_WAIT).await?,
+    })
+}
+
+/// In a cluster the console and files stay local; transitions go to the
+/// notification stream through a local durable outbox named `nats`, and
+/// the network sinks are driven by the notifier (see `cluster::notify`).
+async fn attach_in_cluster(
+    delivery: &mut Delivery,
+    settings: &Settings,
+    shared: &Shared,
+    state: &crate::state::StateDb,
+    console: crate::sinks::Console,
+) -> anyhow::Result<()> {
+    let local: Vec<_> = settings
+        .sinks
+        .iter()
+        .filter(|spec| spec.is_local())
+        .cloned()
+        .collect();
+    crate::sinks::spec::attach(delivery, &local, state, console).await?;
+    delivery
+        .add_durable(
+            "nats",
+            notify::StreamSink::new(shared.notifications.clone()),
+            crate::sinks::Route::default(),
+            crate::sinks::OutboxSettings::default(),
+            state,
+        )
+        .map_err(|error| {
+            anyhow::anyhow!("cannot open the outbox of the notification stream: {error}")
+        })?;
+    Ok(())
 }
 
 /// What a stop left undone, also logged.
@@ -98,16 +149,24 @@ impl App {
         data_dir.create()?;
         // Joining the cluster can fail (no server, a server too old, a
         // bucket made for another partition count): before anything runs.
-        let leases = match &settings.cluster {
-            None => None,
+        let (leases, shared) = match &settings.cluster {
+            None => (None, None),
             Some(cluster) => {
                 let nats = Nats::connect(cluster).await?;
-                Some(nats.leases(cluster, true).await?)
+                let leases = nats.leases(cluster, true).await?;
+                (Some(leases), Some(join_shared(&nats, cluster).await?))
             }
         };
         let state = data_dir.open_state()?;
         let console = delivery.console();
-        crate::sinks::spec::attach(&mut delivery, &settings.sinks, &state, console).await?;
+        match &shared {
+            None => {
+                crate::sinks::spec::attach(&mut delivery, &settings.sinks, &state, console).await?
+            }
+            Some(shared) => {
+                attach_in_cluster(&mut delivery, &settings, shared, &state, console).await?
+            }
+        }
         let sink_stats = delivery.stats();
         let tenant_routes = delivery.tenant_routes();
         tenant_routes.set(settings.tenant_sinks());
@@ -239,6 +298,7 @@ impl App {
             tenant_routes,
             tenant_board,
             leases,
+            shared,
         })
     }
 
@@ -312,6 +372,7 @@ impl App {
             tenant_routes,
             tenant_board,
             leases,
+            shared,
             ..
         } = self;
         let mut pollers = Pollers::new(sample_tx, targets);
@@ -325,6 +386,7 @@ impl App {
             }
             _ => (None, None),
         };
+        let (mut shared, notifier) = start_shared(shared, leases.as_ref(), &settings)?;
         pollers.apply(&settings.targets);
         let mut config = ConfigWatch::start(
             config_path.as_deref(),
@@ -359,7 +421,10 @@ impl App {
                 Some(event) = results.recv() => match event {
                     WorkerEvent::Evaluated(evaluation) => {
                         dispatch.requested(&evaluation);
-                        alerting.evaluated(evaluation, now_ms());
+                        match &mut shared {
+                            None => alerting.evaluated(evaluation, now_ms()),
+                            Some(shared) => alerting.evaluated_shared(evaluation, now_ms(), shared).await,
+                        }
                     }
                     WorkerEvent::Stopped { rule, .. } => {
                         if router.stopped(&rule) {
@@ -414,8 +479,36 @@ impl App {
         if let Some(leases) = leases {
             leases.release().await;
         }
-        Ok(stop(router, results, alerting, samples, settings.shutdown_grace).await)
+        let stopped = stop(
+            router,
+            results,
+            alerting,
+            samples,
+            settings.shutdown_grace,
+            shared.as_mut(),
+        )
+        .await;
+        if let Some(notifier) = notifier {
+            notifier.abort();
+        }
+        Ok(stopped)
     }
+}
+
+/// In a cluster: the alert state as this node reads and writes it, and
+/// the notifier that drives the network sinks.
+fn start_shared(
+    shared: Option<Shared>,
+    leases: Option<&Leases>,
+    settings: &Settings,
+) -> anyhow::Result<(Option<SharedAlerts>, Option<tokio::task::JoinHandle<()>>)> {
+    let (Some(shared), Some(leases), Some(cluster)) = (shared, leases, &settings.cluster) else {
+        return Ok((None, None));
+    };
+    let alerts = SharedAlerts::new(shared.alerts, leases.ownership(), cluster.node.clone());
+    let sinks = crate::sinks::spec::network(&settings.sinks, cluster.node.as_str())?;
+    let notifier = notify::spawn(shared.notifications, sinks);
+    Ok((Some(alerts), Some(notifier)))
 }
 
 /// The next change of the owned partitions; never, outside a cluster (or
@@ -441,6 +534,7 @@ async fn stop(
     mut alerting: Alerting<Delivery>,
     mut samples: mpsc::Receiver<Arc<Sample>>,
     grace: Duration,
+    mut shared: Option<&mut SharedAlerts>,
 ) -> Stopped {
     samples.close();
     while let Some(sample) = samples.recv().await {
@@ -471,7 +565,14 @@ async fn stop(
             }
         };
         match event {
-            Some(WorkerEvent::Evaluated(evaluation)) => alerting.evaluated(evaluation, now_ms()),
+            Some(WorkerEvent::Evaluated(evaluation)) => match shared.as_deref_mut() {
+                None => alerting.evaluated(evaluation, now_ms()),
+                Some(shared) => {
+                    alerting
+                        .evaluated_shared(evaluation, now_ms(), shared)
+                        .await
+                }
+            },
             Some(WorkerEvent::Stopped { rule, abandoned }) => {
                 running.remove(&rule);
                 if abandoned > 0 {

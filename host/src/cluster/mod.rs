@@ -23,8 +23,10 @@
 //! tick), a work-queue stream for notifications, remediation claims and
 //! pushed rules get their buckets in `nats` and a module each here.
 
+pub mod alert_state;
 mod lease;
 pub mod nats;
+pub mod notify;
 mod ownership;
 mod partition;
 pub mod status;
