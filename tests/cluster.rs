@@ -48,6 +48,12 @@ struct PollLog {
     _runtime: tokio::runtime::Runtime,
 }
 
+/// The status server's state: its log and what it answers.
+type LogState = (Arc<Mutex<Vec<Poll>>>, Arc<Mutex<Control>>);
+
+/// Builds a node's config from (NATS URL, poll log, node).
+type MakeConfig = Box<dyn Fn(&str, &PollLog, &str) -> String>;
+
 /// What the status server answers.
 #[derive(Default)]
 struct Control {
@@ -61,7 +67,7 @@ struct Control {
 }
 
 async fn answer(
-    State((polls, control)): State<(Arc<Mutex<Vec<Poll>>>, Arc<Mutex<Control>>)>,
+    State((polls, control)): State<LogState>,
     UrlPath(target): UrlPath<String>,
     headers: HeaderMap,
 ) -> String {
@@ -156,7 +162,7 @@ struct Fleet {
     log: PollLog,
     nodes: BTreeMap<String, Vigil>,
     /// Each node's config from (NATS URL, poll log, node).
-    make: Box<dyn Fn(&str, &PollLog, &str) -> String>,
+    make: MakeConfig,
 }
 
 impl Fleet {
@@ -164,7 +170,7 @@ impl Fleet {
         Self::start_with(nodes, Box::new(config))
     }
 
-    fn start_with(nodes: &[&str], make: Box<dyn Fn(&str, &PollLog, &str) -> String>) -> Self {
+    fn start_with(nodes: &[&str], make: MakeConfig) -> Self {
         let nats = NatsServer::start();
         let log = PollLog::start();
         let mut fleet = Fleet {
@@ -774,10 +780,7 @@ impl Fleet {
 }
 
 /// A node's config for the alerting tests: `for` as given.
-fn alerting_config(
-    hook: std::net::SocketAddr,
-    for_: &'static str,
-) -> Box<dyn Fn(&str, &PollLog, &str) -> String> {
+fn alerting_config(hook: std::net::SocketAddr, for_: &'static str) -> MakeConfig {
     Box::new(move |nats, log, node| {
         let text = config(nats, log, node)
             .replace(
