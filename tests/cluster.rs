@@ -39,44 +39,71 @@ struct Poll {
     node: String,
 }
 
-/// A status server that answers every `/NAME` with `{"up": 1}` and logs
-/// who polled it.
+/// A status server that answers every `/NAME` with `{"up": 1}` (or what
+/// [`PollLog::set_up`] said) and logs who polled it.
 struct PollLog {
     addr: std::net::SocketAddr,
     polls: Arc<Mutex<Vec<Poll>>>,
+    control: Arc<Mutex<Control>>,
     _runtime: tokio::runtime::Runtime,
 }
 
+/// The status server's state: its log and what it answers.
+type LogState = (Arc<Mutex<Vec<Poll>>>, Arc<Mutex<Control>>);
+
+/// Builds a node's config from (NATS URL, poll log, node).
+type MakeConfig = Box<dyn Fn(&str, &PollLog, &str) -> String>;
+
+/// What the status server answers.
+#[derive(Default)]
+struct Control {
+    /// `up` per target; 1 when not set.
+    up: BTreeMap<String, u32>,
+}
+
 async fn answer(
-    State(polls): State<Arc<Mutex<Vec<Poll>>>>,
+    State((polls, control)): State<LogState>,
     UrlPath(target): UrlPath<String>,
     headers: HeaderMap,
-) -> &'static str {
+) -> String {
     let node = headers
         .get(vigil::sources::NODE_HEADER)
         .and_then(|value| value.to_str().ok())
         .unwrap_or("")
         .to_string();
+    let up = control
+        .lock()
+        .unwrap()
+        .up
+        .get(&target)
+        .copied()
+        .unwrap_or(1);
     polls.lock().unwrap().push(Poll {
         at: Instant::now(),
         target,
         node,
     });
-    "{\"up\": 1}"
+    format!("{{\"up\": {up}}}")
 }
 
 impl PollLog {
     fn start() -> Self {
         let polls: Arc<Mutex<Vec<Poll>>> = Arc::default();
+        let control: Arc<Mutex<Control>> = Arc::default();
         let app = Router::new()
             .route("/{target}", axum::routing::get(answer))
-            .with_state(polls.clone());
+            .with_state((polls.clone(), control.clone()));
         let (runtime, addr) = serve(app, 0);
         PollLog {
             addr,
             polls,
+            control,
             _runtime: runtime,
         }
+    }
+
+    fn set_up(&self, target: &str, up: u32) {
+        self.control.lock().unwrap().up.insert(target.into(), up);
     }
 
     /// The polls between `from` and `to`.
@@ -119,10 +146,16 @@ struct Fleet {
     _nats: Vec<NatsServer>,
     log: PollLog,
     nodes: BTreeMap<String, Vigil>,
+    /// Each node's config from (NATS URL, poll log, node).
+    make: MakeConfig,
 }
 
 impl Fleet {
     fn start(nodes: &[&str]) -> Self {
+        Self::start_with(nodes, Box::new(config))
+    }
+
+    fn start_with(nodes: &[&str], make: MakeConfig) -> Self {
         let nats = NatsServer::start();
         let log = PollLog::start();
         let mut fleet = Fleet {
@@ -130,6 +163,7 @@ impl Fleet {
             _nats: vec![nats],
             log,
             nodes: BTreeMap::new(),
+            make,
         };
         for node in nodes {
             fleet.add(node);
@@ -138,7 +172,7 @@ impl Fleet {
     }
 
     fn add(&mut self, node: &str) {
-        let vigil = Vigil::start(&config(&self.url, &self.log, node));
+        let vigil = Vigil::start(&(self.make)(&self.url, &self.log, node));
         self.nodes.insert(node.to_string(), vigil);
     }
 
@@ -554,6 +588,7 @@ fn nodes_share_the_partitions_through_a_three_server_nats_cluster() {
         _nats: servers.servers,
         log,
         nodes: BTreeMap::new(),
+        make: Box::new(config),
     };
     for (index, node) in ["n1", "n2", "n3"].into_iter().enumerate() {
         let text = config(&urls[index], &fleet.log, node)
@@ -617,4 +652,240 @@ fn a_lost_nats_connection_is_not_a_lost_lease_until_its_deadline() {
     let after = fleet.wait_balanced(&["n1", "n2", "n3"]);
     std::thread::sleep(INTERVAL * 2);
     assert_each_target_polled_by_its_owner(&fleet, &after);
+}
+
+// Alert state in KV and notifications once (issue 16 items 6, 8).
+// Settings: `lease_ttl` 2 s, `renew_every` 500 ms, targets polled every
+// 500 ms (HTTP timeout 30 s),
+// the `threshold` rule alerting `Down` when `up` is below 1, and a
+// webhook receiver that logs every POST with its `vigil-node` and
+// `Idempotency-Key` headers.
+
+const ALERT_TTL: Duration = Duration::from_secs(2);
+
+/// One POST the webhook receiver got.
+#[derive(Debug, Clone)]
+struct Notice {
+    at: Instant,
+    node: String,
+    key: String,
+    status: String,
+    target: String,
+    starts_at: String,
+}
+
+/// A webhook receiver; when `hold_first` is set, the first POST is
+/// logged and then held open (answered after two minutes).
+struct Hook {
+    addr: std::net::SocketAddr,
+    got: Arc<Mutex<Vec<Notice>>>,
+    hold_first: Arc<std::sync::atomic::AtomicBool>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+type HookState = (Arc<Mutex<Vec<Notice>>>, Arc<std::sync::atomic::AtomicBool>);
+
+async fn hook(
+    State((got, hold)): State<HookState>,
+    headers: HeaderMap,
+    body: String,
+) -> &'static str {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let payload: Value = serde_json::from_str(&body).unwrap();
+    let alert = &payload["alerts"][0];
+    got.lock().unwrap().push(Notice {
+        at: Instant::now(),
+        node: header(vigil::sources::NODE_HEADER),
+        key: header(vigil::sinks::IDEMPOTENCY_HEADER),
+        status: payload["status"].as_str().unwrap_or("").into(),
+        target: alert["labels"]["target"].as_str().unwrap_or("").into(),
+        starts_at: alert["startsAt"].as_str().unwrap_or("").into(),
+    });
+    if hold.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_secs(120)).await;
+    }
+    "ok"
+}
+
+impl Hook {
+    fn start() -> Self {
+        let got: Arc<Mutex<Vec<Notice>>> = Arc::default();
+        let hold = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let app = Router::new()
+            .route("/hook", axum::routing::post(hook))
+            .with_state((got.clone(), hold.clone()));
+        let (runtime, addr) = serve(app, 0);
+        Hook {
+            addr,
+            got,
+            hold_first: hold,
+            _runtime: runtime,
+        }
+    }
+
+    /// The notices about `target`.
+    fn about(&self, target: &str) -> Vec<Notice> {
+        let got = self.got.lock().unwrap();
+        got.iter().filter(|n| n.target == target).cloned().collect()
+    }
+
+    /// Waits (at most 60 s) until `count` notices about `target` came.
+    fn wait(&self, target: &str, count: usize, fleet: &Fleet) -> Vec<Notice> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let about = self.about(target);
+            if about.len() >= count {
+                return about;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{count} notifications about {target} expected within 60s, got {about:?}\n{}",
+                    fleet.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Fleet {
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|(name, node)| format!("--- {name} ---\n{}", node.stderr()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// A node's config for the alerting tests: `for` as given.
+fn alerting_config(hook: std::net::SocketAddr, for_: &'static str) -> MakeConfig {
+    Box::new(move |nats, log, node| {
+        let text = config(nats, log, node)
+            .replace(
+                &format!("lease_ttl = \"{}s\"", LEASE_TTL.as_secs()),
+                &format!("lease_ttl = \"{}s\"", ALERT_TTL.as_secs()),
+            )
+            .replace(
+                &format!("renew_every = \"{}s\"", RENEW_EVERY.as_secs()),
+                "renew_every = \"500ms\"",
+            )
+            .replace(
+                "kind = \"http-json\"\n",
+                "kind = \"http-json\"\ntimeout = \"30s\"\n",
+            );
+        // The cluster section ends before the first target.
+        let (head, targets) = text.split_once("\n[[targets]]").unwrap();
+        format!(
+            "{head}\n[[rules]]\nbuiltin = \"threshold\"\nconfig = {{ thresholds = {{ up = {{ below = 1, for = \"{for_}\", alert = \"Down\" }} }}, target_down = false }}\n\n[[sinks]]\nname = \"console\"\nkind = \"stdout\"\n\n[[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://{hook}/hook\"\ntimeout = \"60s\"\nretry_initial = \"200ms\"\nretry_max = \"1s\"\n\n[[targets]]{targets}"
+        )
+    })
+}
+
+fn parse_time(text: &str) -> std::time::SystemTime {
+    humantime::parse_rfc3339(text).unwrap_or_else(|_| panic!("not a time: {text}"))
+}
+
+#[test]
+fn a_pending_alert_fires_at_its_original_time_after_its_owner_is_killed() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    const FOR: Duration = Duration::from_secs(8);
+    let hook = Hook::start();
+    let mut fleet = Fleet::start_with(&["n1", "n2", "n3"], alerting_config(hook.addr, "8s"));
+    let owners = fleet.wait_balanced(&["n1", "n2", "n3"]);
+    let target = target_name(0);
+    let owner = owners[&partition_of(&target)].clone();
+    let down = std::time::SystemTime::now();
+    let down_at = Instant::now();
+    fleet.log.set_up(&target, 0);
+    // Its owner sees it down (the alert is pending from then), and is
+    // killed halfway through the `for`.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !fleet
+        .log
+        .between(down_at, Instant::now())
+        .iter()
+        .any(|poll| poll.target == target && poll.node == owner)
+    {
+        assert!(Instant::now() < deadline, "{owner} did not poll {target}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(FOR / 2);
+    let killed = std::time::SystemTime::now();
+    fleet.nodes.remove(&owner);
+    let firing = hook.wait(&target, 1, &fleet).remove(0);
+    assert_eq!(firing.status, "firing", "{firing:?}");
+    assert_ne!(firing.node, owner);
+    // It became active when its first owner saw it down, not when the new
+    // owner took over: the `for` timer survived the owner.
+    let starts = parse_time(&firing.starts_at);
+    assert!(
+        starts >= down - Duration::from_secs(1) && starts < killed,
+        "startsAt {} is not between the target going down and the kill: the pending alert restarted",
+        firing.starts_at
+    );
+    let after_for = firing.at.duration_since(down_at).saturating_sub(FOR);
+    eprintln!(
+        "MEASURE for_deadline_to_firing_ms={}",
+        after_for.as_millis()
+    );
+    fleet.log.set_up(&target, 1);
+    hook.wait(&target, 2, &fleet);
+    std::thread::sleep(Duration::from_secs(3));
+    let notices: Vec<_> = hook
+        .about(&target)
+        .into_iter()
+        .map(|n| (n.status, n.starts_at, n.key))
+        .collect();
+    assert_eq!(
+        notices.len(),
+        2,
+        "one firing and one resolved expected: {notices:?}"
+    );
+    assert_eq!(
+        (notices[0].0.as_str(), notices[1].0.as_str()),
+        ("firing", "resolved")
+    );
+    assert_eq!(notices[0].1, notices[1].1);
+    assert_ne!(notices[0].2, notices[1].2);
+    drop(notices);
+    // Nothing else alerted.
+    let others = hook
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|n| n.target != target)
+        .count();
+    assert_eq!(others, 0);
+}
+
+#[test]
+fn a_notifier_killed_before_its_ack_has_the_notification_delivered_again_with_the_same_key() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let hook = Hook::start();
+    let mut fleet = Fleet::start_with(&["n1", "n2", "n3"], alerting_config(hook.addr, "0s"));
+    fleet.wait_balanced(&["n1", "n2", "n3"]);
+    let target = target_name(2);
+    hook.hold_first
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    fleet.log.set_up(&target, 0);
+    // The first delivery is held open by the receiver: its notifier has
+    // sent and not acknowledged. Kill it there.
+    let first = hook.wait(&target, 1, &fleet).remove(0);
+    assert!(fleet.nodes.contains_key(&first.node), "{first:?}");
+    fleet.nodes.remove(&first.node);
+    let again = hook.wait(&target, 2, &fleet).remove(1);
+    assert_eq!(again.status, "firing");
+    assert_eq!(again.key, first.key, "the repeat must carry the same key");
+    assert_ne!(again.node, first.node);
+    assert_eq!(again.starts_at, first.starts_at);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(hook.about(&target).len(), 2, "{:?}", hook.about(&target));
 }

@@ -30,7 +30,10 @@ use crate::alerts::{AlertStats, Alerting};
 use crate::api::{Api, Views};
 use crate::clock::now_ms;
 use crate::cluster::Leases;
-use crate::cluster::nats::{LeaseBucket, Nats};
+use crate::cluster::alert_state::SharedAlerts;
+use crate::cluster::nats::{AlertBucket, LeaseBucket, Nats, NotificationStream};
+use crate::cluster::notify;
+use crate::config::ClusterSettings;
 use crate::config::{ConfigWatch, ReloadRequest, Settings, TenantBoard};
 use crate::names::RuleName;
 use crate::plugins::reload::{self, Change, ReloaderHandle, StatusBoard};
@@ -82,6 +85,54 @@ pub struct App {
     tenant_board: TenantBoard,
     /// In a cluster: the lease bucket, opened (and checked) at build.
     leases: Option<LeaseBucket>,
+    /// In a cluster: the alert state bucket and the notification stream.
+    shared: Option<Shared>,
+}
+
+/// What a node shares with the cluster besides leases (issue 16): alert
+/// state and notifications.
+struct Shared {
+    alerts: AlertBucket,
+    notifications: NotificationStream,
+}
+
+/// Opens the alert state bucket and the notification stream.
+async fn join_shared(nats: &Nats, cluster: &ClusterSettings) -> anyhow::Result<Shared> {
+    Ok(Shared {
+        alerts: nats.alert_states(cluster).await?,
+        notifications: nats.notifications(cluster, notify::ACK_WAIT).await?,
+    })
+}
+
+/// In a cluster the console and files stay local; transitions go to the
+/// notification stream through a local durable outbox named `nats`, and
+/// the network sinks are driven by the notifier (see `cluster::notify`).
+async fn attach_in_cluster(
+    delivery: &mut Delivery,
+    settings: &Settings,
+    shared: &Shared,
+    state: &crate::state::StateDb,
+    console: crate::sinks::Console,
+) -> anyhow::Result<()> {
+    let local: Vec<_> = settings
+        .sinks
+        .iter()
+        .filter(|spec| spec.is_local())
+        .cloned()
+        .collect();
+    crate::sinks::spec::attach(delivery, &local, state, console).await?;
+    delivery
+        .add_durable(
+            "nats",
+            notify::StreamSink::new(shared.notifications.clone()),
+            crate::sinks::Route::default(),
+            crate::sinks::OutboxSettings::default(),
+            state,
+        )
+        .map_err(|error| {
+            anyhow::anyhow!("cannot open the outbox of the notification stream: {error}")
+        })?;
+    Ok(())
 }
 
 /// What a stop left undone, also logged.
@@ -108,18 +159,29 @@ impl App {
         data_dir.create()?;
         // Joining the cluster can fail (no server, a server too old, a
         // bucket made for another partition count): before anything runs.
-        let (leases, claims) = match &settings.cluster {
-            None => (None, None),
+        let (leases, shared, claims) = match &settings.cluster {
+            None => (None, None, None),
             Some(cluster) => {
                 let nats = Nats::connect(cluster).await?;
                 let leases = nats.leases(cluster, true).await?;
                 let claims: Arc<dyn ClaimStore> = Arc::new(nats.claims(cluster).await?);
-                (Some(leases), Some((claims, cluster.node.clone())))
+                (
+                    Some(leases),
+                    Some(join_shared(&nats, cluster).await?),
+                    Some((claims, cluster.node.clone())),
+                )
             }
         };
         let state = data_dir.open_state()?;
         let console = delivery.console();
-        crate::sinks::spec::attach(&mut delivery, &settings.sinks, &state, console).await?;
+        match &shared {
+            None => {
+                crate::sinks::spec::attach(&mut delivery, &settings.sinks, &state, console).await?
+            }
+            Some(shared) => {
+                attach_in_cluster(&mut delivery, &settings, shared, &state, console).await?
+            }
+        }
         let sink_stats = delivery.stats();
         let tenant_routes = delivery.tenant_routes();
         tenant_routes.set(settings.tenant_sinks());
@@ -251,6 +313,7 @@ impl App {
             tenant_routes,
             tenant_board,
             leases,
+            shared,
         })
     }
 
@@ -324,6 +387,7 @@ impl App {
             tenant_routes,
             tenant_board,
             leases,
+            shared,
             ..
         } = self;
         let mut pollers = Pollers::new(sample_tx, targets);
@@ -337,6 +401,7 @@ impl App {
             }
             _ => (None, None),
         };
+        let (mut shared, notifier) = start_shared(shared, leases.as_ref(), &settings)?;
         pollers.apply(&settings.targets);
         let mut config = ConfigWatch::start(
             config_path.as_deref(),
@@ -373,7 +438,8 @@ impl App {
                     }
                 }
                 1.. = results.recv_many(&mut event_batch, BATCH) => {
-                    results_taken(event_batch.drain(..), &mut router, &mut alerting, &dispatch);
+                    let events = event_batch.drain(..);
+                    results_taken(events, &mut router, &mut alerting, &dispatch, shared.as_mut()).await;
                 },
                 Some(change) = changes.recv() => match change {
                     Change::Install(rule, policy) => router.install(*rule, policy),
@@ -422,25 +488,47 @@ impl App {
         if let Some(leases) = leases {
             leases.release().await;
         }
-        Ok(stop(router, results, alerting, samples, settings.shutdown_grace).await)
+        let stopped = stop(
+            router,
+            results,
+            alerting,
+            samples,
+            settings.shutdown_grace,
+            shared.as_mut(),
+        )
+        .await;
+        if let Some(notifier) = notifier {
+            notifier.abort();
+        }
+        Ok(stopped)
     }
 }
 
 /// Hands a burst of the rule workers' events to the alert stage, in order:
 /// each run of evaluations as one batch (one durable commit for all its
-/// transitions), a rule's `Stopped` after the evaluations before it.
-fn results_taken(
+/// transitions), a rule's `Stopped` after the evaluations before it. In a
+/// cluster each evaluation goes through the shared alert state on its own
+/// (a compare-and-set per changed group, see `cluster::alert_state`).
+async fn results_taken(
     events: impl Iterator<Item = WorkerEvent>,
     router: &mut Router,
     alerting: &mut Alerting<Delivery>,
     dispatch: &Dispatch,
+    mut shared: Option<&mut SharedAlerts>,
 ) {
     let mut evaluations = Vec::new();
     for event in events {
         match event {
             WorkerEvent::Evaluated(evaluation) => {
                 dispatch.requested(&evaluation);
-                evaluations.push(evaluation);
+                match shared.as_deref_mut() {
+                    None => evaluations.push(evaluation),
+                    Some(shared) => {
+                        alerting
+                            .evaluated_shared(evaluation, now_ms(), shared)
+                            .await
+                    }
+                }
             }
             WorkerEvent::Stopped { rule, .. } => {
                 alerting.evaluated_batch(evaluations.drain(..), now_ms());
@@ -451,6 +539,22 @@ fn results_taken(
         }
     }
     alerting.evaluated_batch(evaluations, now_ms());
+}
+
+/// In a cluster: the alert state as this node reads and writes it, and
+/// the notifier that drives the network sinks.
+fn start_shared(
+    shared: Option<Shared>,
+    leases: Option<&Leases>,
+    settings: &Settings,
+) -> anyhow::Result<(Option<SharedAlerts>, Option<tokio::task::JoinHandle<()>>)> {
+    let (Some(shared), Some(leases), Some(cluster)) = (shared, leases, &settings.cluster) else {
+        return Ok((None, None));
+    };
+    let alerts = SharedAlerts::new(shared.alerts, leases.ownership(), cluster.node.clone());
+    let sinks = crate::sinks::spec::network(&settings.sinks, cluster.node.as_str())?;
+    let notifier = notify::spawn(shared.notifications, sinks);
+    Ok((Some(alerts), Some(notifier)))
 }
 
 /// The next change of the owned partitions; never, outside a cluster (or
@@ -476,6 +580,7 @@ async fn stop(
     mut alerting: Alerting<Delivery>,
     mut samples: mpsc::Receiver<Arc<Sample>>,
     grace: Duration,
+    mut shared: Option<&mut SharedAlerts>,
 ) -> Stopped {
     samples.close();
     while let Some(sample) = samples.recv().await {
@@ -506,7 +611,14 @@ async fn stop(
             }
         };
         match event {
-            Some(WorkerEvent::Evaluated(evaluation)) => alerting.evaluated(evaluation, now_ms()),
+            Some(WorkerEvent::Evaluated(evaluation)) => match shared.as_deref_mut() {
+                None => alerting.evaluated(evaluation, now_ms()),
+                Some(shared) => {
+                    alerting
+                        .evaluated_shared(evaluation, now_ms(), shared)
+                        .await
+                }
+            },
             Some(WorkerEvent::Stopped { rule, abandoned }) => {
                 running.remove(&rule);
                 if abandoned > 0 {

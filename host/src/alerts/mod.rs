@@ -293,6 +293,46 @@ impl Tracker {
     }
 }
 
+/// In a cluster the (rule, target) groups also live in NATS KV
+/// (`cluster::alert_state`): these let the alert stage load a group from
+/// there and put one back when its write was refused.
+impl Tracker {
+    /// Replaces the group of (`rule`, `target`) with `alerts` (what the
+    /// cluster's store holds), without announcing anything; saved locally
+    /// too.
+    pub fn replace_group(
+        &mut self,
+        rule: &RuleName,
+        target: &TargetName,
+        alerts: Vec<TrackedAlert>,
+    ) {
+        let key = (rule.clone(), target.clone());
+        let old = self.groups.remove(&key).unwrap_or_default();
+        let mut group = lifecycle::Group::default();
+        for alert in alerts {
+            group.insert(alert);
+        }
+        if let Some(store) = &self.store {
+            save_changes(store, &mut self.held, &key, &group, &old.shape());
+        }
+        let total = self.per_rule.get(rule).copied().unwrap_or(0) - old.len() + group.len();
+        if total == 0 {
+            self.per_rule.remove(rule);
+        } else {
+            self.per_rule.insert(rule.clone(), total);
+        }
+        self.board.publish(rule, target, group.alerts());
+        if !group.is_empty() {
+            self.groups.insert(key, group);
+        }
+    }
+
+    /// The alerts of (`rule`, `target`) as they are now, owned.
+    pub fn group_snapshot(&self, rule: &RuleName, target: &TargetName) -> Vec<TrackedAlert> {
+        self.group(rule, target).cloned().collect()
+    }
+}
+
 /// Saves what changed in `group` since `before` (its earlier shape): one
 /// row per alert that appeared, fired or ended, in one transaction; or,
 /// while `held`, adds them to what [`Tracker::commit`] will save.

@@ -19,8 +19,9 @@ use std::sync::{Arc, Mutex};
 
 use super::bounds::{RuleAlertLimits, TooManyAlerts};
 use super::host::{HOST_RULE, HOST_TARGET, HostAlerts};
-use super::{AlertBoard, AlertEvent, Tracker};
+use super::{AlertBoard, AlertEvent, TrackedAlert, Tracker};
 use crate::actions::BreakerTrip;
+use crate::cluster::alert_state::SharedAlerts;
 use crate::names::{RuleName, TargetName};
 use crate::plugins::Evaluation;
 use crate::runtime::CallError;
@@ -133,11 +134,31 @@ impl<O: Outlet> Alerting<O> {
     /// them as they were) and the rule's health. Sinks that want
     /// evaluations get it too.
     pub fn evaluated(&mut self, evaluation: Evaluation, now_ms: u64) {
-        // The evaluation's line comes before the events it causes.
+        let evaluation = self.offer(evaluation);
+        if let Some((target, events)) = self.fold(&evaluation, now_ms) {
+            self.send(events);
+            self.accepted(&evaluation.rule, target, now_ms);
+        }
+        self.health(&evaluation, now_ms);
+    }
+
+    /// Hands the evaluation to the sinks that want it; the evaluation's
+    /// line comes before the events it causes.
+    fn offer(&self, evaluation: Evaluation) -> Arc<Evaluation> {
         let evaluation = Arc::new(evaluation);
         if self.delivery.wants_evaluations() {
             self.delivery.evaluation(&evaluation);
         }
+        evaluation
+    }
+
+    /// Folds the verdict into the tracker: the events to announce, or
+    /// `None` when there was no verdict or it was refused.
+    fn fold(
+        &mut self,
+        evaluation: &Evaluation,
+        now_ms: u64,
+    ) -> Option<(TargetName, Vec<AlertEvent>)> {
         let sample = &evaluation.sample;
         match &evaluation.result {
             Ok(verdict) => {
@@ -149,10 +170,7 @@ impl<O: Outlet> Alerting<O> {
                     sample.timestamp_ms,
                 );
                 match observed {
-                    Ok(events) => {
-                        self.send(events);
-                        self.accepted(&evaluation.rule, target, now_ms);
-                    }
+                    Ok(events) => return Some((target, events)),
                     Err(refused) => self.refused(&refused, &evaluation.rule, target, now_ms),
                 }
             }
@@ -168,6 +186,10 @@ impl<O: Outlet> Alerting<O> {
                 "Rule evaluation failed; its instance will be rebuilt."
             ),
         }
+        None
+    }
+
+    fn health(&mut self, evaluation: &Evaluation, now_ms: u64) {
         if self.host.rule_health(&evaluation.rule, &evaluation.health) {
             self.observe_host(now_ms);
         }
@@ -310,6 +332,70 @@ impl<O: Outlet> Alerting<O> {
             None => self.delivery.alerts(events),
         }
     }
+}
+
+/// In a cluster (issue 16): the alerts of a target live in NATS KV, and a
+/// transition is announced only once its write there went through.
+impl<O: Outlet> Alerting<O> {
+    /// [`Alerting::evaluated`], with the target's alerts read from
+    /// `shared` before the verdict is folded in, and written back after:
+    /// a refused write (this node's lease lapsed, an older sample, another
+    /// node's write in between) announces nothing and leaves the alerts as
+    /// the cluster has them.
+    pub async fn evaluated_shared(
+        &mut self,
+        evaluation: Evaluation,
+        now_ms: u64,
+        shared: &mut SharedAlerts,
+    ) {
+        let evaluation = self.offer(evaluation);
+        let target = TargetName::from(evaluation.sample.target.as_str());
+        let before = if evaluation.result.is_ok() {
+            shared
+                .load(&mut self.tracker, &evaluation.rule, &target)
+                .await;
+            Some(self.tracker.group_snapshot(&evaluation.rule, &target))
+        } else {
+            None
+        };
+        if let (Some((target, events)), Some(before)) = (self.fold(&evaluation, now_ms), before) {
+            let changed = !same_shape(
+                &before,
+                &self.tracker.group_snapshot(&evaluation.rule, &target),
+            );
+            let committed = !changed
+                || shared
+                    .commit(
+                        &mut self.tracker,
+                        &evaluation.rule,
+                        &target,
+                        evaluation.sample.timestamp_ms,
+                        before,
+                    )
+                    .await
+                    .is_ok();
+            if committed {
+                self.send(events);
+            }
+            self.accepted(&evaluation.rule, target, now_ms);
+        }
+        self.health(&evaluation, now_ms);
+    }
+}
+
+/// Whether two snapshots of a group hold the same alerts in the same
+/// states since the same times (what a write must record; summaries and
+/// last-seen times are refreshed by the next sample).
+fn same_shape(a: &[TrackedAlert], b: &[TrackedAlert]) -> bool {
+    let shape = |alerts: &[TrackedAlert]| {
+        let mut shape: Vec<_> = alerts
+            .iter()
+            .map(|alert| (alert.fingerprint, alert.state, alert.active_since_ms))
+            .collect();
+        shape.sort_by_key(|(fingerprint, ..)| *fingerprint);
+        shape
+    };
+    shape(a) == shape(b)
 }
 
 #[cfg(test)]

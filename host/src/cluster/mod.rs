@@ -19,13 +19,19 @@
 //! | `nats` | the only code that touches `async-nats`; a server older than 2.11 and a bucket made for another partition count or TTL are refused with the fix | start on a cluster whose nodes disagree about `partitions` |
 //! | `nats::ClaimBucket` | remediation claims (`actions::claims`): create-only per (action, target), taken over only when finished, settled at the revision created; every call bounded (5 s) | let a run go ahead unclaimed, or take over a claim that never finished |
 //! | `status` | `vigil cluster status`: nodes, partitions per node and lease ages, read straight from the bucket | need a running node on this machine |
+//! | `alert_state` | the alerts of a (rule, target) in `vigil_<name>_alerts`, key `g.<rule>.<target>`: read before a new owner's first sample; written only by the partition's lease holder, by compare-and-set on the revision, never with an older tick; a refused write announces nothing | let a node paused past its lease, or evaluating an old sample, change or announce an alert |
+//! | `notify` | transitions published to the work-queue stream `vigil_<name>_notifications` from a local durable outbox, message id `<fingerprint>:<status>:<active_since_ms>`; every node's notifier acks after its sinks answered 2xx (at-least-once, same `Idempotency-Key` on every attempt) | lose a transition while NATS is away, or ack before delivery |
 //!
-//! Later: alert state per key (compare-and-set guarded by the sample's
-//! tick), a work-queue stream for notifications and pushed rules get their
-//! buckets in `nats` and a module each here.
+//! ```text
+//! alerts::Alerting::evaluated_shared ─load/commit─▶ alert_state::SharedAlerts ─▶ nats::AlertBucket
+//!        └ events ─▶ sinks::Delivery: outbox "nats" ─notify::StreamSink─▶ nats::NotificationStream
+//! NotificationStream ─consumer `notifier`─▶ notify (one per node) ─▶ webhook / Alertmanager ─2xx─▶ ack
+//! ```
 
+pub mod alert_state;
 mod lease;
 pub mod nats;
+pub mod notify;
 mod ownership;
 mod partition;
 pub mod status;

@@ -536,6 +536,234 @@ impl ClaimStore for ClaimBucket {
     }
 }
 
+// Alert state and notifications (issue 16 items 3, 6, 8): kept apart
+// from the lease code above.
+
+/// How long the stream remembers a message id to drop a repeat.
+pub const NOTIFICATION_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+impl Nats {
+    /// Opens (creating when absent) the cluster's alert state bucket,
+    /// `vigil_<name>_alerts`: one key per (rule, target), latest value only.
+    pub async fn alert_states(&self, settings: &ClusterSettings) -> anyhow::Result<AlertBucket> {
+        let store = self
+            .open_or_create(kv::Config {
+                bucket: alert_bucket(settings),
+                description: "vigil alert state: one key per (rule, target)".into(),
+                history: 1,
+                num_replicas: settings.replicas,
+                ..Default::default()
+            })
+            .await?;
+        Ok(AlertBucket { store })
+    }
+
+    /// Opens (creating when absent) the work-queue stream of
+    /// notifications, `vigil_<name>_notifications`, and its durable pull
+    /// consumer `notifier` that every node reads from.
+    pub async fn notifications(
+        &self,
+        settings: &ClusterSettings,
+        ack_wait: Duration,
+    ) -> anyhow::Result<NotificationStream> {
+        let name = notification_stream(settings);
+        let subject = format!("vigil.{}.notifications", settings.name);
+        let config = jetstream::stream::Config {
+            name: name.clone(),
+            description: Some("vigil alert transitions, one message per transition".into()),
+            subjects: vec![subject.clone()],
+            retention: jetstream::stream::RetentionPolicy::WorkQueue,
+            duplicate_window: NOTIFICATION_DUPLICATE_WINDOW,
+            num_replicas: settings.replicas,
+            ..Default::default()
+        };
+        let stream = self.jetstream.get_or_create_stream(config).await.map_err(|error| {
+            anyhow::anyhow!(
+                "cannot open the notification stream `{name}`: {error}\nhint: is JetStream enabled on the server (`nats-server -js`), and may these credentials create streams?"
+            )
+        })?;
+        let consumer = stream
+            .get_or_create_consumer(
+                "notifier",
+                jetstream::consumer::pull::Config {
+                    durable_name: Some("notifier".into()),
+                    description: Some("every vigil node's notifier".into()),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|error| {
+                anyhow::anyhow!("cannot open the consumer `notifier` of `{name}`: {error}")
+            })?;
+        Ok(NotificationStream {
+            jetstream: self.jetstream.clone(),
+            subject,
+            consumer,
+        })
+    }
+}
+
+/// `vigil_<name>_alerts`.
+pub fn alert_bucket(settings: &ClusterSettings) -> String {
+    format!("vigil_{}_alerts", settings.name)
+}
+
+/// The alert state bucket: a value per key, written by compare-and-set on
+/// its revision.
+#[derive(Clone)]
+pub struct AlertBucket {
+    store: kv::Store,
+}
+
+/// What a key holds now: its revision and value, or nothing (never
+/// written, or deleted at that revision).
+pub type Current = Option<(u64, Bytes)>;
+
+impl AlertBucket {
+    /// The key's current value and revision; `None` when absent or deleted.
+    pub async fn get(&self, key: &str) -> Result<Current, LeaseError> {
+        let entry = self
+            .store
+            .entry(key)
+            .await
+            .map_err(|error| LeaseError::Unavailable(error.to_string()))?;
+        Ok(entry
+            .filter(|entry| entry.operation == kv::Operation::Put)
+            .map(|entry| (entry.revision, entry.value)))
+    }
+
+    /// Writes `value` if the key is still as last seen: absent (`None`)
+    /// or at `revision`. The new revision, or [`LeaseError::Conflict`].
+    pub async fn put(
+        &self,
+        key: &str,
+        value: Bytes,
+        revision: Option<u64>,
+    ) -> Result<u64, LeaseError> {
+        match revision {
+            None => self
+                .store
+                .create(key, value)
+                .await
+                .map_err(|error| match error.kind() {
+                    kv::CreateErrorKind::AlreadyExists => LeaseError::Conflict,
+                    _ => LeaseError::Unavailable(error.to_string()),
+                }),
+            Some(revision) => self
+                .store
+                .update(key, value, revision)
+                .await
+                .map_err(update_error),
+        }
+    }
+
+    /// Deletes the key if it is still at `revision`.
+    pub async fn delete(&self, key: &str, revision: u64) -> Result<(), LeaseError> {
+        self.store
+            .delete_expect_revision(key, Some(revision))
+            .await
+            .map_err(update_error)
+    }
+}
+
+fn update_error(error: kv::UpdateError) -> LeaseError {
+    match error.kind() {
+        kv::UpdateErrorKind::WrongLastRevision => LeaseError::Conflict,
+        _ => LeaseError::Unavailable(error.to_string()),
+    }
+}
+
+/// `vigil_<name>_notifications`.
+pub fn notification_stream(settings: &ClusterSettings) -> String {
+    format!("vigil_{}_notifications", settings.name)
+}
+
+/// The notification stream: publish with a message id, read through the
+/// shared durable consumer.
+#[derive(Clone)]
+pub struct NotificationStream {
+    jetstream: jetstream::Context,
+    subject: String,
+    consumer: jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
+}
+
+impl NotificationStream {
+    /// Publishes `payload` under message id `id` and waits for the
+    /// server's acknowledgement: whether it was a repeat the duplicate
+    /// window dropped.
+    pub async fn publish(&self, id: &str, payload: Bytes) -> anyhow::Result<bool> {
+        let message = jetstream::message::PublishMessage::build()
+            .message_id(id)
+            .payload(payload);
+        let ack = self
+            .jetstream
+            .send_publish(self.subject.clone(), message)
+            .await?
+            .await?;
+        Ok(ack.duplicate)
+    }
+
+    /// The messages for this node's notifier, as the server hands them out.
+    pub async fn messages(&self) -> anyhow::Result<Notifications> {
+        Ok(Notifications(self.consumer.messages().await?))
+    }
+}
+
+/// The notifier's share of the stream, one message at a time.
+pub struct Notifications(jetstream::consumer::pull::Stream);
+
+impl Notifications {
+    /// The next message; `None` when the subscription ended.
+    pub async fn next(&mut self) -> Option<anyhow::Result<Notification>> {
+        let message = self.0.next().await?;
+        Some(message.map(Notification).map_err(anyhow::Error::from))
+    }
+}
+
+/// One message handed to this node, to acknowledge once handled.
+pub struct Notification(jetstream::Message);
+
+impl Notification {
+    /// What was published.
+    pub fn payload(&self) -> &[u8] {
+        &self.0.payload
+    }
+
+    /// How many times the server has handed it out (1 the first time).
+    pub fn delivered(&self) -> u32 {
+        self.0
+            .info()
+            .map(|info| info.delivered.clamp(1, i64::from(u32::MAX)) as u32)
+            .unwrap_or(1)
+    }
+
+    /// Handled: the server drops it from the work queue.
+    pub async fn ack(&self) -> anyhow::Result<()> {
+        self.0
+            .double_ack()
+            .await
+            .map_err(|error| anyhow::anyhow!("{error}"))
+    }
+
+    /// Still working on it: the server waits another `ack_wait`.
+    pub async fn progress(&self) -> anyhow::Result<()> {
+        self.0
+            .ack_with(jetstream::AckKind::Progress)
+            .await
+            .map_err(|error| anyhow::anyhow!("{error}"))
+    }
+
+    /// Not handled: hand it out again after `delay`, to any node.
+    pub async fn retry(&self, delay: Duration) -> anyhow::Result<()> {
+        self.0
+            .ack_with(jetstream::AckKind::Nak(Some(delay)))
+            .await
+            .map_err(|error| anyhow::anyhow!("{error}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,11 +43,11 @@ pub use alertmanager::AlertmanagerSink;
 pub use channel::{ChannelSink, Delivered};
 pub use file::FileSink;
 pub use outbox::{Outbox, OutboxSettings};
-pub use post::{Endpoint, Poster, Secret};
+pub use post::{Endpoint, IDEMPOTENCY_HEADER, Poster, Secret};
 pub use route::Route;
 pub use spec::{Console, SinkKind, SinkSpec};
 pub use stdout::{Format, StdoutSink};
-pub use webhook::WebhookSink;
+pub use webhook::{WebhookSink, idempotency_key};
 
 use crate::alerts::{AlertEvent, Outlet};
 use crate::names::{RuleName, TenantName};

@@ -9,6 +9,9 @@ use std::time::Duration;
 use super::SinkError;
 use crate::http::read_body_capped;
 
+/// The header that carries a notification's idempotency key.
+pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
+
 /// How much of an error answer's body is kept for the log.
 const ERROR_EXCERPT: usize = 512;
 
@@ -54,6 +57,8 @@ pub struct Endpoint {
 pub struct Poster {
     endpoint: Endpoint,
     client: reqwest::Client,
+    /// In a cluster: the node posting, sent in `vigil-node`.
+    node: Option<String>,
 }
 
 impl Poster {
@@ -64,7 +69,11 @@ impl Poster {
             .user_agent(concat!("vigil/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|error| SinkError(format!("cannot build an HTTP client: {error}")))?;
-        Ok(Poster { endpoint, client })
+        Ok(Poster {
+            endpoint,
+            client,
+            node: None,
+        })
     }
 
     /// The URL posted to.
@@ -72,8 +81,26 @@ impl Poster {
         &self.endpoint.url
     }
 
+    /// Names `node` in every request (the `vigil-node` header), so a
+    /// receiver can tell which node of a cluster delivered.
+    pub fn with_node(mut self, node: &str) -> Self {
+        self.node = Some(node.to_string());
+        self
+    }
+
     /// POSTs `body` as JSON; a 2xx answer is the only success.
     pub async fn post(&self, body: &serde_json::Value) -> Result<(), SinkError> {
+        self.post_keyed(body, None).await
+    }
+
+    /// POSTs `body` as JSON with `key` in the [`IDEMPOTENCY_HEADER`]: the
+    /// same for every attempt at the same notification, so a receiver can
+    /// drop the repeats at-least-once delivery makes.
+    pub async fn post_keyed(
+        &self,
+        body: &serde_json::Value,
+        key: Option<&str>,
+    ) -> Result<(), SinkError> {
         // Serialised here rather than with reqwest's `json` feature: one
         // line, and one feature fewer to build.
         let mut request = self
@@ -83,6 +110,12 @@ impl Poster {
             .body(serde_json::to_vec(body).expect("JSON values serialise"));
         if let Some(token) = &self.endpoint.bearer {
             request = request.bearer_auth(token.expose());
+        }
+        if let Some(key) = key {
+            request = request.header(IDEMPOTENCY_HEADER, key);
+        }
+        if let Some(node) = &self.node {
+            request = request.header(crate::sources::NODE_HEADER, node.as_str());
         }
         let url = &self.endpoint.url;
         let mut response = request

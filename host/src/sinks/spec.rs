@@ -148,3 +148,76 @@ pub async fn attach(
     }
     Ok(())
 }
+
+/// In a cluster (issue 16): the network sinks are not attached to the
+/// local delivery stage but driven by the node's notifier, which reads the
+/// cluster's notification stream; the console and files stay local.
+impl SinkSpec {
+    /// Whether this sink writes on this machine (console, file), as
+    /// opposed to posting to a receiver.
+    pub fn is_local(&self) -> bool {
+        matches!(self.kind, SinkKind::Stdout | SinkKind::File { .. })
+    }
+}
+
+/// A network sink as the cluster's notifier drives it.
+pub struct NetworkSink {
+    /// Its name (`NAME@URL` for each Alertmanager).
+    pub name: String,
+    /// Which alerts it takes.
+    pub route: super::Route,
+    /// The sink.
+    pub sink: Box<dyn super::Sink>,
+}
+
+/// The network sinks of `specs`, each posting as `node`.
+pub fn network(specs: &[SinkSpec], node: &str) -> anyhow::Result<Vec<NetworkSink>> {
+    let mut sinks = Vec::new();
+    for spec in specs {
+        let name = &spec.name;
+        match &spec.kind {
+            SinkKind::Stdout | SinkKind::File { .. } => {}
+            SinkKind::Webhook {
+                endpoint,
+                external_url,
+                ..
+            } => {
+                let poster = Poster::new(endpoint.clone())
+                    .with_context(|| format!("sink `{name}`"))?
+                    .with_node(node);
+                sinks.push(NetworkSink {
+                    name: name.clone(),
+                    route: spec.route.clone(),
+                    sink: Box::new(WebhookSink::new(name, poster, external_url.as_ref())),
+                });
+            }
+            SinkKind::Alertmanager {
+                endpoints,
+                resend_interval,
+                external_url,
+                ..
+            } => {
+                for endpoint in endpoints {
+                    let each = format!("{name}@{}", endpoint.url);
+                    let posted = Endpoint {
+                        url: alerts_url(&endpoint.url),
+                        ..endpoint.clone()
+                    };
+                    let poster = Poster::new(posted)
+                        .with_context(|| format!("sink `{each}`"))?
+                        .with_node(node);
+                    sinks.push(NetworkSink {
+                        name: each,
+                        route: spec.route.clone(),
+                        sink: Box::new(AlertmanagerSink::new(
+                            poster,
+                            *resend_interval,
+                            external_url.as_ref(),
+                        )),
+                    });
+                }
+            }
+        }
+    }
+    Ok(sinks)
+}

@@ -15,7 +15,12 @@
 //! ```
 //!
 //! It sits behind an outbox ([`super::outbox`]): a notification that is
-//! not answered 2xx is sent again, later, with the same content.
+//! not answered 2xx is sent again, later, with the same content and the
+//! same `Idempotency-Key` header ([`idempotency_key`]:
+//! `<fingerprint>:<firing|resolved>:<active_since_ms>`), which a receiver
+//! may use to drop repeats. In a cluster the key is also the message id in
+//! the notification stream, and any node may deliver: the `vigil-node`
+//! header says which.
 
 use std::collections::BTreeMap;
 
@@ -53,10 +58,27 @@ impl WebhookSink {
 #[async_trait::async_trait]
 impl Sink for WebhookSink {
     async fn alert(&mut self, event: &AlertEvent) -> Result<(), SinkError> {
+        let key = idempotency_key(event);
         self.poster
-            .post(&payload(event, &self.receiver, &self.external_url))
+            .post_keyed(
+                &payload(event, &self.receiver, &self.external_url),
+                Some(&key),
+            )
             .await
     }
+}
+
+/// One transition's stable key: `<fingerprint>:<status>:<active_since_ms>`.
+/// An alert fires and resolves once per episode, and an episode is named by
+/// when it became active, so two different notifications never share it
+/// and every attempt at one does.
+pub fn idempotency_key(event: &AlertEvent) -> String {
+    format!(
+        "{}:{}:{}",
+        event.alert.fingerprint,
+        status(event),
+        event.alert.active_since_ms
+    )
 }
 
 /// `summary` and the rule's annotations (a rule's own `summary`
