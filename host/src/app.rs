@@ -30,6 +30,8 @@ use crate::api::{Api, Views};
 use crate::clock::now_ms;
 use crate::cluster::Leases;
 use crate::cluster::nats::{LeaseBucket, Nats};
+use crate::cluster::rule_store::RuleStore;
+use crate::cluster::rule_sync::RuleSync;
 use crate::config::{ConfigWatch, ReloadRequest, Settings, TenantBoard};
 use crate::names::RuleName;
 use crate::plugins::reload::{self, Change, ReloaderHandle, StatusBoard};
@@ -72,6 +74,8 @@ pub struct App {
     tenant_board: TenantBoard,
     /// In a cluster: the lease bucket, opened (and checked) at build.
     leases: Option<LeaseBucket>,
+    /// In a cluster: the task that runs the rules pushed to it.
+    rule_sync: Option<RuleSync>,
 }
 
 /// What a stop left undone, also logged.
@@ -98,11 +102,12 @@ impl App {
         data_dir.create()?;
         // Joining the cluster can fail (no server, a server too old, a
         // bucket made for another partition count): before anything runs.
-        let leases = match &settings.cluster {
-            None => None,
+        let (leases, rule_store) = match &settings.cluster {
+            None => (None, None),
             Some(cluster) => {
                 let nats = Nats::connect(cluster).await?;
-                Some(nats.leases(cluster, true).await?)
+                let leases = nats.leases(cluster, true).await?;
+                (Some(leases), Some(RuleStore::open(&nats, cluster).await?))
             }
         };
         let state = data_dir.open_state()?;
@@ -169,6 +174,16 @@ impl App {
         }
         let components = runtime.component_stats();
         let (change_tx, changes) = mpsc::unbounded_channel();
+        let rule_sync = rule_store.map(|store| {
+            start_rule_sync(
+                store,
+                &settings,
+                &runtime,
+                &state,
+                &status,
+                change_tx.clone(),
+            )
+        });
         let reloader = reload::spawn(
             &rules,
             &settings.rules,
@@ -239,6 +254,7 @@ impl App {
             tenant_routes,
             tenant_board,
             leases,
+            rule_sync,
         })
     }
 
@@ -312,6 +328,7 @@ impl App {
             tenant_routes,
             tenant_board,
             leases,
+            rule_sync,
             ..
         } = self;
         let mut pollers = Pollers::new(sample_tx, targets);
@@ -408,6 +425,9 @@ impl App {
             let _ = task.await;
         }
         reloader.abort();
+        if let Some(sync) = &rule_sync {
+            sync.abort();
+        }
         drop(pollers);
         // Polling stopped: the others may take this node's partitions now,
         // not a lease TTL from now.
@@ -416,6 +436,32 @@ impl App {
         }
         Ok(stop(router, results, alerting, samples, settings.shutdown_grace).await)
     }
+}
+
+/// Starts following the rules pushed to the cluster (`vigil rules push`):
+/// they are installed and removed through `changes`, like rule files.
+fn start_rule_sync(
+    store: RuleStore,
+    settings: &Settings,
+    runtime: &Runtime,
+    state: &crate::state::StateDb,
+    status: &StatusBoard,
+    changes: mpsc::UnboundedSender<Change>,
+) -> RuleSync {
+    let node = settings
+        .cluster
+        .as_ref()
+        .map(|cluster| cluster.node.clone())
+        .expect("a rule store only in a cluster");
+    RuleSync::start(
+        store,
+        settings.clone(),
+        node,
+        runtime.clone(),
+        state.clone(),
+        status.clone(),
+        changes,
+    )
 }
 
 /// The next change of the owned partitions; never, outside a cluster (or

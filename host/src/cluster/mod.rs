@@ -27,6 +27,9 @@ mod lease;
 pub mod nats;
 mod ownership;
 mod partition;
+pub mod rule_store;
+pub mod rule_sync;
+pub mod rules;
 pub mod status;
 
 pub use lease::Leases;
