@@ -17,11 +17,22 @@
 //! | `ownership` | a partition is polled only before the deadline of its last acknowledged renewal (checked before every poll, lock-free); each change of the owned set is announced | let a node that was paused, or cut off from NATS for a whole TTL, poll on |
 //! | `lease` | one task keeps the leases: renewal by compare-and-set on the revision (a conflict drops the lease at once), membership per node, release above the share, take free ones up to it, release everything at shutdown; every NATS call bounded by `renew_every` | treat a lost connection as a lost lease before its deadline |
 //! | `nats` | the only code that touches `async-nats`; a server older than 2.11 and a bucket made for another partition count or TTL are refused with the fix | start on a cluster whose nodes disagree about `partitions` |
-//! | `status` | `vigil cluster status`: nodes, partitions per node and lease ages, read straight from the bucket | need a running node on this machine |
+//! | `status` | `vigil cluster status`: nodes, partitions per node and lease ages, and the pushed rules each node runs (revision, digest, last refusal), read straight from the buckets | need a running node on this machine |
+//! | `rules` | `vigil rules push/list/disable/enable`; what a manifest holds; a node's spec for a pushed rule has its owner's trust, targets and limits (the operator's `[trust]`, or the tenant's file and grant); bytes are refused unless their sha256 is the manifest's digest (pure, no I/O but the commands) | let a push replace a rule the config declares, or a tenant's rule skip its signature |
+//! | `rule_store` | the two buckets of pushed rules (beside `nats`, the only other code touching `async-nats`): components in the object store `vigil_<name>_rules` by sha256, manifests in the KV bucket `vigil_<name>_manifests` under `rule.<name>` (16 revisions kept), each node's report under `node.<id>` | read a component larger than 64 MiB |
+//! | `rule_sync` | one task per node: watches `rule.>`, fetches, checks the digest and trust, compiles off the async workers and sends `Change::Install` (the reloader's validate-then-swap path); the manifest revision is the rule's version; refusals are logged, on the status board and in the report | swap in a version that failed any check: the one serving stays |
+//!
+//! ```text
+//! vigil rules push ─put object (sha256)─▶ vigil_<name>_rules
+//!                  └put manifest────────▶ vigil_<name>_manifests rule.<name> (revision R)
+//!                                            │ watch (every node)
+//!      rule_sync: fetch ─▶ sha256 == digest? ─▶ trust ─▶ compile (cache) ─▶ Change::Install (version R) ─▶ router swap
+//!                 └──────▶ put node.<id> {rule: revision, digest, refused}  ─▶ vigil cluster status
+//! ```
 //!
 //! Later: alert state per key (compare-and-set guarded by the sample's
-//! tick), a work-queue stream for notifications, remediation claims and
-//! pushed rules get their buckets in `nats` and a module each here.
+//! tick), a work-queue stream for notifications and remediation claims get
+//! their buckets in `nats` and a module each here.
 
 mod lease;
 pub mod nats;

@@ -342,6 +342,42 @@ mod tests {
         assert!(!spec.trust.requires_signature());
     }
 
+    /// A tenant with `require_signature` gets no unsigned pushed rule: its
+    /// pushed rules carry the tenant file's keys, or are refused when it
+    /// trusts none.
+    #[test]
+    fn a_tenants_pushed_rule_needs_the_signature_its_grant_requires() {
+        let dir = tempfile::tempdir().unwrap();
+        let tenants = dir.path().join("tenants.d");
+        std::fs::create_dir(&tenants).unwrap();
+        crate::signing::keygen(
+            &tenants.join("pay.pub"),
+            &dir.path().join("pay.key"),
+            false,
+            false,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("vigil.toml"),
+            "[[targets]]\nname = \"local\"\nkind = \"local\"\n\n[[tenants]]\nname = \"pay\"\ntargets = [\"*\"]\nrequire_signature = true\n\n[[tenants]]\nname = \"ops\"\ntargets = [\"*\"]\nrequire_signature = true\n",
+        )
+        .unwrap();
+        std::fs::write(tenants.join("pay.toml"), "[trust]\nkeys = [\"pay.pub\"]\n").unwrap();
+        std::fs::write(tenants.join("ops.toml"), "").unwrap();
+        let settings = Settings::load(&dir.path().join("vigil.toml")).unwrap();
+        let pay = rule_name("cpu", Some("pay")).unwrap();
+        let spec = spec_for(&pay, 7, &manifest(b"x"), "b", &settings).unwrap();
+        assert!(spec.trust.requires_signature());
+        let unsigned = spec
+            .trust
+            .check(b"x", Some(&signature_of(&pay, 7, &manifest(b"x"))));
+        let error = unsigned.unwrap_err().to_string();
+        assert!(error.contains("manifest (revision 7)"), "{error}");
+        let ops = rule_name("cpu", Some("ops")).unwrap();
+        let error = spec_for(&ops, 7, &manifest(b"x"), "b", &settings).unwrap_err();
+        assert!(error.contains("no key is trusted"), "{error}");
+    }
+
     #[test]
     fn names_that_a_key_cannot_hold_are_refused() {
         assert_eq!(rule_name("cpu-hot", None).unwrap().as_str(), "cpu-hot");
