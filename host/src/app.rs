@@ -33,6 +33,8 @@ use crate::cluster::Leases;
 use crate::cluster::alert_state::SharedAlerts;
 use crate::cluster::nats::{AlertBucket, LeaseBucket, Nats, NotificationStream};
 use crate::cluster::notify;
+use crate::cluster::rule_store::RuleStore;
+use crate::cluster::rule_sync::RuleSync;
 use crate::config::ClusterSettings;
 use crate::config::{ConfigWatch, ReloadRequest, Settings, TenantBoard};
 use crate::names::RuleName;
@@ -87,6 +89,8 @@ pub struct App {
     leases: Option<LeaseBucket>,
     /// In a cluster: the alert state bucket and the notification stream.
     shared: Option<Shared>,
+    /// In a cluster: the task that runs the rules pushed to it.
+    rule_sync: Option<RuleSync>,
 }
 
 /// What a node shares with the cluster besides leases (issue 16): alert
@@ -159,8 +163,8 @@ impl App {
         data_dir.create()?;
         // Joining the cluster can fail (no server, a server too old, a
         // bucket made for another partition count): before anything runs.
-        let (leases, shared, claims) = match &settings.cluster {
-            None => (None, None, None),
+        let (leases, shared, claims, rule_store) = match &settings.cluster {
+            None => (None, None, None, None),
             Some(cluster) => {
                 let nats = Nats::connect(cluster).await?;
                 let leases = nats.leases(cluster, true).await?;
@@ -169,6 +173,7 @@ impl App {
                     Some(leases),
                     Some(join_shared(&nats, cluster).await?),
                     Some((claims, cluster.node.clone())),
+                    Some(RuleStore::open(&nats, cluster).await?),
                 )
             }
         };
@@ -243,6 +248,16 @@ impl App {
         }
         let components = runtime.component_stats();
         let (change_tx, changes) = mpsc::unbounded_channel();
+        let rule_sync = rule_store.map(|store| {
+            start_rule_sync(
+                store,
+                &settings,
+                &runtime,
+                &state,
+                &status,
+                change_tx.clone(),
+            )
+        });
         let reloader = reload::spawn(
             &rules,
             &settings.rules,
@@ -314,6 +329,7 @@ impl App {
             tenant_board,
             leases,
             shared,
+            rule_sync,
         })
     }
 
@@ -388,6 +404,7 @@ impl App {
             tenant_board,
             leases,
             shared,
+            rule_sync,
             ..
         } = self;
         let mut pollers = Pollers::new(sample_tx, targets);
@@ -482,6 +499,9 @@ impl App {
             let _ = task.await;
         }
         reloader.abort();
+        if let Some(sync) = &rule_sync {
+            sync.abort();
+        }
         drop(pollers);
         // Polling stopped: the others may take this node's partitions now,
         // not a lease TTL from now.
@@ -555,6 +575,32 @@ fn start_shared(
     let sinks = crate::sinks::spec::network(&settings.sinks, cluster.node.as_str())?;
     let notifier = notify::spawn(shared.notifications, sinks);
     Ok((Some(alerts), Some(notifier)))
+}
+
+/// Starts following the rules pushed to the cluster (`vigil rules push`):
+/// they are installed and removed through `changes`, like rule files.
+fn start_rule_sync(
+    store: RuleStore,
+    settings: &Settings,
+    runtime: &Runtime,
+    state: &crate::state::StateDb,
+    status: &StatusBoard,
+    changes: mpsc::UnboundedSender<Change>,
+) -> RuleSync {
+    let node = settings
+        .cluster
+        .as_ref()
+        .map(|cluster| cluster.node.clone())
+        .expect("a rule store only in a cluster");
+    RuleSync::start(
+        store,
+        settings.clone(),
+        node,
+        runtime.clone(),
+        state.clone(),
+        status.clone(),
+        changes,
+    )
 }
 
 /// The next change of the owned partitions; never, outside a cluster (or

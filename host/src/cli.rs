@@ -70,6 +70,68 @@ enum Command {
     /// Look at the cluster a config's `[cluster]` section joins.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Roll rules out to every node of a cluster: push a component with its
+    /// config, list what was pushed, disable or enable a pushed rule.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesCommand {
+    /// Store a component in the cluster (named by its sha256) and write the
+    /// rule's manifest: every node fetches it, checks its digest (and its
+    /// signature when the rule's owner requires one), compiles it and swaps
+    /// it in; a node that refuses it keeps the version it runs. Prints the
+    /// manifest's revision, the version every node's evaluations record.
+    Push(RulesPushArgs),
+    /// List the pushed rules with their kept manifest revisions.
+    List(RulesListArgs),
+    /// Stop a pushed rule on every node (its manifest stays, disabled).
+    Disable(RulesNameArgs),
+    /// Run a disabled pushed rule again on every node.
+    Enable(RulesNameArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RulesPushArgs {
+    /// The rule's component (`.wasm`).
+    file: PathBuf,
+    /// The rule's name (letters, digits, `-`, `_`).
+    #[arg(long)]
+    name: String,
+    /// What the rule's `configure` receives, as a JSON object.
+    #[arg(long, default_value = "{}")]
+    rule_config: String,
+    /// The component's minisign signature (`FILE.minisig`, as `vigil sign`
+    /// writes it): required when the rule's owner requires signatures.
+    #[arg(long)]
+    signature: Option<PathBuf>,
+    /// Push the rule as this tenant's (named `TENANT/NAME`, held to the
+    /// tenant's grant and trust).
+    #[arg(long)]
+    tenant: Option<String>,
+    /// The config with the `[cluster]` section.
+    #[arg(long, short, visible_alias = "config-file")]
+    config: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct RulesListArgs {
+    /// The config with the `[cluster]` section.
+    #[arg(long, short, visible_alias = "config-file")]
+    config: PathBuf,
+    /// Text for people or JSON.
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+#[derive(Debug, clap::Args)]
+struct RulesNameArgs {
+    /// The rule's name (`TENANT/NAME` for a tenant's).
+    name: String,
+    /// The config with the `[cluster]` section.
+    #[arg(long, short, visible_alias = "config-file")]
+    config: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -325,6 +387,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(ClusterCommand::Claims(ClaimsCommand::Release(args))) => {
             release_claim(args)
         }
+        Command::Rules(command) => rules(command),
         Command::New(args) => new(args),
         Command::Keygen(args) => crate::signing::keygen(
             &args.public_key,
@@ -398,26 +461,16 @@ fn run_monitor(args: RunArgs) -> anyhow::Result<()> {
     })
 }
 
-/// The `[cluster]` section of `config`, and a runtime to talk to NATS on.
-fn cluster_of(
-    config: &Path,
-) -> anyhow::Result<(crate::config::ClusterSettings, tokio::runtime::Runtime)> {
-    let settings = Settings::load(config)?;
-    let Some(cluster) = settings.cluster else {
-        anyhow::bail!(
-            "`{}` has no [cluster] section\nhint: give the config the cluster's nodes run with",
-            config.display()
-        );
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
+/// A runtime for one command's NATS calls.
+fn command_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
-    Ok((cluster, runtime))
+        .context("cannot start the async runtime")
 }
 
 fn cluster_claims(args: ClusterStatusArgs) -> anyhow::Result<()> {
-    let (cluster, runtime) = cluster_of(&args.config)?;
+    let (cluster, runtime) = (cluster_of(&args.config)?, command_runtime()?);
     let claims = runtime.block_on(async {
         let nats = crate::cluster::nats::Nats::connect(&cluster).await?;
         nats.claims(&cluster).await?.list().await
@@ -449,7 +502,7 @@ fn cluster_claims(args: ClusterStatusArgs) -> anyhow::Result<()> {
 }
 
 fn release_claim(args: ClaimReleaseArgs) -> anyhow::Result<()> {
-    let (cluster, runtime) = cluster_of(&args.config)?;
+    let (cluster, runtime) = (cluster_of(&args.config)?, command_runtime()?);
     let released = runtime.block_on(async {
         let nats = crate::cluster::nats::Nats::connect(&cluster).await?;
         nats.claims(&cluster)
@@ -474,7 +527,7 @@ fn release_claim(args: ClaimReleaseArgs) -> anyhow::Result<()> {
 }
 
 fn cluster_status(args: ClusterStatusArgs) -> anyhow::Result<()> {
-    let (cluster, runtime) = cluster_of(&args.config)?;
+    let (cluster, runtime) = (cluster_of(&args.config)?, command_runtime()?);
     let status = runtime.block_on(crate::cluster::status::read(&cluster))?;
     let mut out = std::io::stdout().lock();
     match args.format {
@@ -484,6 +537,87 @@ fn cluster_status(args: ClusterStatusArgs) -> anyhow::Result<()> {
         }
         Format::Text => crate::cluster::status::print(&status, &mut out)?,
     }
+    Ok(())
+}
+
+/// The `[cluster]` section of `config`, or why there is none.
+fn cluster_of(config: &Path) -> anyhow::Result<crate::config::ClusterSettings> {
+    match Settings::load(config)?.cluster {
+        Some(cluster) => Ok(cluster),
+        None => anyhow::bail!(
+            "`{}` has no [cluster] section\nhint: give the config the cluster's nodes run with",
+            config.display()
+        ),
+    }
+}
+
+fn rules(command: RulesCommand) -> anyhow::Result<()> {
+    use crate::cluster::rules;
+    let runtime = command_runtime()?;
+    match command {
+        RulesCommand::Push(args) => {
+            let cluster = cluster_of(&args.config)?;
+            let rule = rules::rule_name(&args.name, args.tenant.as_deref())?;
+            let config = serde_json::from_str(&args.rule_config).map_err(|error| {
+                anyhow::anyhow!("--rule-config is not JSON: {error}\nhint: e.g. --rule-config '{{\"above\": 80}}'")
+            })?;
+            let push = rules::Push {
+                file: args.file,
+                rule: rule.clone(),
+                config,
+                signature: args.signature,
+            };
+            let (revision, manifest) = runtime.block_on(rules::push(&cluster, push))?;
+            println!(
+                "pushed rule `{rule}` revision {revision} (sha256 {}, {} bytes) to cluster `{}`",
+                manifest.digest, manifest.size, cluster.name
+            );
+        }
+        RulesCommand::List(args) => {
+            let cluster = cluster_of(&args.config)?;
+            let list = runtime.block_on(rules::list(&cluster))?;
+            let mut out = std::io::stdout().lock();
+            match args.format {
+                Format::Json => {
+                    let json: std::collections::BTreeMap<_, Vec<_>> = list
+                        .iter()
+                        .map(|(rule, history)| {
+                            let revisions = history
+                                .iter()
+                                .map(|(revision, manifest)| match manifest {
+                                    Ok(manifest) => serde_json::json!({"revision": revision, "manifest": manifest}),
+                                    Err(error) => serde_json::json!({"revision": revision, "error": error}),
+                                })
+                                .collect();
+                            (rule.to_string(), revisions)
+                        })
+                        .collect();
+                    serde_json::to_writer(&mut out, &json)?;
+                    std::io::Write::write_all(&mut out, b"\n")?;
+                }
+                Format::Text => rules::print_list(&list, &mut out)?,
+            }
+        }
+        RulesCommand::Disable(args) => set_enabled(&runtime, args, false)?,
+        RulesCommand::Enable(args) => set_enabled(&runtime, args, true)?,
+    }
+    Ok(())
+}
+
+fn set_enabled(
+    runtime: &tokio::runtime::Runtime,
+    args: RulesNameArgs,
+    enabled: bool,
+) -> anyhow::Result<()> {
+    let cluster = cluster_of(&args.config)?;
+    let rule = crate::names::RuleName::from(args.name.as_str());
+    let revision =
+        runtime.block_on(crate::cluster::rules::set_enabled(&cluster, &rule, enabled))?;
+    let done = if enabled { "enabled" } else { "disabled" };
+    println!(
+        "rule `{rule}` {done} on cluster `{}` (revision {revision})",
+        cluster.name
+    );
     Ok(())
 }
 

@@ -75,6 +75,12 @@ impl Nats {
         })
     }
 
+    /// The JetStream context, for the pushed rules' buckets
+    /// (`super::rule_store`).
+    pub(super) fn jetstream(&self) -> &jetstream::Context {
+        &self.jetstream
+    }
+
     /// The version the server said it runs.
     pub fn server_version(&self) -> String {
         self.client.server_info().version

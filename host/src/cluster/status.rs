@@ -10,8 +10,11 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::nats::{Key, Nats, lease_bucket};
+use super::rule_store::RuleStore;
+use super::rules::RunningRule;
 use super::{NodeId, Partition};
 use crate::config::ClusterSettings;
+use crate::names::RuleName;
 
 /// What the bucket says.
 #[derive(Debug, Serialize)]
@@ -42,6 +45,9 @@ pub struct NodeStatus {
     pub membership_age_ms: Option<i128>,
     /// The partitions it holds, with each lease's age in ms.
     pub leases: BTreeMap<u32, i128>,
+    /// The pushed rules it runs (manifest revision and digest), as it
+    /// last published them.
+    pub rules: BTreeMap<RuleName, RunningRule>,
 }
 
 /// Reads the cluster's status.
@@ -65,6 +71,7 @@ pub async fn read(settings: &ClusterSettings) -> anyhow::Result<ClusterStatus> {
             member: false,
             membership_age_ms: None,
             leases: BTreeMap::new(),
+            rules: BTreeMap::new(),
         });
         match partition {
             None => {
@@ -77,6 +84,7 @@ pub async fn read(settings: &ClusterSettings) -> anyhow::Result<ClusterStatus> {
             }
         }
     }
+    add_rules(&nats, settings, &mut nodes).await?;
     Ok(ClusterStatus {
         cluster: settings.name.to_string(),
         bucket: lease_bucket(settings),
@@ -87,6 +95,22 @@ pub async fn read(settings: &ClusterSettings) -> anyhow::Result<ClusterStatus> {
             .filter(|number| !owned[*number as usize])
             .collect(),
     })
+}
+
+/// Adds what each node (live or holding leases) last said it runs of the
+/// pushed rules.
+async fn add_rules(
+    nats: &Nats,
+    settings: &ClusterSettings,
+    nodes: &mut BTreeMap<NodeId, NodeStatus>,
+) -> anyhow::Result<()> {
+    let reports = RuleStore::open(nats, settings).await?.reports().await?;
+    for (node, report) in reports {
+        if let Some(status) = nodes.get_mut(&node) {
+            status.rules = report.rules;
+        }
+    }
+    Ok(())
 }
 
 /// Prints the status for people.
@@ -124,6 +148,20 @@ pub fn print(status: &ClusterStatus, out: &mut impl std::io::Write) -> std::io::
             oldest,
             membership
         )?;
+        for (rule, running) in &node.rules {
+            let serving = match running.revision {
+                0 => "none".to_string(),
+                revision => format!(
+                    "revision {revision} ({})",
+                    &running.digest[..running.digest.len().min(12)]
+                ),
+            };
+            let refused = match &running.refused {
+                Some((revision, _)) => format!(", revision {revision} refused"),
+                None => String::new(),
+            };
+            writeln!(out, "  rule {rule}: {serving}{refused}")?;
+        }
     }
     if !status.unowned.is_empty() {
         writeln!(out, "unowned partitions: {:?}", status.unowned)?;

@@ -167,6 +167,9 @@ pub struct Settings {
     /// Threads that evaluate rules, shared by every rule (a busy tenant may
     /// hold all but one). Takes effect at the next start.
     pub evaluation_threads: usize,
+    /// The operator's `[trust]`: what its rules pushed to the cluster
+    /// (`vigil rules push`) must pass, as its rule files do.
+    pub trust: TrustSettings,
 }
 
 impl Settings {
@@ -343,6 +346,15 @@ pub enum RuleSource {
     Builtin(&'static builtin::Builtin),
     /// A `.wasm` file.
     File(PathBuf),
+    /// A component pushed to the cluster (`vigil rules push`): the object
+    /// store bucket and the component's sha256. Such a rule is loaded by
+    /// `cluster::rule_sync`, never read from disk.
+    Pushed {
+        /// `vigil_<cluster>_rules`.
+        bucket: String,
+        /// The component's sha256, hex.
+        digest: String,
+    },
 }
 
 impl fmt::Display for RuleSource {
@@ -350,6 +362,7 @@ impl fmt::Display for RuleSource {
         match self {
             RuleSource::Builtin(builtin) => write!(f, "builtin:{}", builtin.name),
             RuleSource::File(path) => write!(f, "{}", path.display()),
+            RuleSource::Pushed { bucket, digest } => write!(f, "nats:{bucket}/{digest}"),
         }
     }
 }
@@ -388,6 +401,7 @@ impl Settings {
             tenants: Vec::new(),
             cluster: None,
             evaluation_threads: Pool::default_threads(),
+            trust: TrustSettings::default(),
         }
     }
 
@@ -615,6 +629,7 @@ impl Settings {
             tenants,
             cluster,
             evaluation_threads,
+            trust,
         })
     }
 }
@@ -1050,6 +1065,8 @@ impl RuleConfig {
                         path.display()
                     )
                 })?,
+            // A config names files and builtins only.
+            (None, RuleSource::Pushed { digest, .. }) => digest.clone(),
         };
         let mut limits = Limits::default();
         if let Some(timeout) = self.timeout {
@@ -1105,7 +1122,7 @@ impl RuleConfig {
                 }
                 Trust::default()
             }
-            RuleSource::File(_) => {
+            RuleSource::File(_) | RuleSource::Pushed { .. } => {
                 let pin = self
                     .sha256
                     .as_deref()

@@ -103,6 +103,10 @@ pub struct TenantSpec {
     /// Why its file, as it is now, was refused; `None` when it is the one
     /// in force.
     pub refused: Option<String>,
+    /// The keys its file trusts and whether its rules must be signed (the
+    /// grant's `require_signature` included): what its rules pushed to the
+    /// cluster must pass, as its rule files do.
+    pub trust: crate::plugins::trust::TrustSettings,
 }
 
 /// A `[[tenants]]` table.
@@ -144,6 +148,7 @@ pub(super) struct Resolved {
     pub alert_limits: Vec<(RuleName, AlertLimits)>,
     pub actions: BTreeSet<ActionName>,
     pub sinks: BTreeSet<String>,
+    pub trust: crate::plugins::trust::TrustSettings,
 }
 
 impl TenantConfig {
@@ -274,6 +279,12 @@ impl TenantSpec {
             .as_ref()
             .map_err(Clone::clone)
             .and_then(|text| resolve(&name, &file, &grant, text).map_err(|e| e.to_string()));
+        // No file in force: no key is trusted, and what the grant requires
+        // still holds.
+        let trust = crate::plugins::trust::TrustSettings {
+            require_signature: grant.require_signature,
+            ..Default::default()
+        };
         let mut spec = TenantSpec {
             name,
             file,
@@ -282,6 +293,7 @@ impl TenantSpec {
             grant,
             accepted: None,
             refused: None,
+            trust,
         };
         let resolved = match attempt {
             Ok(resolved) => {
@@ -317,6 +329,7 @@ impl TenantSpec {
         if let Some(resolved) = &resolved {
             spec.actions = resolved.actions.clone();
             spec.sinks = resolved.sinks.clone();
+            spec.trust = resolved.trust.clone();
         }
         (spec, resolved)
     }
@@ -383,6 +396,7 @@ fn resolve(
         alert_limits,
         actions,
         sinks,
+        trust,
     })
 }
 

@@ -134,6 +134,12 @@ pub fn load(
                 .map_err(|error| load_error(spec, format!("cannot read the file: {error}")))?;
             RuleBytes::with_signature(spec, path, bytes)?
         }
+        RuleSource::Pushed { .. } => {
+            return Err(load_error(
+                spec,
+                "a pushed rule is loaded from the cluster's buckets, not from disk".into(),
+            ));
+        }
     };
     load_bytes(runtime, state, spec, rule)
 }

@@ -124,7 +124,7 @@ impl StatusBoard {
         });
     }
 
-    fn remove(&self, rule: &str) {
+    pub(crate) fn remove(&self, rule: &str) {
         self.0.lock().expect("status lock").remove(rule);
     }
 
@@ -277,7 +277,7 @@ fn identity(read: &RuleBytes) -> Identity {
 fn spec_path(spec: &RuleSpec) -> Option<&Path> {
     match &spec.source {
         RuleSource::File(path) => Some(path),
-        RuleSource::Builtin(_) => None,
+        RuleSource::Builtin(_) | RuleSource::Pushed { .. } => None,
     }
 }
 
@@ -545,6 +545,10 @@ impl Reloader {
                     .and_then(|bytes| {
                         RuleBytes::with_signature(spec, path, bytes).map_err(|error| error.reason)
                     }),
+                // Never in a config: `cluster::rule_sync` loads these.
+                RuleSource::Pushed { .. } => {
+                    Err("a pushed rule cannot be declared in a config".into())
+                }
             };
             match read {
                 Ok(read) => self.install(index, read, None).await?,
