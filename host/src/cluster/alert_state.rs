@@ -28,10 +28,14 @@
 //! a finer key would not let more writers through.
 //!
 //! **What it refuses to do.** Wait on NATS for long: every call is bounded
-//! by [`CALL_TIMEOUT`]. When NATS does not answer, the node still owns the
+//! by [`CALL_TIMEOUT`], and the alert stage runs in the host's main loop,
+//! so after a call fails (or while the client is disconnected) no call is
+//! made for [`PAUSE`]: a NATS outage costs the loop one timeout per pause,
+//! not one per sample. When NATS does not answer, the node still owns the
 //! target until its lease deadline, so it keeps the change, announces it
 //! (the notification waits in the local outbox) and reads the key again
-//! before its next write.
+//! before its next write: the owner's latest state is written once NATS
+//! answers.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -48,6 +52,9 @@ use crate::names::{RuleName, TargetName};
 
 /// The longest a read or write of the bucket may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long no call is tried after one failed.
+pub const PAUSE: Duration = Duration::from_secs(5);
 
 /// The key of (rule, target): `g.<rule>.<target>`, each name with every
 /// byte other than a letter, digit, `_` or `-` written `=XX` (KV keys allow
@@ -149,6 +156,8 @@ pub struct SharedAlerts {
     epoch: u64,
     /// Writes refused since the start.
     refused: u64,
+    /// Set when a call failed: no call until then.
+    paused_until: Option<tokio::time::Instant>,
 }
 
 impl SharedAlerts {
@@ -164,6 +173,38 @@ impl SharedAlerts {
             known: HashMap::new(),
             epoch,
             refused: 0,
+            paused_until: None,
+        }
+    }
+
+    /// Whether to call NATS now: connected, and not in a pause after a
+    /// failed call. The first call after a pause logs that NATS is back.
+    fn reachable(&mut self) -> bool {
+        if !self.bucket.connected() {
+            self.unreachable("the connection to NATS is down");
+            return false;
+        }
+        match self.paused_until {
+            Some(until) if tokio::time::Instant::now() < until => false,
+            _ => true,
+        }
+    }
+
+    /// A call failed: pause calls, logging it once per outage.
+    fn unreachable(&mut self, error: &str) {
+        let now = tokio::time::Instant::now();
+        if self.paused_until.is_none_or(|until| now >= until) {
+            if self.paused_until.is_none() {
+                tracing::warn!(node = %self.node, error, pause = ?PAUSE, "Cannot reach the cluster's alert state; this node keeps its alert changes, announces them, and writes them when NATS answers.");
+            }
+            self.paused_until = Some(now + PAUSE);
+        }
+    }
+
+    /// A call went through: the outage, if any, is over.
+    fn reached(&mut self) {
+        if self.paused_until.take().is_some() {
+            tracing::info!(node = %self.node, "The cluster's alert state answers again.");
         }
     }
 
@@ -186,15 +227,13 @@ impl SharedAlerts {
         if self.known.contains_key(&pair) {
             return;
         }
+        if !self.reachable() {
+            return;
+        }
         let key = key(rule, target);
-        match self.read(&key).await {
-            Ok((known, alerts)) => {
-                tracker.replace_group(rule, target, alerts);
-                self.known.insert(pair, known);
-            }
-            Err(error) => {
-                tracing::warn!(rule = %rule, target = %target, %error, "Cannot read the cluster's alert state; going on with this node's.");
-            }
+        if let Ok((known, alerts)) = self.read(&key).await {
+            tracker.replace_group(rule, target, alerts);
+            self.known.insert(pair, known);
         }
     }
 
@@ -228,12 +267,17 @@ impl SharedAlerts {
         );
         self.known.remove(&pair);
         let key = key(rule, target);
-        match self.read(&key).await {
-            Ok((known, alerts)) => {
+        let read = if self.reachable() {
+            self.read(&key).await.ok()
+        } else {
+            None
+        };
+        match read {
+            Some((known, alerts)) => {
                 tracker.replace_group(rule, target, alerts);
                 self.known.insert(pair, known);
             }
-            Err(_) => tracker.replace_group(rule, target, before),
+            None => tracker.replace_group(rule, target, before),
         }
         Err(refusal)
     }
@@ -247,16 +291,19 @@ impl SharedAlerts {
         if !self.ownership.owns_target(&pair.1) {
             return Err(Refusal::NotOwner);
         }
+        if !self.reachable() {
+            // Kept here and announced; written by the next change after
+            // NATS answers (the key is read again first).
+            self.known.remove(pair);
+            return Ok(());
+        }
         let key = key(&pair.0, &pair.1);
         let known = match self.known.get(pair) {
             Some(known) => *known,
             // Not read (NATS did not answer then): read it now.
             None => match self.read(&key).await {
                 Ok((known, _)) => known,
-                Err(error) => {
-                    tracing::warn!(rule = %pair.0, target = %pair.1, %error, "Cannot reach the cluster's alert state; this node keeps the change and writes it next time.");
-                    return Ok(());
-                }
+                Err(_) => return Ok(()),
             },
         };
         if known.tick_ms > tick_ms {
@@ -285,23 +332,32 @@ impl SharedAlerts {
         };
         match written {
             Ok(revision) => {
+                self.reached();
                 // A delete leaves a marker at a new revision, which a
                 // create accepts: absent is what a reader sees.
                 self.known.insert(pair.clone(), Known { revision, tick_ms });
                 Ok(())
             }
-            Err(LeaseError::Conflict) => Err(Refusal::Conflict),
+            Err(LeaseError::Conflict) => {
+                self.reached();
+                Err(Refusal::Conflict)
+            }
             Err(LeaseError::Unavailable(error)) => {
-                tracing::warn!(rule = %pair.0, target = %pair.1, %error, "Cannot reach the cluster's alert state; this node keeps the change and writes it next time.");
+                self.unreachable(&error);
                 self.known.remove(pair);
                 Ok(())
             }
         }
     }
 
-    /// The key's state and alerts.
-    async fn read(&self, key: &str) -> Result<(Known, Vec<TrackedAlert>), LeaseError> {
-        match bounded(self.bucket.get(key)).await? {
+    /// The key's state and alerts; a failure pauses calls.
+    async fn read(&mut self, key: &str) -> Result<(Known, Vec<TrackedAlert>), LeaseError> {
+        let found = bounded(self.bucket.get(key)).await;
+        match &found {
+            Ok(_) => self.reached(),
+            Err(error) => self.unreachable(&error.to_string()),
+        }
+        match found? {
             None => Ok((
                 Known {
                     revision: None,

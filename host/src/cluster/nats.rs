@@ -561,7 +561,10 @@ impl Nats {
                 ..Default::default()
             })
             .await?;
-        Ok(AlertBucket { store })
+        Ok(AlertBucket {
+            store,
+            client: self.client.clone(),
+        })
     }
 
     /// Opens (creating when absent) the work-queue stream of
@@ -621,6 +624,8 @@ pub fn alert_bucket(settings: &ClusterSettings) -> String {
 #[derive(Clone)]
 pub struct AlertBucket {
     store: kv::Store,
+    /// To tell, without a round trip, that the connection is down.
+    client: async_nats::Client,
 }
 
 /// What a key holds now: its revision and value, or nothing (never
@@ -628,6 +633,12 @@ pub struct AlertBucket {
 pub type Current = Option<(u64, Bytes)>;
 
 impl AlertBucket {
+    /// Whether the client is connected now (a call may still time out on
+    /// a server that stopped answering).
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     /// The key's current value and revision; `None` when absent or deleted.
     pub async fn get(&self, key: &str) -> Result<Current, LeaseError> {
         let entry = self
