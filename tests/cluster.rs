@@ -59,6 +59,11 @@ type MakeConfig = Box<dyn Fn(&str, &PollLog, &str) -> String>;
 struct Control {
     /// `up` per target; 1 when not set.
     up: BTreeMap<String, u32>,
+    /// The next poll of (node, target) is held this long, then answered
+    /// `{"up": 0}`; cleared once it arrives.
+    hold: Option<(String, String, Duration)>,
+    /// Polls held so far.
+    held: usize,
 }
 
 async fn answer(
@@ -71,18 +76,28 @@ async fn answer(
         .and_then(|value| value.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let up = control
-        .lock()
-        .unwrap()
-        .up
-        .get(&target)
-        .copied()
-        .unwrap_or(1);
+    let (up, hold) = {
+        let mut control = control.lock().unwrap();
+        let up = control.up.get(&target).copied().unwrap_or(1);
+        let hold = match &control.hold {
+            Some((n, t, hold)) if *n == node && *t == target => Some(*hold),
+            _ => None,
+        };
+        if hold.is_some() {
+            control.hold = None;
+            control.held += 1;
+        }
+        (up, hold)
+    };
     polls.lock().unwrap().push(Poll {
         at: Instant::now(),
         target,
         node,
     });
+    if let Some(hold) = hold {
+        tokio::time::sleep(hold).await;
+        return "{\"up\": 0}".into();
+    }
     format!("{{\"up\": {up}}}")
 }
 
@@ -654,9 +669,9 @@ fn a_lost_nats_connection_is_not_a_lost_lease_until_its_deadline() {
     assert_each_target_polled_by_its_owner(&fleet, &after);
 }
 
-// Alert state in KV and notifications once (issue 16 items 6, 8).
+// Alert state in KV and notifications once (issue 16 items 3, 6, 8).
 // Settings: `lease_ttl` 2 s, `renew_every` 500 ms, targets polled every
-// 500 ms (HTTP timeout 30 s),
+// 500 ms (HTTP timeout 30 s, so a poll held across a pause still answers),
 // the `threshold` rule alerting `Down` when `up` is below 1, and a
 // webhook receiver that logs every POST with its `vigil-node` and
 // `Idempotency-Key` headers.
@@ -864,6 +879,65 @@ fn a_pending_alert_fires_at_its_original_time_after_its_owner_is_killed() {
         .filter(|n| n.target != target)
         .count();
     assert_eq!(others, 0);
+}
+
+#[test]
+fn a_node_paused_past_its_lease_has_its_late_alert_writes_refused() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let hook = Hook::start();
+    let mut fleet = Fleet::start_with(&["n1", "n2", "n3"], alerting_config(hook.addr, "0s"));
+    let owners = fleet.wait_balanced(&["n1", "n2", "n3"]);
+    let target = target_name(1);
+    let owner = owners[&partition_of(&target)].clone();
+    // The owner's next poll of the target is held 300 ms and answered
+    // "down"; the owner is paused as soon as that poll arrives, so the
+    // answer waits for it across the pause.
+    fleet.log.control.lock().unwrap().hold =
+        Some((owner.clone(), target.clone(), Duration::from_millis(300)));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fleet.log.control.lock().unwrap().held == 0 {
+        assert!(Instant::now() < deadline, "{owner} did not poll {target}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    fleet.nodes[&owner].signal("STOP");
+    // Past the lease: another node polls the target (up) meanwhile.
+    std::thread::sleep(ALERT_TTL * 3);
+    let others: BTreeSet<String> = fleet
+        .log
+        .between(Instant::now() - ALERT_TTL, Instant::now())
+        .into_iter()
+        .filter(|poll| poll.target == target)
+        .map(|poll| poll.node)
+        .collect();
+    assert!(!others.is_empty() && !others.contains(&owner), "{others:?}");
+    fleet.nodes[&owner].signal("CONT");
+    // The late sample says "down": its write is refused, and said so.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !fleet.nodes[&owner]
+        .stderr()
+        .contains("Stale alert state write refused")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{owner} did not refuse its late write\n{}",
+            fleet.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Refused either because the lease is behind it, or because the node
+    // holds the partition again under a new lease, which a sample polled
+    // before the pause does not belong to.
+    let stderr = fleet.nodes[&owner].stderr();
+    assert!(
+        ["lease_lapsed", "earlier_lease"].iter().any(|reason| {
+            stderr.contains(&format!("reason=\"{reason}\""))
+                || stderr.contains(&format!("reason={reason}"))
+        }),
+        "{stderr}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    // Nobody was told the target is down: no doubled or reverted alert.
+    assert!(hook.about(&target).is_empty(), "{:?}", hook.about(&target));
 }
 
 #[test]

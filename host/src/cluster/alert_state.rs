@@ -12,7 +12,9 @@
 //! bucket's state back, when:
 //!
 //! 1. this node no longer holds the target's partition (its lease deadline
-//!    passed: a node paused past its lease wakes with samples in flight);
+//!    passed: a node paused past its lease wakes with samples in flight),
+//!    or holds it again but the sample was polled before this tenure began
+//!    (samples are stamped with the poll's start, see `sources`);
 //! 2. the sample is older than the tick that last changed the group;
 //! 3. the key moved on since this node read it (compare-and-set on the
 //!    revision): another node wrote it meanwhile.
@@ -102,6 +104,9 @@ struct Known {
 pub enum Refusal {
     /// This node's lease on the target's partition has lapsed.
     NotOwner,
+    /// The sample was polled under an earlier lease on the partition than
+    /// the one this node holds now.
+    EarlierLease,
     /// The sample is older than the one that last changed the group.
     OlderTick {
         /// The tick stored.
@@ -118,6 +123,7 @@ impl Refusal {
     pub fn kind(&self) -> &'static str {
         match self {
             Refusal::NotOwner => "lease_lapsed",
+            Refusal::EarlierLease => "earlier_lease",
             Refusal::OlderTick { .. } => "older_tick",
             Refusal::Conflict => "revision_moved",
         }
@@ -128,6 +134,9 @@ impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Refusal::NotOwner => f.write_str("this node's lease on the target's partition lapsed"),
+            Refusal::EarlierLease => f.write_str(
+                "the sample was polled under an earlier lease on the target's partition than this node holds now",
+            ),
             Refusal::OlderTick {
                 stored_ms,
                 sample_ms,
@@ -184,10 +193,8 @@ impl SharedAlerts {
             self.unreachable("the connection to NATS is down");
             return false;
         }
-        match self.paused_until {
-            Some(until) if tokio::time::Instant::now() < until => false,
-            _ => true,
-        }
+        self.paused_until
+            .is_none_or(|until| tokio::time::Instant::now() >= until)
     }
 
     /// A call failed: pause calls, logging it once per outage.
@@ -290,6 +297,9 @@ impl SharedAlerts {
     ) -> Result<(), Refusal> {
         if !self.ownership.owns_target(&pair.1) {
             return Err(Refusal::NotOwner);
+        }
+        if !self.ownership.owned_target_since(&pair.1, tick_ms) {
+            return Err(Refusal::EarlierLease);
         }
         if !self.reachable() {
             // Kept here and announced; written by the next change after

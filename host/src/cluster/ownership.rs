@@ -32,6 +32,10 @@ struct Inner {
     /// Per partition: its deadline in microseconds after `epoch`; 0 when
     /// not owned.
     deadlines: Box<[AtomicU64]>,
+    /// Per partition: when its current tenure began (Unix ms, the clock
+    /// samples are stamped with), set when it is granted after not being
+    /// owned (never held, revoked, or its deadline passed).
+    since_ms: Box<[AtomicU64]>,
     /// Bumped whenever a partition is granted or taken away.
     changed: watch::Sender<u64>,
 }
@@ -45,6 +49,7 @@ impl Ownership {
                 partitions,
                 epoch: Instant::now(),
                 deadlines: partitions.all().map(|_| AtomicU64::new(0)).collect(),
+                since_ms: partitions.all().map(|_| AtomicU64::new(0)).collect(),
                 changed,
             }),
         }
@@ -67,6 +72,17 @@ impl Ownership {
         self.owns(self.inner.partitions.of(name))
     }
 
+    /// Whether this node owns target `name` now and has owned it without a
+    /// break since `at_ms` (Unix ms): what a sample taken at `at_ms` needs
+    /// for its effects to be written. A sample polled under an earlier
+    /// tenure (before a pause that let another node in, say) fails this
+    /// even when the partition came back.
+    pub fn owned_target_since(&self, name: &str, at_ms: u64) -> bool {
+        let partition = self.inner.partitions.of(name);
+        self.owns(partition)
+            && self.inner.since_ms[partition.0 as usize].load(Ordering::Acquire) <= at_ms
+    }
+
     /// The partitions owned now.
     pub fn owned(&self) -> Vec<Partition> {
         self.inner
@@ -78,8 +94,15 @@ impl Ownership {
 
     /// Owns `partition` until `deadline` (a renewal moves it later).
     pub fn grant(&self, partition: Partition, deadline: Instant) {
+        let index = partition.0 as usize;
+        let now = self.micros(Instant::now());
+        // A new tenure starts now unless the partition is held now: its
+        // start is set before the deadline that makes it owned is.
+        if self.inner.deadlines[index].load(Ordering::Acquire) <= now {
+            self.inner.since_ms[index].store(crate::clock::now_ms(), Ordering::Release);
+        }
         let micros = self.micros(deadline).max(1);
-        let old = self.inner.deadlines[partition.0 as usize].swap(micros, Ordering::AcqRel);
+        let old = self.inner.deadlines[index].swap(micros, Ordering::AcqRel);
         if old == 0 {
             self.inner.changed.send_modify(|version| *version += 1);
         }
@@ -158,5 +181,27 @@ mod tests {
         assert!(claim.holds());
         std::thread::sleep(Duration::from_millis(40));
         assert!(!claim.holds());
+    }
+
+    #[test]
+    fn a_sample_from_before_the_current_tenure_is_not_covered_by_it() {
+        let ownership = Ownership::new(Partitions::new(1));
+        let before = crate::clock::now_ms();
+        std::thread::sleep(Duration::from_millis(5));
+        ownership.grant(Partition(0), Instant::now() + Duration::from_secs(60));
+        assert!(!ownership.owned_target_since("t", before));
+        let during = crate::clock::now_ms();
+        assert!(ownership.owned_target_since("t", during));
+        // A renewal keeps the tenure.
+        ownership.grant(Partition(0), Instant::now() + Duration::from_secs(90));
+        assert!(ownership.owned_target_since("t", during));
+        // Lapsed, then granted again: a new tenure, which a sample taken
+        // under the old one does not belong to.
+        ownership.grant(Partition(0), Instant::now() - Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(5));
+        ownership.grant(Partition(0), Instant::now() + Duration::from_secs(60));
+        assert!(!ownership.owned_target_since("t", during));
+        ownership.revoke(Partition(0));
+        assert!(!ownership.owned_target_since("t", crate::clock::now_ms()));
     }
 }

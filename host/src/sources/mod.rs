@@ -168,7 +168,10 @@ async fn run<S: Source>(
                 (Err(error.message), Vec::new())
             }
         };
-        let mut sample = make_sample(&target.name, &labels, result, now_ms());
+        // Stamped with the poll's start: the moment this node was allowed
+        // to poll (the check above), which is what fencing a late write
+        // compares with the partition's lease (`cluster::alert_state`).
+        let mut sample = make_sample(&target.name, &labels, result, started_ms);
         if !extra.is_empty() {
             sample.labels.extend(extra);
             // The contract promises labels sorted by name.
