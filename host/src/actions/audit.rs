@@ -93,6 +93,11 @@ pub struct AuditRecord {
     pub requested_ms: u64,
     /// The requesting rule.
     pub rule: String,
+    /// The version of the rule that asked: its reload count from 1, or the
+    /// manifest revision of a pushed rule (the same number on every node).
+    /// 0 (and left out of the JSON) in records written before it was kept.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rule_version: u64,
     /// The target the rule was evaluating.
     pub target: String,
     /// The requested action.
@@ -347,6 +352,7 @@ impl AuditLog {
     pub fn record_decision(
         &self,
         rule: &str,
+        rule_version: u64,
         target: &str,
         request: &ActionRequest,
         decision: &Decision,
@@ -380,6 +386,7 @@ impl AuditLog {
             id: 0,
             requested_ms: now_ms,
             rule: name(rule),
+            rule_version,
             target: name(target),
             action: name(&request.action),
             params: request
@@ -649,7 +656,7 @@ mod tests {
     ) -> u64 {
         let request = restart(service);
         let decision = gate.check(rule, target, &request, at);
-        log.record_decision(rule, target, &request, &decision, at)
+        log.record_decision(rule, 1, target, &request, &decision, at)
             .unwrap()
     }
 

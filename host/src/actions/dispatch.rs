@@ -139,14 +139,17 @@ impl Dispatch {
         for request in &verdict.actions {
             let (remediation, feedback) = (self.remediation.clone(), self.feedback.clone());
             let stats = self.stats.clone();
-            let rule = evaluation.rule.clone();
+            let (rule, version) = (evaluation.rule.clone(), evaluation.version);
             let target = evaluation.sample.target.clone();
             let request = request.clone();
             // The line about the request is the rule's doing: it comes out
             // of the rule's log budget.
             let log = evaluation.log.clone();
             tokio::spawn(async move {
-                match remediation.handle(&rule, &target, &request, now_ms()).await {
+                match remediation
+                    .handle(&rule, version, &target, &request, now_ms())
+                    .await
+                {
                     Ok(handled) => {
                         stats.handled(&request.action, handled.outcome.status.as_str());
                         if log.allow() {

@@ -38,7 +38,7 @@
 //!    gate, so a restart does not reset cooldowns, limits or breakers.
 //! 3. **Each verdict.** For each `verdict.actions` entry, on the async
 //!    runtime (rule workers are plain threads):
-//!    `tokio::spawn(async move { remediation.handle(rule, target, &request, now_ms).await })`.
+//!    `tokio::spawn(async move { remediation.handle(rule, version, target, &request, now_ms).await })`.
 //!    Spawn, do not await on the sample path: a run can take its whole
 //!    timeout. `now_ms` is wall-clock ms since the Unix epoch.
 //! 4. **Feedback.** [`Handled::outcome`]`.to_action_outcome(action, params)`
@@ -160,6 +160,7 @@ impl Remediation {
     pub async fn handle(
         &self,
         rule: &str,
+        rule_version: u64,
         target: &str,
         request: &ActionRequest,
         now_ms: u64,
@@ -188,9 +189,9 @@ impl Remediation {
                 Err(reason) => decision = Decision::Refuse(reason),
             }
         }
-        let recorded = self
-            .audit
-            .record_decision(rule, target, request, &decision, now_ms);
+        let recorded =
+            self.audit
+                .record_decision(rule, rule_version, target, request, &decision, now_ms);
         let (run, mut guard) = match (decision, guard.take()) {
             (Decision::Run(run), Some(guard)) => (run, guard),
             (Decision::Refuse(reason), _) => {
@@ -384,19 +385,19 @@ mod tests {
                 Remediation::start(specs("enforce"), audit, executor.clone(), 0).unwrap();
             assert!(interrupted.is_empty());
             let first = remediation
-                .handle("threshold", "a", &restart(), 1_000)
+                .handle("threshold", 1, "a", &restart(), 1_000)
                 .await
                 .unwrap();
             assert_eq!(first.outcome.status, Status::Failed);
             assert_eq!(first.breaker_opened, None);
             let second = remediation
-                .handle("threshold", "b", &restart(), 2_000)
+                .handle("threshold", 1, "b", &restart(), 2_000)
                 .await
                 .unwrap();
             let trip = second.breaker_opened.expect("two failures open it");
             assert_eq!(trip.opened_ms, 2_010);
             let third = remediation
-                .handle("threshold", "c", &restart(), 3_000)
+                .handle("threshold", 1, "c", &restart(), 3_000)
                 .await
                 .unwrap();
             assert_eq!(third.outcome.status, Status::Refused);
@@ -413,7 +414,7 @@ mod tests {
             Remediation::start(specs("enforce"), audit, executor.clone(), 4_000).unwrap();
         assert_eq!(remediation.open_breakers(4_000).len(), 1);
         let refused = remediation
-            .handle("threshold", "d", &restart(), 4_000)
+            .handle("threshold", 1, "d", &restart(), 4_000)
             .await
             .unwrap();
         assert_eq!(refused.outcome.status, Status::Refused);
@@ -427,7 +428,7 @@ mod tests {
         let (remediation, _) =
             Remediation::start(specs("dry-run"), audit, executor.clone(), 0).unwrap();
         let handled = remediation
-            .handle("threshold", "a", &restart(), 1_000)
+            .handle("threshold", 7, "a", &restart(), 1_000)
             .await
             .unwrap();
         assert_eq!(handled.outcome.status, Status::DryRun);
@@ -438,6 +439,8 @@ mod tests {
         assert_eq!(executor.0.load(Ordering::SeqCst), 0);
         let record = remediation.audit().get(handled.audit_id).unwrap().unwrap();
         assert_eq!(record.status, AuditStatus::DryRun);
+        // Which version of the rule asked is on the record.
+        assert_eq!(record.rule_version, 7);
     }
 
     #[tokio::test]
@@ -447,7 +450,7 @@ mod tests {
         let mut gate = Gate::new(specs("enforce"));
         let decision = gate.check("threshold", "a", &restart(), 1_000);
         audit
-            .record_decision("threshold", "a", &restart(), &decision, 1_000)
+            .record_decision("threshold", 1, "a", &restart(), &decision, 1_000)
             .unwrap();
         // ...the host dies here.
         let (remediation, interrupted) = Remediation::start(
@@ -461,7 +464,7 @@ mod tests {
         assert_eq!(interrupted[0].status, AuditStatus::Interrupted);
         // Not left in flight: the target can be acted on again.
         let handled = remediation
-            .handle("threshold", "a", &restart(), 3_000)
+            .handle("threshold", 1, "a", &restart(), 3_000)
             .await
             .unwrap();
         assert_eq!(handled.outcome.status, Status::Failed);
@@ -515,7 +518,7 @@ mod tests {
         let remediation = remediation.with_claims(store.clone(), "node-b".into());
         // A finished run is taken over and settled with its outcome.
         let first = remediation
-            .handle("threshold", "a", &restart(), 1_000)
+            .handle("threshold", 1, "a", &restart(), 1_000)
             .await
             .unwrap();
         assert_eq!(first.outcome.status, Status::Failed);
@@ -532,7 +535,7 @@ mod tests {
             .insert(claims::key("restart", "b"), (orphan, 7));
         for now in [2_000, 3_000] {
             let refused = remediation
-                .handle("threshold", "b", &restart(), now)
+                .handle("threshold", 1, "b", &restart(), now)
                 .await
                 .unwrap();
             assert_eq!(refused.outcome.status, Status::Refused);
@@ -548,7 +551,7 @@ mod tests {
         // NATS unreachable: nothing runs unclaimed.
         store.down.store(true, Ordering::SeqCst);
         let refused = remediation
-            .handle("threshold", "c", &restart(), 4_000)
+            .handle("threshold", 1, "c", &restart(), 4_000)
             .await
             .unwrap();
         assert_eq!(refused.outcome.status, Status::Refused);
@@ -563,7 +566,7 @@ mod tests {
         // Not left in flight by the refusals: once claims answer, it runs.
         store.down.store(false, Ordering::SeqCst);
         let ran = remediation
-            .handle("threshold", "c", &restart(), 5_000)
+            .handle("threshold", 1, "c", &restart(), 5_000)
             .await
             .unwrap();
         assert_eq!(ran.outcome.status, Status::Failed);
@@ -579,7 +582,7 @@ mod tests {
             Remediation::start(specs("dry-run"), audit, Arc::new(Failing::default()), 0).unwrap();
         let remediation = remediation.with_claims(store, "node-b".into());
         let handled = remediation
-            .handle("threshold", "a", &restart(), 1_000)
+            .handle("threshold", 7, "a", &restart(), 1_000)
             .await
             .unwrap();
         assert_eq!(handled.outcome.status, Status::DryRun);
