@@ -57,8 +57,7 @@ pub fn load_all(
             done.extend(load_group(runtime, state, specs, indices));
         }
     };
-    let mut results: Vec<Option<Result<(LoadedRule, LoadNote), RuleLoadError>>> =
-        specs.iter().map(|_| None).collect();
+    let mut results: Vec<Option<Outcome>> = specs.iter().map(|_| None).collect();
     let finished: Vec<_> = if threads <= 1 {
         work()
     } else {
@@ -95,6 +94,9 @@ pub fn load_all(
         .collect()
 }
 
+/// One rule's result, with what its "Rule loaded." line will say.
+type Outcome = Result<(LoadedRule, LoadNote), RuleLoadError>;
+
 /// Where a rule's bytes come from, as a key: rules with the same key share
 /// one read and one hash.
 #[derive(PartialEq, Eq, Hash)]
@@ -129,7 +131,7 @@ fn load_group(
     state: &StateDb,
     specs: &[RuleSpec],
     indices: &[usize],
-) -> Vec<(usize, Result<(LoadedRule, LoadNote), RuleLoadError>)> {
+) -> Vec<(usize, Outcome)> {
     let first = &specs[indices[0]];
     let (read, file) = match &first.source {
         RuleSource::Builtin(builtin) => (Ok(Cow::Borrowed(builtin.wasm)), None),
