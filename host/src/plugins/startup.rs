@@ -310,6 +310,65 @@ mod tests {
         }
     }
 
+    /// A log writer that keeps what it is given.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log buffer").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_host_logs_each_rule_loaded_in_config_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let counter = fixture("fixture_global_counter");
+        // Four files (so several groups, loaded on several threads when
+        // there are cores), two rules each, neither in file nor name order.
+        let files: Vec<PathBuf> = (0..4)
+            .map(|i| {
+                let path = dir.path().join(format!("f{i}.wasm"));
+                std::fs::copy(&counter, &path).expect("copying the fixture");
+                path
+            })
+            .collect();
+        let order = [3, 0, 2, 1, 0, 3, 1, 2];
+        let specs: Vec<RuleSpec> = order
+            .iter()
+            .enumerate()
+            .map(|(i, &file)| {
+                let name = format!("r{}-{i}", 7 - i);
+                spec(&name, RuleSource::File(files[file].clone()), "{}")
+            })
+            .collect();
+        let runtime = Runtime::new().expect("runtime");
+        let state = StateDb::in_memory().expect("state db");
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let results =
+            tracing::subscriber::with_default(subscriber, || load_all(&runtime, &state, &specs));
+        assert!(results.iter().all(Result::is_ok));
+        let logs =
+            String::from_utf8(captured.0.lock().expect("log buffer").clone()).expect("utf-8");
+        let logged: Vec<&str> = logs
+            .lines()
+            .filter(|line| line.contains("Rule loaded."))
+            .filter_map(|line| line.split("rule=").nth(1)?.split_whitespace().next())
+            .collect();
+        let names: Vec<&str> = specs.iter().map(|spec| spec.name.as_str()).collect();
+        assert_eq!(logged, names, "{logs}");
+    }
+
     #[test]
     fn rules_are_grouped_by_source_in_order_of_first_appearance() {
         let a = RuleSource::File("/rules/a.wasm".into());
