@@ -6,6 +6,10 @@
 //! from the warm disk cache for each rule, then `RuleInstance::start`:
 //! exactly the path `Runtime::prepare` took then).
 //!
+//! A third mode, `load_all`, is how the host loads its rules at start-up
+//! now: the same sharing, with each file read and hashed once and the
+//! rules instantiated on up to one thread per core.
+//!
 //! Rules are loaded without their worker threads, so the figures are the
 //! instances' and the compiled code's, not the threads' stacks. Each case
 //! runs in a child process of its own (this binary again, with the case as
@@ -33,18 +37,34 @@ const CONFIG: &str = r#"{"thresholds": {"cpu_usage": 80, "memory_usage": 80}}"#;
 /// How the rules get their compiled component.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    /// `plugins::load`: the first from the disk cache, the rest shared.
+    /// `plugins::load_all`, as the host loads its rules at start-up: the
+    /// file read and hashed once, the component from the disk cache once
+    /// and shared, the rules instantiated on up to one thread per core.
+    All,
+    /// `plugins::load` for each rule in turn, as the host loaded them
+    /// before `load_all`: the first from the disk cache, the rest shared,
+    /// but the file read and hashed for every rule.
     Shared,
     /// A copy each, from the disk cache.
     Separate,
 }
 
 impl Mode {
+    const ALL: [Mode; 3] = [Mode::Separate, Mode::Shared, Mode::All];
+
     fn name(self) -> &'static str {
         match self {
+            Mode::All => "load_all",
             Mode::Shared => "shared",
             Mode::Separate => "separate",
         }
+    }
+
+    fn parse(name: &str) -> Mode {
+        Mode::ALL
+            .into_iter()
+            .find(|mode| mode.name() == name)
+            .unwrap_or_else(|| panic!("no mode `{name}`"))
     }
 }
 
@@ -131,13 +151,19 @@ fn run_case(name: &str, mode: Mode, count: usize, cache_dir: &Path) -> Figures {
     let pss_before_kib = pss_kib();
     let started = Instant::now();
     let mut held: Vec<RuleInstance> = Vec::with_capacity(count);
-    for spec in &specs {
+    if mode == Mode::All {
+        for loaded in plugins::load_all(&runtime, &state, &specs) {
+            held.push(loaded.expect("loading").instance);
+        }
+    }
+    for spec in specs.iter().filter(|_| mode != Mode::All) {
         let instance = match mode {
             Mode::Shared => {
                 plugins::load(&runtime, &state, spec)
                     .expect("loading")
                     .instance
             }
+            Mode::All => unreachable!("loaded above"),
             Mode::Separate => {
                 let prepared = runtime
                     .prepare_cached(&bytes, runtime.compile_cache())
@@ -192,11 +218,7 @@ fn child(name: &str, mode: Mode, count: usize, cache_dir: &Path) -> String {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--case") {
-        let mode = if args[2] == "shared" {
-            Mode::Shared
-        } else {
-            Mode::Separate
-        };
+        let mode = Mode::parse(&args[2]);
         let count: usize = args[3].parse().expect("a count");
         let f = run_case(&args[1], mode, count, Path::new(&args[4]));
         let added = f.rss_after_kib.saturating_sub(f.rss_before_kib);
@@ -242,7 +264,7 @@ fn main() {
     }
     drop(runtime);
     for (name, count) in cases {
-        for mode in [Mode::Separate, Mode::Shared] {
+        for mode in Mode::ALL {
             print!("{}", child(name, mode, count, &cache_dir));
         }
     }

@@ -198,12 +198,10 @@ impl App {
         let specs = settings.rules.clone();
         let (loader_runtime, loader_state) = (runtime.clone(), state.clone());
         // Compiling is CPU-heavy (seconds for big components): keep it off
-        // the async workers.
+        // the async workers. Each file is read and hashed once, and rules
+        // load on up to one thread per core (`plugins::load_all`).
         let loaded = tokio::task::spawn_blocking(move || {
-            specs
-                .iter()
-                .map(|spec| plugins::load(&loader_runtime, &loader_state, spec))
-                .collect::<Vec<_>>()
+            plugins::load_all(&loader_runtime, &loader_state, &specs)
         })
         .await?;
         let mut rules = Vec::new();

@@ -12,6 +12,7 @@
 mod pool;
 pub mod reload;
 mod schedule;
+mod startup;
 mod subscription;
 pub mod trust;
 mod worker;
@@ -32,12 +33,13 @@ pub use crate::config::FailurePolicy;
 pub use crate::runtime::builtin;
 pub use pool::{MAX_THREADS, Pool, PoolStats, QUEUE, RuleWorker, Stopping};
 pub use schedule::{Refused, TenantShare};
+pub use startup::load_all;
 pub use worker::{Evaluation, RuleBoard, RuleCounters, RuleHealth, RuleState, WorkerEvent};
 
 use crate::config::{RuleSource, RuleSpec};
 use crate::hash::Sha256;
 use crate::names::{RuleName, TenantName};
-use crate::runtime::{LoadError, RuleInfo, RuleInstance, Runtime};
+use crate::runtime::{LoadError, Origin, RuleInfo, RuleInstance, Runtime};
 use crate::state::StateDb;
 
 /// A rule ready to evaluate samples.
@@ -65,16 +67,27 @@ pub struct LoadedRule {
     pub tenant: Option<TenantName>,
 }
 
-/// A rule's component as read, with its signature when its trust needs one:
-/// the one copy that is checked and compiled.
+/// A rule's component as read, with its sha256 and, when its trust needs
+/// one, its signature: the one copy that is hashed, checked and compiled.
 pub struct RuleBytes {
-    /// The component.
-    pub bytes: Cow<'static, [u8]>,
-    /// `FILE.minisig`, read only when a signature is required.
-    pub signature: Option<SignatureFile>,
+    bytes: Cow<'static, [u8]>,
+    /// Of `bytes`, computed once: the trust pin, the compiled component's
+    /// identity and the reloader's all use this one (an 18 MB Python rule
+    /// takes ~10 ms to hash).
+    hash: Sha256,
+    signature: Option<SignatureFile>,
 }
 
 impl RuleBytes {
+    /// The component embedded in the binary as `builtin` (never signed).
+    pub fn builtin(builtin: &'static builtin::Builtin) -> Self {
+        RuleBytes {
+            bytes: builtin.wasm.into(),
+            hash: Sha256::of(builtin.wasm),
+            signature: None,
+        }
+    }
+
     /// Reads `spec`'s signature, if its trust asks for one, beside `bytes`
     /// already read from `file`.
     pub fn with_signature(
@@ -82,25 +95,55 @@ impl RuleBytes {
         file: &Path,
         bytes: Vec<u8>,
     ) -> Result<Self, RuleLoadError> {
-        let signature = if spec.trust.requires_signature() {
-            let signature = SignatureFile::read(file).map_err(|error| {
-                load_error(
-                    spec,
-                    format!(
-                        "cannot read `{}`: {error}",
-                        SignatureFile::path_of(file).display()
-                    ),
-                )
-            })?;
-            Some(signature)
-        } else {
-            None
-        };
+        let signature = read_signature(spec, file)?;
         Ok(RuleBytes {
+            hash: Sha256::of(&bytes),
             bytes: bytes.into(),
             signature,
         })
     }
+
+    /// A component fetched from elsewhere (a pushed rule from the
+    /// cluster's object store), with its signature when one was required.
+    pub fn fetched(bytes: Vec<u8>, signature: Option<SignatureFile>) -> Self {
+        RuleBytes {
+            hash: Sha256::of(&bytes),
+            bytes: bytes.into(),
+            signature,
+        }
+    }
+
+    /// The component.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The sha256 of [`bytes`](Self::bytes).
+    pub fn hash(&self) -> Sha256 {
+        self.hash
+    }
+
+    /// `FILE.minisig`, read only when a signature is required.
+    pub fn signature(&self) -> Option<&SignatureFile> {
+        self.signature.as_ref()
+    }
+}
+
+/// `file`'s signature when `spec`'s trust requires one, else `None` (not
+/// read).
+fn read_signature(spec: &RuleSpec, file: &Path) -> Result<Option<SignatureFile>, RuleLoadError> {
+    if !spec.trust.requires_signature() {
+        return Ok(None);
+    }
+    SignatureFile::read(file).map(Some).map_err(|error| {
+        load_error(
+            spec,
+            format!(
+                "cannot read `{}`: {error}",
+                SignatureFile::path_of(file).display()
+            ),
+        )
+    })
 }
 
 /// Why a rule could not be loaded.
@@ -125,10 +168,7 @@ pub fn load(
     spec: &RuleSpec,
 ) -> Result<LoadedRule, RuleLoadError> {
     let rule = match &spec.source {
-        RuleSource::Builtin(builtin) => RuleBytes {
-            bytes: builtin.wasm.into(),
-            signature: None,
-        },
+        RuleSource::Builtin(builtin) => RuleBytes::builtin(builtin),
         RuleSource::File(path) => {
             let bytes = std::fs::read(path)
                 .map_err(|error| load_error(spec, format!("cannot read the file: {error}")))?;
@@ -161,27 +201,86 @@ pub fn load_bytes(
     spec: &RuleSpec,
     rule: RuleBytes,
 ) -> Result<LoadedRule, RuleLoadError> {
-    let fail = |reason: String| load_error(spec, reason);
-    let RuleBytes { bytes, signature } = rule;
-    let signer = spec
-        .trust
-        .check(&bytes, signature.as_ref())
-        .map_err(|error| fail(error.to_string()))?;
-    if let Some(signer) = &signer {
+    let content = Content {
+        bytes: &rule.bytes,
+        hash: rule.hash,
+        signature: rule.signature.as_ref(),
+    };
+    let (loaded, note) = load_content(runtime, state, spec, content)?;
+    note.log(spec, &loaded);
+    Ok(loaded)
+}
+
+/// A rule's component as the loader checks and compiles it: the bytes, their
+/// sha256 (computed once by whoever read them) and the signature read for
+/// this rule's trust.
+#[derive(Clone, Copy)]
+struct Content<'a> {
+    bytes: &'a [u8],
+    hash: Sha256,
+    signature: Option<&'a SignatureFile>,
+}
+
+/// What the "Rule loaded." line reports besides the rule itself: kept apart
+/// so that loading on several threads still logs in the config's order.
+struct LoadNote {
+    origin: Origin,
+    compile_time: Duration,
+}
+
+impl LoadNote {
+    /// The host's lines about a rule that loaded: who signed it, if its trust
+    /// required a signature, and "Rule loaded.".
+    fn log(&self, spec: &RuleSpec, rule: &LoadedRule) {
+        if let Some(signer) = &rule.signer {
+            tracing::info!(
+                rule = %spec.name,
+                key = %signer.key.display(),
+                trusted_comment = %signer.trusted_comment,
+                "Rule signature verified."
+            );
+        }
         tracing::info!(
             rule = %spec.name,
-            key = %signer.key.display(),
-            trusted_comment = %signer.trusted_comment,
-            "Rule signature verified."
+            version = %rule.info.version,
+            source = %spec.source,
+            subscriptions = ?rule.info.metrics,
+            // `from memory`: another rule loaded from the same bytes already
+            // holds the compiled component, which this one shares.
+            compiled = self.origin.as_str(),
+            compile_time = ?self.compile_time,
+            "Rule loaded."
         );
     }
+}
+
+/// Checks `content`'s trust for `spec`, compiles it (or shares it) and
+/// instantiates and configures the rule. Logs nothing of its own (the rule's
+/// output during `configure` goes out as it comes).
+fn load_content(
+    runtime: &Runtime,
+    state: &StateDb,
+    spec: &RuleSpec,
+    content: Content<'_>,
+) -> Result<(LoadedRule, LoadNote), RuleLoadError> {
+    let fail = |reason: String| load_error(spec, reason);
+    let Content {
+        bytes,
+        hash,
+        signature,
+    } = content;
+    let signer = spec
+        .trust
+        .check_hashed(bytes, hash, signature)
+        .map_err(|error| fail(error.to_string()))?;
     let prepared = runtime
-        .prepare(&bytes)
+        .prepare_hashed(bytes, hash)
         .map_err(|error| fail(error.to_string()))?;
     // For the log, to the microsecond: `1.234ms`, not `1.234567ms`.
-    let compile_time = Duration::from_micros(prepared.compile_time.as_micros() as u64);
-    let origin = prepared.origin;
-    let hash = prepared.hash().to_string();
+    let note = LoadNote {
+        compile_time: Duration::from_micros(prepared.compile_time.as_micros() as u64),
+        origin: prepared.origin,
+    };
     let state = state
         .rule_with_quota(&spec.name, spec.limits.max_state_bytes)
         .map_err(|error| fail(error.to_string()))?;
@@ -194,27 +293,17 @@ pub fn load_bytes(
         state,
     )
     .map_err(|error: LoadError| fail(error.to_string()))?;
-    tracing::info!(
-        rule = %spec.name,
-        version = %info.version,
-        source = %spec.source,
-        subscriptions = ?info.metrics,
-        // `from memory`: another rule loaded from the same bytes already
-        // holds the compiled component, which this one shares.
-        compiled = origin.as_str(),
-        ?compile_time,
-        "Rule loaded."
-    );
-    Ok(LoadedRule {
+    let loaded = LoadedRule {
         name: spec.name.as_str().into(),
         subscription: Subscription::new(&info.metrics),
         info,
         instance,
         version: 1,
-        hash,
+        hash: hash.to_string(),
         targets: spec.targets.clone(),
         signer,
-        signature: signature.as_ref().and_then(SignatureFile::fingerprint),
+        signature: signature.and_then(SignatureFile::fingerprint),
         tenant: spec.tenant.clone(),
-    })
+    };
+    Ok((loaded, note))
 }

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::{FailurePolicy, LoadedRule, RuleBytes, Signer, content_hash};
+use super::{FailurePolicy, LoadedRule, RuleBytes, Signer};
 use crate::clock::now_ms;
 use crate::config::{RuleDir, RuleSource, RuleSpec};
 use crate::hash::Sha256;
@@ -267,10 +267,8 @@ async fn settle(path: &Path, debounce: Duration) {
 
 fn identity(read: &RuleBytes) -> Identity {
     (
-        content_hash(&read.bytes),
-        read.signature
-            .as_ref()
-            .and_then(super::SignatureFile::fingerprint),
+        read.hash().to_string(),
+        read.signature().and_then(super::SignatureFile::fingerprint),
     )
 }
 
@@ -467,7 +465,11 @@ impl Reloader {
     fn signature_changed(&mut self, index: usize, read: RuleBytes, identity: Identity) {
         let rule = &mut self.watched[index];
         let name = rule.spec.name.clone();
-        match rule.spec.trust.check(&read.bytes, read.signature.as_ref()) {
+        match rule
+            .spec
+            .trust
+            .check_hashed(read.bytes(), read.hash(), read.signature())
+        {
             Ok(signer) => {
                 rule.signature = identity.1;
                 rule.refused = None;
@@ -536,10 +538,7 @@ impl Reloader {
             };
             let spec = &self.watched[index].spec;
             let read = match &spec.source {
-                RuleSource::Builtin(builtin) => Ok(RuleBytes {
-                    bytes: builtin.wasm.into(),
-                    signature: None,
-                }),
+                RuleSource::Builtin(builtin) => Ok(RuleBytes::builtin(builtin)),
                 RuleSource::File(path) => std::fs::read(path)
                     .map_err(|error| format!("cannot read the file: {error}"))
                     .and_then(|bytes| {

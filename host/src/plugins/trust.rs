@@ -164,8 +164,21 @@ impl Trust {
         bytes: &[u8],
         signature: Option<&SignatureFile>,
     ) -> Result<Option<Signer>, TrustError> {
+        self.check_hashed(bytes, Sha256::of(bytes), signature)
+    }
+
+    /// [`check`](Self::check) with the sha256 of `bytes` already computed
+    /// (by [`RuleBytes`](super::RuleBytes), once for every use of the
+    /// bytes). `hash` must be the digest of `bytes`: the pin is compared
+    /// with it.
+    pub(crate) fn check_hashed(
+        &self,
+        bytes: &[u8],
+        hash: Sha256,
+        signature: Option<&SignatureFile>,
+    ) -> Result<Option<Signer>, TrustError> {
         if let Some(pinned) = self.sha256 {
-            let actual = Sha256::of(bytes);
+            let actual = hash;
             if actual != pinned {
                 return Err(TrustError::Pin { pinned, actual });
             }

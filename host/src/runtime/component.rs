@@ -131,8 +131,25 @@ impl Runtime {
     /// loaded from there, in milliseconds.
     pub fn prepare(&self, bytes: &[u8]) -> Result<Prepared, LoadError> {
         check_magic(bytes)?;
+        self.prepare_hashed(bytes, Sha256::of(bytes))
+    }
+
+    /// [`prepare`](Self::prepare) with the sha256 of `bytes` already
+    /// computed by the loader, which hashes a rule file once for its trust
+    /// pin, this and its reload identity (an 18 MB Python component takes
+    /// ~10 ms to hash, more than instantiating it).
+    ///
+    /// `hash` must be the digest of `bytes`: it is what the compiled
+    /// component is shared and cached by, so a wrong one would hand another
+    /// component's code to this rule. Hence crate-private, and checked in
+    /// debug builds.
+    pub(crate) fn prepare_hashed(&self, bytes: &[u8], hash: Sha256) -> Result<Prepared, LoadError> {
+        debug_assert!(
+            hash == Sha256::of(bytes),
+            "the hash given is not of these bytes"
+        );
+        check_magic(bytes)?;
         let started = Instant::now();
-        let hash = Sha256::of(bytes);
         let cache = self.cache.as_ref();
         let mut origin = Origin::Memory;
         let shared = self.components.get_or_prepare(hash, || {
