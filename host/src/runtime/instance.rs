@@ -9,6 +9,7 @@ use wasmtime::{Store, Trap, WasmBacktrace};
 use super::bindings::Rule;
 use super::component::{LoadError, Prepared};
 use super::sandbox::{self, Output, StoreData};
+use super::targets::{Lookup, Targets};
 use super::{EPOCH_TICK, Limits, RuleInfo, Runtime, Sample, Verdict, deadline_ticks};
 use crate::names::Syntax;
 use crate::state::RuleState;
@@ -97,6 +98,8 @@ pub struct RuleInstance {
 struct Live {
     store: Store<StoreData>,
     rule: Rule,
+    /// The targets this instance was told about; goes with the store.
+    targets: Targets,
 }
 
 impl RuleInstance {
@@ -160,7 +163,31 @@ impl RuleInstance {
         let live = self.live.as_mut().expect("instantiated above");
         let timeout = self.limits.evaluate_timeout;
         let started = prepare_call(&mut live.store, &self.output, timeout);
-        match live.rule.call_evaluate(&mut live.store, sample) {
+        // One deadline covers the definition and the evaluation.
+        let called = match live.targets.lookup(sample) {
+            Lookup::Known(id) => Ok(id),
+            Lookup::Define(defined) => live
+                .rule
+                .call_define_target(
+                    &mut live.store,
+                    defined.id,
+                    &sample.target,
+                    &defined.labels,
+                    &defined.series,
+                )
+                .map(|()| defined.id),
+        }
+        .and_then(|id| {
+            live.rule.call_evaluate(
+                &mut live.store,
+                id,
+                sample.timestamp_ms,
+                &sample.health,
+                live.targets.values(sample),
+                &sample.recent_actions,
+            )
+        });
+        match called {
             Ok(verdict) => {
                 let checked = if started.elapsed() > deadline(timeout) {
                     // Returned just as the deadline passed, between two
@@ -191,6 +218,45 @@ impl RuleInstance {
                 Err(error)
             }
         }
+    }
+
+    /// Tells the rule that `target` is gone, so that it and the host drop
+    /// what they kept for it. Nothing happens when the live instance never
+    /// saw the target (or there is no live instance: a new one starts with
+    /// no targets). A failure rebuilds the instance, like a failed
+    /// evaluation.
+    pub fn forget_target(&mut self, target: &str) -> Result<(), CallError> {
+        let Some(live) = self.live.as_mut() else {
+            return Ok(());
+        };
+        let Some(id) = live.targets.forget(target) else {
+            return Ok(());
+        };
+        let timeout = self.limits.evaluate_timeout;
+        prepare_call(&mut live.store, &self.output, timeout);
+        match live.rule.call_forget_target(&mut live.store, id) {
+            Ok(()) => {
+                commit_state(&mut live.store);
+                Ok(())
+            }
+            Err(error) => {
+                let error = classify(
+                    error,
+                    live.store.data(),
+                    &self.output,
+                    timeout,
+                    Call::Evaluate,
+                );
+                self.live = None;
+                Err(error)
+            }
+        }
+    }
+
+    /// Targets the live instance has been told about and not forgotten (0
+    /// when there is no live instance).
+    pub fn defined_targets(&self) -> usize {
+        self.live.as_ref().map_or(0, |live| live.targets.len())
     }
 
     fn instantiate(&mut self) -> Result<RuleInfo, LoadError> {
@@ -225,7 +291,11 @@ impl RuleInstance {
             )));
         }
         commit_state(&mut store);
-        self.live = Some(Live { store, rule });
+        self.live = Some(Live {
+            store,
+            rule,
+            targets: Targets::default(),
+        });
         Ok(info)
     }
 
