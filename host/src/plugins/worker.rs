@@ -281,6 +281,8 @@ pub(super) enum Control {
     Swap(Box<LoadedRule>),
     /// The outcome of an action this rule requested for a target.
     Feedback(String, ActionOutcome),
+    /// Targets that are no longer polled.
+    Forget(Vec<crate::names::TargetName>),
 }
 
 /// A rule's state, owned by whichever thread serves it.
@@ -340,6 +342,21 @@ impl Worker {
                     }
                     waiting.push_back(outcome);
                 }
+                Control::Forget(targets) => self.forget(&targets),
+            }
+        }
+    }
+
+    /// Drops what the rule and its worker keep for targets no longer
+    /// polled: the series the instance defined (`forget-target`) and the
+    /// outcomes waiting for a next sample that will not come.
+    fn forget(&mut self, targets: &[crate::names::TargetName]) {
+        for target in targets {
+            self.feedback.remove(target.as_str());
+            if let Err(error) = self.instance.forget_target(target) {
+                // The instance is rebuilt before the next sample, with no
+                // targets; nothing is lost but this call.
+                tracing::warn!(rule = %self.name, target = %target, %error, "Forgetting a removed target failed.");
             }
         }
     }

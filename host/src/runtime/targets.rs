@@ -161,7 +161,10 @@ mod tests {
         assert_eq!(defined_id(targets.lookup(&a)), Some(0));
         assert!(matches!(targets.lookup(&a), Lookup::Known(0)));
         // Another order is another definition.
-        assert_eq!(defined_id(targets.lookup(&sample("a", &["mem", "cpu"]))), Some(0));
+        assert_eq!(
+            defined_id(targets.lookup(&sample("a", &["mem", "cpu"]))),
+            Some(0)
+        );
         // A down sample keeps the series it had.
         let down = crate::sources::make_sample("a", &[], Err("refused".into()), 2);
         assert!(matches!(targets.lookup(&down), Lookup::Known(0)));
