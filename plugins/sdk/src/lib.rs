@@ -437,9 +437,9 @@ impl<'a> Sample<'a> {
     }
 }
 
-impl Metric<'_> {
+impl<'a> Metric<'a> {
     /// The value of one of this metric's labels.
-    pub fn label(&self, name: &str) -> Option<&str> {
+    pub fn label(&self, name: &str) -> Option<&'a str> {
         find_label(self.labels, name)
     }
 }
@@ -565,4 +565,36 @@ impl Severity {
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
         .map_err(|error| format!("invalid duration `{text}`: {error} (write e.g. `30s` or `5m`)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sample_reads_its_readings_in_order_with_their_labels() {
+        let sample = Sample::up("web-01", [("cpu_usage", 91.0)])
+            .with_metric("disk_used_percent", 95.0, [("mount", "/var")])
+            .with_metric("disk_used_percent", 40.0, [("mount", "/")])
+            .with_labels([("env", "prod")])
+            .with_timestamp_ms(7);
+        assert_eq!(sample.target(), "web-01");
+        assert_eq!(sample.timestamp_ms(), 7);
+        assert_eq!(sample.label("env"), Some("prod"));
+        assert_eq!(sample.metric("cpu_usage"), Some(91.0));
+        let disks: Vec<(Option<&str>, f64)> = sample
+            .metrics_named("disk_used_percent")
+            .map(|disk| (disk.label("mount"), disk.value))
+            .collect();
+        assert_eq!(disks, [(Some("/var"), 95.0), (Some("/"), 40.0)]);
+        assert_eq!(sample.metrics().count(), 3);
+        assert_eq!(sample.down_reason(), None);
+    }
+
+    #[test]
+    fn a_down_sample_has_a_reason_and_no_readings() {
+        let sample = Sample::down("web-01", "connection refused");
+        assert_eq!(sample.down_reason(), Some("connection refused"));
+        assert_eq!(sample.metrics().count(), 0);
+    }
 }
