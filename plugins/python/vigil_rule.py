@@ -38,7 +38,7 @@ class Metric:
 
 
 class Sample:
-    """One poll of one target, as the contract's 0.2.0 `sample` record was."""
+    """One poll of one target, with the fields rules read before 0.3.0."""
 
     __slots__ = ("target", "timestamp_ms", "health", "metrics", "labels", "recent_actions")
 

@@ -593,7 +593,7 @@ mod tests {
         let config =
             r#"{"thresholds": {"cpu_usage": 80, "memory_usage": 80, "disk_used_percent": 90}}"#;
         RuleInstance::start(
-            &runtime,
+            runtime,
             "t",
             prepared,
             config.into(),
