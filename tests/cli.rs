@@ -194,7 +194,7 @@ fn invalid_rule_files_are_refused_with_the_reason() {
         ),
         (
             fixture("fixture_wrong_version"),
-            "built for `vigil:rules/host@0.1.0`, but this host serves `vigil:rules@0.2.0`",
+            "built for `vigil:rules/host@0.1.0`, but this host serves `vigil:rules@0.3.0`",
         ),
         (fixture("fixture_no_evaluate"), "does not export `evaluate`"),
     ];
@@ -267,7 +267,7 @@ fn check_reports_a_good_rule_and_refuses_a_bad_one() {
     let (code, stdout, _) = run(&[good.to_str().unwrap()]);
     assert_eq!(code, Some(0));
     assert!(
-        stdout.contains(": ok, a rule for vigil:rules@0.2.0"),
+        stdout.contains(": ok, a rule for vigil:rules@0.3.0"),
         "{stdout}"
     );
     assert!(
@@ -276,7 +276,7 @@ fn check_reports_a_good_rule_and_refuses_a_bad_one() {
     );
     assert!(stdout.contains("subscribes  every metric"), "{stdout}");
     assert!(
-        stdout.contains("vigil:rules/host@0.2.0"),
+        stdout.contains("vigil:rules/host@0.3.0"),
         "imports are listed:\n{stdout}"
     );
 
@@ -286,7 +286,7 @@ fn check_reports_a_good_rule_and_refuses_a_bad_one() {
     assert!(stdout.is_empty());
     assert!(
         stderr.contains(
-            "built for `vigil:rules/host@0.1.0`, but this host serves `vigil:rules@0.2.0`"
+            "built for `vigil:rules/host@0.1.0`, but this host serves `vigil:rules@0.3.0`"
         ),
         "{stderr}"
     );

@@ -33,7 +33,18 @@ fn build(lang: Lang, name: &str, out: &Path) -> PathBuf {
             command
                 .arg("-d")
                 .arg(&wit)
-                .args(["-w", "rule", "componentize", "app", "-o"]);
+                // The glue (`vigil_rule.py`) sits in `plugins/python`.
+                .args([
+                    "-w",
+                    "rule",
+                    "componentize",
+                    "-p",
+                    ".",
+                    "-p",
+                    "..",
+                    "app",
+                    "-o",
+                ]);
             (
                 command,
                 source,
@@ -47,7 +58,8 @@ fn build(lang: Lang, name: &str, out: &Path) -> PathBuf {
             command
                 .args(["--sync", "--world", "rule", "--wit"])
                 .arg(&wit)
-                .args(["--js", "rule.js", "-o"]);
+                // The glue (`vigil.js`) sits in `plugins/js`.
+                .args(["--module-root", "..", "--js", "rule.js", "-o"]);
             (command, source, "npm ci --prefix plugins/js")
         }
     };
@@ -62,6 +74,7 @@ fn build(lang: Lang, name: &str, out: &Path) -> PathBuf {
     assert!(status.success(), "building {lang:?} rule {name} failed");
     // Leave the source tree as it was.
     let _ = std::fs::remove_dir_all(source.join("__pycache__"));
+    let _ = std::fs::remove_dir_all(source.join("../__pycache__"));
     wasm
 }
 

@@ -10,18 +10,22 @@
 //! alert per label set) in the fixture `plugins/fixtures/boundary`, on the
 //! samples of the `evaluate` bench (2, 20 and 200 metrics):
 //!
-//! - `full`: today's contract, the whole sample crosses on every call;
+//! - `full`: contract 0.2.0's shape, the whole sample crosses on every call
+//!   (the reference for the machine's load: it did not change with 0.3.0);
 //! - `full_arena`: the same, with the SDK's arena behind `cabi_realloc`
 //!   (`fixture-boundary-arena`; no contract change);
 //! - `interned`: the rule learned the target's series once, each call
-//!   carries the target, the timestamp and a `list<f64>` of values by index;
+//!   carries the target, the timestamp and a `list<f64>` of values by index
+//!   (the shape contract 0.3.0 took);
 //! - `accessor`: only the target crosses and the rule asks the host for the
 //!   readings of each metric it checks (what the methods of a `sample`
 //!   resource would cost, without the handle);
 //! - `batch10`: ten samples per call; divide by 10 for the cost per sample.
 //!
 //! The bundled `threshold` rule, loaded as `vigil` loads it, runs in the same
-//! process as `vigil_threshold`, the reference for the absolute figure.
+//! process as `threshold`, the reference for the absolute figure (since 0.3.0
+//! it goes through the interned contract, the host's series table and the
+//! SDK's).
 //!
 //! This bench instantiates the prototype world with its own `bindgen!` and a
 //! plain store (no memory limiter, deadline armed once): a prototype is not

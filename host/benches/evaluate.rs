@@ -44,35 +44,29 @@ fn scaled(count: usize) -> Vec<(Reading, Option<String>)> {
         .collect()
 }
 
-fn sdk_labels(pairs: &[(&str, &str)], extra: Option<&str>) -> Vec<vigil_sdk::Label> {
-    let mut labels: Vec<vigil_sdk::Label> = pairs
+fn sdk_labels<'a>(pairs: &[(&'a str, &'a str)], extra: Option<&'a str>) -> Vec<(&'a str, &'a str)> {
+    let mut labels: Vec<(&str, &str)> = pairs
         .iter()
-        .map(|&(name, value)| vigil_sdk::Label::new(name, value))
-        .chain(extra.map(|value| vigil_sdk::Label::new("instance", value)))
+        .copied()
+        .chain(extra.map(|value| ("instance", value)))
         .collect();
-    labels.sort_by(|a, b| a.name.cmp(&b.name));
+    labels.sort();
     labels
 }
 
-/// The same sample as the SDK's type, for the native rule.
+/// The same sample as the SDK's type, for the native rule (which gets it
+/// as the SDK hands it over in wasm, with names and labels already kept).
 fn sdk_sample<'a>(
     readings: impl IntoIterator<Item = (&'a Reading, Option<&'a str>)>,
-) -> vigil_sdk::Sample {
-    vigil_sdk::Sample {
-        target: TARGET.into(),
-        timestamp_ms: TIMESTAMP_MS,
-        health: vigil_sdk::Health::Up,
-        metrics: readings
-            .into_iter()
-            .map(|(&(name, value, labels), extra)| vigil_sdk::Metric {
-                name: name.into(),
-                value,
-                labels: sdk_labels(labels, extra),
-            })
-            .collect(),
-        labels: sdk_labels(&TARGET_LABELS, None),
-        recent_actions: Vec::new(),
-    }
+) -> vigil_sdk::Sample<'static> {
+    readings.into_iter().fold(
+        vigil_sdk::Sample::up(TARGET, [])
+            .with_timestamp_ms(TIMESTAMP_MS)
+            .with_labels(sdk_labels(&TARGET_LABELS, None)),
+        |sample, (&(name, value, labels), extra)| {
+            sample.with_metric(name, value, sdk_labels(labels, extra))
+        },
+    )
 }
 
 /// The bundled rule with its default config, exactly as `vigil` loads it.

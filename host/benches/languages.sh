@@ -18,8 +18,8 @@ wit="$root/wit"
 
 scripts=$(python3 -c "import sysconfig; print(sysconfig.get_path('scripts'))")
 (cd "$root/plugins/python/threshold" &&
-  "$scripts/componentize-py" -d "$wit" -w rule componentize app -o "$out/python.wasm" &&
-  rm -rf __pycache__)
+  "$scripts/componentize-py" -d "$wit" -w rule componentize -p . -p .. app -o "$out/python.wasm" &&
+  rm -rf __pycache__ ../__pycache__)
 
 qjs="$root/plugins/js/node_modules/.bin/componentize-qjs"
 js="$root/plugins/js/threshold/rule.js"

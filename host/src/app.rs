@@ -466,7 +466,7 @@ impl App {
                     }
                     router.feedback(&feedback.rule, feedback.target, feedback.outcome);
                 }
-                Some(()) = changed(&mut owned) => pollers.rescope(),
+                Some(()) = changed(&mut owned) => router.forget_targets(&pollers.rescope()),
                 _ = ticks.tick() => {
                     alerting.tick(&router.tick(), &dispatch.open_breakers(), now_ms());
                     dispatch.tick();
@@ -483,7 +483,7 @@ impl App {
                         router.pool().set_share(Some(tenant.name.clone()), tenant.share());
                     }
                     dispatch.reconfigure(new.actions.clone(), new.tenant_actions());
-                    pollers.apply(&new.targets);
+                    router.forget_targets(&pollers.apply(&new.targets));
                     reloader.reconcile(new.rules, new.rule_dirs);
                     alerting.set_limits(new.alert_limits);
                 }

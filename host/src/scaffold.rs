@@ -99,6 +99,11 @@ impl Lang {
             ],
             Lang::Python => &[
                 ("app.py", include_str!("scaffold/python/app.py")),
+                // The glue this repository's own Python rules use.
+                (
+                    "vigil_rule.py",
+                    include_str!("../../plugins/python/vigil_rule.py"),
+                ),
                 (
                     "requirements.txt",
                     "componentize-py=={{componentize_py_version}}\n",
@@ -107,6 +112,8 @@ impl Lang {
             Lang::Js => &[
                 ("package.json", include_str!("scaffold/js/package.json")),
                 ("rule.js", include_str!("scaffold/js/rule.js")),
+                // The glue this repository's own JavaScript rules use.
+                ("vigil.js", include_str!("../../plugins/js/vigil.js")),
             ],
         }
     }

@@ -221,7 +221,7 @@ impl Sync {
             .trust
             .requires_signature()
             .then(|| signature_of(rule, revision, &manifest));
-        let read = RuleBytes::fetched(bytes.into(), signature);
+        let read = RuleBytes::fetched(bytes, signature);
         let (runtime, state, load_spec) = (self.runtime.clone(), self.state.clone(), spec.clone());
         // Compiling can take seconds: off the async workers.
         let loaded = tokio::task::spawn_blocking(move || {

@@ -328,6 +328,15 @@ impl RuleWorker {
         }
     }
 
+    /// Tells the rule, before its next sample, that `targets` are no longer
+    /// polled. One order per call, however many targets.
+    pub fn forget_targets(&self, targets: &[crate::names::TargetName]) {
+        let mut state = self.shared.lock();
+        if let Some(orders) = state.schedule.orders(self.key) {
+            orders.push(Control::Forget(targets.to_vec()));
+        }
+    }
+
     /// Hands over a new version of the rule; it takes over before the next
     /// sample. A version not newer than the running one is ignored, and of
     /// two versions waiting only the newer is kept.

@@ -281,6 +281,8 @@ pub(super) enum Control {
     Swap(Box<LoadedRule>),
     /// The outcome of an action this rule requested for a target.
     Feedback(String, ActionOutcome),
+    /// Targets that are no longer polled.
+    Forget(Vec<crate::names::TargetName>),
 }
 
 /// A rule's state, owned by whichever thread serves it.
@@ -340,6 +342,21 @@ impl Worker {
                     }
                     waiting.push_back(outcome);
                 }
+                Control::Forget(targets) => self.forget(&targets),
+            }
+        }
+    }
+
+    /// Drops what the rule and its worker keep for targets no longer
+    /// polled: the series the instance defined (`forget-target`) and the
+    /// outcomes waiting for a next sample that will not come.
+    fn forget(&mut self, targets: &[crate::names::TargetName]) {
+        for target in targets {
+            self.feedback.remove(target.as_str());
+            if let Err(error) = self.instance.forget_target(target) {
+                // The instance is rebuilt before the next sample, with no
+                // targets; nothing is lost but this call.
+                tracing::warn!(rule = %self.name, target = %target, %error, "Forgetting a removed target failed.");
             }
         }
     }
@@ -462,6 +479,43 @@ mod tests {
     use crate::config::{RuleSource, RuleSpec};
     use crate::runtime::{Health, Limits, Runtime};
     use crate::state::StateDb;
+
+    /// Issue 15: what a rule keeps per target (its series, in the rule and
+    /// in the host's table for its instance) goes when the target is
+    /// removed, so it stays as large as the targets the rule sees.
+    #[test]
+    fn a_removed_target_is_forgotten_by_the_rule_before_its_next_sample() {
+        let runtime = Runtime::new().unwrap();
+        let state = StateDb::in_memory().unwrap();
+        let spec = crate::config::Settings::local_default().rules.remove(0);
+        let rule = super::super::load(&runtime, &state, &spec).unwrap();
+        let (results, _evaluations) = mpsc::channel(16);
+        let mut worker = Worker::new(
+            rule,
+            FailurePolicy::default(),
+            Arc::new(RuleCounters::default()),
+            results,
+        );
+        let poll = |target: &str| {
+            let metrics = vec![crate::runtime::Metric {
+                name: "cpu_usage".into(),
+                value: 95.0,
+                labels: vec![],
+            }];
+            Arc::new(crate::sources::make_sample(target, &[], Ok(metrics), 1))
+        };
+        for target in ["a", "b", "c"] {
+            worker.evaluate(&poll(target), Instant::now());
+        }
+        assert_eq!(worker.instance.defined_targets(), 3);
+        worker.take_orders(vec![Control::Forget(vec!["a".into(), "c".into()])]);
+        assert_eq!(worker.instance.defined_targets(), 1);
+        // A target that comes back is defined again and evaluated as before.
+        let evaluation = worker.evaluate(&poll("c"), Instant::now());
+        let verdict = evaluation.result.expect("evaluate");
+        assert_eq!(verdict.alert_names(), ["CpuUsageHigh"]);
+        assert_eq!(worker.instance.defined_targets(), 2);
+    }
 
     #[test]
     fn counters_and_quarantine_follow_the_failures() {

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
 
-use crate::names::RuleName;
+use crate::names::{RuleName, TargetName};
 use crate::plugins::{
     FailurePolicy, LoadedRule, Pool, Refused, RuleBoard, RuleWorker, Stopping, WorkerEvent,
 };
@@ -173,6 +173,17 @@ impl Router {
     pub fn feedback(&self, rule: &str, target: String, outcome: ActionOutcome) {
         if let Some((worker, _)) = self.workers.get(rule) {
             worker.feedback(target, outcome);
+        }
+    }
+
+    /// Tells every rule that `targets` stopped being polled, so that each
+    /// drops what it kept for them (their series, waiting action outcomes).
+    pub fn forget_targets(&self, targets: &[TargetName]) {
+        if targets.is_empty() {
+            return;
+        }
+        for (worker, _) in self.workers.values() {
+            worker.forget_targets(targets);
         }
     }
 

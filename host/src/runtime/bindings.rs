@@ -7,6 +7,9 @@
 wasmtime::component::bindgen!({
     world: "rule",
     path: "../wit",
+    // The host compares labels and series to decide when a target must be
+    // defined again (`targets.rs`).
+    additional_derives: [PartialEq],
     imports: {
         // `state-delete` has no error in the contract; a delete past the
         // per-call limit of state changes traps instead.

@@ -13,9 +13,9 @@ use super::shared::{Made, SharedComponent};
 use crate::hash::Sha256;
 
 /// The WIT package version this host serves.
-pub const WIT_VERSION: &str = "0.2.0";
+pub const WIT_VERSION: &str = "0.3.0";
 /// The WIT package this host serves, as components name it.
-pub const WIT_PACKAGE: &str = "vigil:rules@0.2.0";
+pub const WIT_PACKAGE: &str = "vigil:rules@0.3.0";
 
 /// Why a file is not a rule this host can run.
 #[derive(Debug, thiserror::Error)]
@@ -251,7 +251,7 @@ impl Runtime {
                 return Err(LoadError::ForbiddenImport(name.to_string()));
             }
         }
-        for export in ["configure", "evaluate"] {
+        for export in ["configure", "define-target", "evaluate", "forget-target"] {
             if ty.get_export(&self.engine, export).is_none() {
                 return Err(LoadError::MissingExport(export));
             }
@@ -314,10 +314,10 @@ mod tests {
 
     #[test]
     fn semver_compatibility() {
-        assert!(compatible("0.2.0"));
-        assert!(compatible("0.2.7"));
-        assert!(!compatible("0.1.0"));
-        assert!(!compatible("0.3.0"));
+        assert!(compatible("0.3.0"));
+        assert!(compatible("0.3.7"));
+        assert!(!compatible("0.2.0"));
+        assert!(!compatible("0.4.0"));
         assert!(!compatible("1.1.0"));
         assert!(!compatible("garbage"));
     }

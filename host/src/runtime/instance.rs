@@ -9,6 +9,7 @@ use wasmtime::{Store, Trap, WasmBacktrace};
 use super::bindings::Rule;
 use super::component::{LoadError, Prepared};
 use super::sandbox::{self, Output, StoreData};
+use super::targets::{Lookup, Targets};
 use super::{EPOCH_TICK, Limits, RuleInfo, Runtime, Sample, Verdict, deadline_ticks};
 use crate::names::Syntax;
 use crate::state::RuleState;
@@ -97,6 +98,8 @@ pub struct RuleInstance {
 struct Live {
     store: Store<StoreData>,
     rule: Rule,
+    /// The targets this instance was told about; goes with the store.
+    targets: Targets,
 }
 
 impl RuleInstance {
@@ -160,7 +163,31 @@ impl RuleInstance {
         let live = self.live.as_mut().expect("instantiated above");
         let timeout = self.limits.evaluate_timeout;
         let started = prepare_call(&mut live.store, &self.output, timeout);
-        match live.rule.call_evaluate(&mut live.store, sample) {
+        // One deadline covers the definition and the evaluation.
+        let called = match live.targets.lookup(sample) {
+            Lookup::Known(id) => Ok(id),
+            Lookup::Define(defined) => live
+                .rule
+                .call_define_target(
+                    &mut live.store,
+                    defined.id,
+                    &sample.target,
+                    &defined.labels,
+                    &defined.series,
+                )
+                .map(|()| defined.id),
+        }
+        .and_then(|id| {
+            live.rule.call_evaluate(
+                &mut live.store,
+                id,
+                sample.timestamp_ms,
+                &sample.health,
+                live.targets.values(sample),
+                &sample.recent_actions,
+            )
+        });
+        match called {
             Ok(verdict) => {
                 let checked = if started.elapsed() > deadline(timeout) {
                     // Returned just as the deadline passed, between two
@@ -191,6 +218,45 @@ impl RuleInstance {
                 Err(error)
             }
         }
+    }
+
+    /// Tells the rule that `target` is gone, so that it and the host drop
+    /// what they kept for it. Nothing happens when the live instance never
+    /// saw the target (or there is no live instance: a new one starts with
+    /// no targets). A failure rebuilds the instance, like a failed
+    /// evaluation.
+    pub fn forget_target(&mut self, target: &str) -> Result<(), CallError> {
+        let Some(live) = self.live.as_mut() else {
+            return Ok(());
+        };
+        let Some(id) = live.targets.forget(target) else {
+            return Ok(());
+        };
+        let timeout = self.limits.evaluate_timeout;
+        prepare_call(&mut live.store, &self.output, timeout);
+        match live.rule.call_forget_target(&mut live.store, id) {
+            Ok(()) => {
+                commit_state(&mut live.store);
+                Ok(())
+            }
+            Err(error) => {
+                let error = classify(
+                    error,
+                    live.store.data(),
+                    &self.output,
+                    timeout,
+                    Call::Evaluate,
+                );
+                self.live = None;
+                Err(error)
+            }
+        }
+    }
+
+    /// Targets the live instance has been told about and not forgotten (0
+    /// when there is no live instance).
+    pub fn defined_targets(&self) -> usize {
+        self.live.as_ref().map_or(0, |live| live.targets.len())
     }
 
     fn instantiate(&mut self) -> Result<RuleInfo, LoadError> {
@@ -225,7 +291,11 @@ impl RuleInstance {
             )));
         }
         commit_state(&mut store);
-        self.live = Some(Live { store, rule });
+        self.live = Some(Live {
+            store,
+            rule,
+            targets: Targets::default(),
+        });
         Ok(info)
     }
 
@@ -509,6 +579,129 @@ mod tests {
                 );
             }
         }
+    }
+
+    fn threshold(runtime: &Runtime) -> RuleInstance {
+        let prepared = runtime
+            .prepare(crate::runtime::builtin::THRESHOLD.wasm)
+            .unwrap();
+        let state = crate::state::StateDb::in_memory()
+            .unwrap()
+            .rule("t")
+            .unwrap();
+        // Every metric, so that a sample's series reach the rule as sent.
+        let config =
+            r#"{"thresholds": {"cpu_usage": 80, "memory_usage": 80, "disk_used_percent": 90}}"#;
+        RuleInstance::start(
+            runtime,
+            "t",
+            prepared,
+            config.into(),
+            Limits::default(),
+            state,
+        )
+        .unwrap()
+        .0
+    }
+
+    fn poll(target: &str, readings: &[(&str, f64, Option<&str>)]) -> Sample {
+        let metrics = readings
+            .iter()
+            .map(|&(name, value, mount)| crate::runtime::Metric {
+                name: name.into(),
+                value,
+                labels: mount
+                    .map(|mount| crate::runtime::Label {
+                        name: "mount".into(),
+                        value: mount.into(),
+                    })
+                    .into_iter()
+                    .collect(),
+            })
+            .collect();
+        crate::sources::make_sample(target, &[], Ok(metrics), 1)
+    }
+
+    fn alerts(verdict: &Verdict) -> Vec<(String, String, Vec<crate::runtime::Label>)> {
+        verdict
+            .alerts
+            .iter()
+            .map(|alert| {
+                (
+                    alert.name.clone(),
+                    alert.summary.clone(),
+                    alert.labels.clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// Issue 15: with contract 0.3.0 the rule keeps each target's series
+    /// and gets values by index. Samples whose series change from one poll
+    /// to the next (another order, one more or one fewer, other labels, a
+    /// down poll between, two targets in turn) must be evaluated exactly as
+    /// a fresh instance, which has every target defined anew, evaluates them.
+    #[test]
+    fn samples_whose_series_change_evaluate_as_on_a_fresh_instance() {
+        let runtime = Runtime::new().unwrap();
+        let mut long_lived = threshold(&runtime);
+        let cpu = ("cpu_usage", 91.0, None);
+        let mem = ("memory_usage", 20.0, None);
+        let var = ("disk_used_percent", 95.0, Some("/var"));
+        let data = ("disk_used_percent", 50.0, Some("/data"));
+        let down = crate::sources::make_sample("a", &[], Err("refused".into()), 2);
+        let samples = [
+            poll("a", &[cpu, mem, var]),
+            poll("b", &[mem, cpu]),
+            poll("a", &[mem, cpu, var]),
+            poll("a", &[var, data]),
+            poll("a", &[data, var]),
+            down.clone(),
+            poll("a", &[data, var]),
+            poll("b", &[mem, cpu, data]),
+            poll("a", &[("memory_usage", 99.0, None)]),
+            poll("a", &[]),
+            poll("a", &[cpu, mem, var]),
+            down,
+        ];
+        for (index, sample) in samples.iter().enumerate() {
+            let got = long_lived.evaluate(sample).expect("long-lived evaluate");
+            let expected = threshold(&runtime)
+                .evaluate(sample)
+                .expect("fresh evaluate");
+            assert_eq!(
+                alerts(&got),
+                alerts(&expected),
+                "sample {index}: {sample:?}"
+            );
+        }
+        assert_eq!(long_lived.defined_targets(), 2);
+    }
+
+    /// A removed target is forgotten on both sides; its id goes to the next
+    /// new target, which the rule must know by its own name and series.
+    #[test]
+    fn forgotten_targets_leave_the_table_and_their_ids_serve_new_ones() {
+        let runtime = Runtime::new().unwrap();
+        let mut rule = threshold(&runtime);
+        let down =
+            |target: &str| crate::sources::make_sample(target, &[], Err("refused".into()), 1);
+        for target in ["a", "b", "c"] {
+            rule.evaluate(&down(target)).unwrap();
+        }
+        assert_eq!(rule.defined_targets(), 3);
+        rule.forget_target("b").unwrap();
+        rule.forget_target("never-seen").unwrap();
+        assert_eq!(rule.defined_targets(), 2);
+        let verdict = rule.evaluate(&down("d")).unwrap();
+        assert_eq!(verdict.alerts[0].summary, "target `d` is down: refused");
+        let verdict = rule
+            .evaluate(&poll("d", &[("cpu_usage", 95.0, None)]))
+            .unwrap();
+        assert_eq!(verdict.alert_names(), ["CpuUsageHigh"]);
+        let verdict = rule.evaluate(&down("c")).unwrap();
+        assert_eq!(verdict.alerts[0].summary, "target `c` is down: refused");
+        assert_eq!(rule.defined_targets(), 3);
     }
 
     #[test]

@@ -23,8 +23,10 @@ mod cache;
 mod component;
 mod host;
 mod instance;
+mod sample;
 pub(crate) mod sandbox;
 mod shared;
+mod targets;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,12 +36,12 @@ use wasmtime::{Config, Engine};
 
 pub use bindings::vigil::rules::host::Level;
 pub use bindings::vigil::rules::types::{
-    ActionOutcome, ActionRequest, ActionStatus, Alert, Health, Label, Metric, RuleInfo, Sample,
-    Severity, Verdict,
+    ActionOutcome, ActionRequest, ActionStatus, Alert, Health, Label, RuleInfo, Severity, Verdict,
 };
 pub use cache::CompileCache;
 pub use component::{LoadError, Origin, Prepared, WIT_PACKAGE, WIT_VERSION};
 pub use instance::{CallError, RuleInstance};
+pub use sample::{Metric, Sample};
 pub use sandbox::RuleLog;
 pub use shared::ComponentStats;
 

@@ -103,15 +103,16 @@ impl Pollers {
     /// Makes the running pollers match `targets`: new targets start, gone
     /// ones stop, changed ones restart (their first polls spread over their
     /// interval); the others are not touched. In a cluster, only the
-    /// targets owned now run.
-    pub fn apply(&mut self, targets: &[TargetSpec]) {
+    /// targets owned now run. Returns the targets that stopped, so that the
+    /// rules can forget them.
+    pub fn apply(&mut self, targets: &[TargetSpec]) -> Vec<TargetName> {
         self.config = targets.to_vec();
-        self.rescope();
+        self.rescope()
     }
 
     /// Starts and stops targets as the owned partitions changed (nothing
-    /// changes outside a cluster).
-    pub fn rescope(&mut self) {
+    /// changes outside a cluster). Returns the targets that stopped.
+    pub fn rescope(&mut self) -> Vec<TargetName> {
         let targets: Vec<TargetSpec> = match &self.ownership {
             None => self.config.clone(),
             Some(ownership) => self
@@ -124,6 +125,7 @@ impl Pollers {
         let targets = &targets[..];
         let clustered = self.ownership.is_some();
         let names: HashSet<&str> = targets.iter().map(|target| target.name.as_str()).collect();
+        let mut stopped = Vec::new();
         self.running.retain(|name, (_, task)| {
             let keep = names.contains(name.as_str());
             if !keep {
@@ -134,6 +136,7 @@ impl Pollers {
                 }
                 task.abort();
                 self.board.forget(name);
+                stopped.push(name.clone());
             }
             keep
         });
@@ -172,6 +175,7 @@ impl Pollers {
             self.running
                 .insert(target.name.clone(), (target.clone(), task));
         }
+        stopped
     }
 
     /// How many targets are polled.

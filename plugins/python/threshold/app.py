@@ -5,12 +5,12 @@ Config (JSON, every key optional):
 
 An alert `<Metric>High` (warning) for every metric above its threshold, and
 `TargetDown` (critical) when the poll failed. Build:
-    componentize-py -d ../../../wit -w rule componentize app -o threshold.wasm
+    componentize-py -d ../../../wit -w rule componentize -p . -p .. app -o threshold.wasm
 """
 
 import json
 
-import wit_world
+import vigil_rule
 from componentize_py_types import Err
 from wit_world.imports import host, types
 
@@ -22,7 +22,7 @@ def alert_name(metric: str) -> str:
     return "".join(word[:1].upper() + word[1:] for word in words if word) + "High"
 
 
-class WitWorld(wit_world.WitWorld):
+class Threshold:
     thresholds = DEFAULTS
 
     def configure(self, config: str) -> types.RuleInfo:
@@ -34,16 +34,16 @@ class WitWorld(wit_world.WitWorld):
         for metric, limit in thresholds.items():
             if not isinstance(limit, (int, float)):
                 raise Err(f"threshold `{metric}`: expected a number, got {limit!r}")
-        WitWorld.thresholds = {metric: float(limit) for metric, limit in thresholds.items()}
-        host.log(host.Level.INFO, f"python threshold watching {sorted(WitWorld.thresholds)}")
+        Threshold.thresholds = {metric: float(limit) for metric, limit in thresholds.items()}
+        host.log(host.Level.INFO, f"python threshold watching {sorted(Threshold.thresholds)}")
         return types.RuleInfo(
             name="threshold-py",
             version="0.1.0",
             description="thresholds, written in Python",
-            metrics=sorted(WitWorld.thresholds),
+            metrics=sorted(Threshold.thresholds),
         )
 
-    def evaluate(self, sample: types.Sample) -> types.Verdict:
+    def evaluate(self, sample: vigil_rule.Sample) -> types.Verdict:
         alerts = []
         if isinstance(sample.health, types.Health_Down):
             summary = f"target `{sample.target}` is down: {sample.health.value}"
@@ -60,7 +60,7 @@ class WitWorld(wit_world.WitWorld):
             )
             return types.Verdict(alerts=alerts, actions=[])
         for metric in sample.metrics:
-            limit = WitWorld.thresholds.get(metric.name)
+            limit = Threshold.thresholds.get(metric.name)
             if limit is not None and metric.value > limit:
                 summary = f"{metric.name} is {metric.value:.1f}, above {limit:g}"
                 labels = [types.Label("metric", metric.name)] + list(metric.labels)
@@ -76,3 +76,6 @@ class WitWorld(wit_world.WitWorld):
                     )
                 )
         return types.Verdict(alerts=alerts, actions=[])
+
+
+WitWorld = vigil_rule.export(Threshold)

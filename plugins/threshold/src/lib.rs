@@ -156,7 +156,7 @@ impl Rule for Threshold {
         let mut verdict = Verdict::default();
         if let Some(reason) = sample.down_reason() {
             if let Some(policy) = self.target_down {
-                let summary = format!("target `{}` is down: {reason}", sample.target);
+                let summary = format!("target `{}` is down: {reason}", sample.target());
                 verdict.push(policy.apply(Alert::new("TargetDown", policy.severity, summary)));
             }
             return verdict;
@@ -174,7 +174,7 @@ impl Rule for Threshold {
                     "{} is {:.1}, {relation} {limit}{}",
                     check.metric,
                     metric.value,
-                    describe_labels(&metric.labels)
+                    describe_labels(metric.labels)
                 );
                 let mut alert = Alert::new(check.alert.clone(), check.policy.severity, summary)
                     .label("metric", check.metric.clone());
@@ -305,7 +305,6 @@ fn describe_labels(labels: &[vigil_sdk::Label]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vigil_sdk::{Label, Metric};
 
     fn rule(config: &str) -> Threshold {
         Threshold::configure(config).unwrap()
@@ -360,11 +359,7 @@ mod tests {
         let mut rule = rule("{}");
         let mut sample = Sample::up("host", []);
         for (mount, used) in [("/", 95.0), ("/var", 50.0), ("/data", 99.0)] {
-            sample.metrics.push(Metric {
-                name: "disk_used_percent".into(),
-                value: used,
-                labels: vec![Label::new("mount", mount)],
-            });
+            sample = sample.with_metric("disk_used_percent", used, [("mount", mount)]);
         }
         let verdict = rule.evaluate(&sample);
         let mounts: Vec<&str> = verdict

@@ -11,6 +11,8 @@
 
 // The version comes from `wit/vigil.wit`, the contract this rule is built against.
 import * as host from "vigil:rules/host";
+// Keeps each target's series and hands `evaluate` whole samples (see vigil.js).
+import { rule } from "./vigil.js";
 
 const DEFAULTS = { metric: "cpu_usage", above: 80 };
 
@@ -23,58 +25,62 @@ function alertName(metric) {
   return words.map((word) => word[0].toUpperCase() + word.slice(1)).join("") + "High";
 }
 
-export function configure(config) {
-  // A thrown string refuses the rule; the operator sees it as is.
-  let given;
-  try {
-    given = JSON.parse(config);
-  } catch (error) {
-    throw `invalid config: ${error.message}`;
-  }
-  if (typeof given !== "object" || given === null || Array.isArray(given)) {
-    throw `invalid config: expected a JSON object, got ${config}`;
-  }
-  // A misspelt key is an error, not a silently ignored limit.
-  const unknown = Object.keys(given).filter((key) => !(key in DEFAULTS));
-  if (unknown.length > 0) {
-    throw `invalid config: unknown key \`${unknown[0]}\`, expected \`metric\` or \`above\``;
-  }
-  const { metric, above } = { ...DEFAULTS, ...given };
-  if (typeof metric !== "string") {
-    throw `invalid config: \`metric\` must be a string, got ${JSON.stringify(metric)}`;
-  }
-  if (typeof above !== "number") {
-    throw `invalid config: \`above\` must be a number, got ${JSON.stringify(above)}`;
-  }
-  settings = { metric, above };
-  host.log("info", `watching ${metric} above ${above}`);
-  return {
-    name: "{{name}}",
-    version: "0.1.0",
-    description: `alerts while ${metric} is above ${above}`,
-    // The host sends only these metrics: smaller samples, cheaper calls.
-    metrics: [metric],
-  };
-}
+// The exports the host calls: `rule` turns the contract's `evaluate(target,
+// ...)` into `evaluate(sample)` below.
+export const { configure, defineTarget, forgetTarget, evaluate } = rule({
+  configure(config) {
+    // A thrown string refuses the rule; the operator sees it as is.
+    let given;
+    try {
+      given = JSON.parse(config);
+    } catch (error) {
+      throw `invalid config: ${error.message}`;
+    }
+    if (typeof given !== "object" || given === null || Array.isArray(given)) {
+      throw `invalid config: expected a JSON object, got ${config}`;
+    }
+    // A misspelt key is an error, not a silently ignored limit.
+    const unknown = Object.keys(given).filter((key) => !(key in DEFAULTS));
+    if (unknown.length > 0) {
+      throw `invalid config: unknown key \`${unknown[0]}\`, expected \`metric\` or \`above\``;
+    }
+    const { metric, above } = { ...DEFAULTS, ...given };
+    if (typeof metric !== "string") {
+      throw `invalid config: \`metric\` must be a string, got ${JSON.stringify(metric)}`;
+    }
+    if (typeof above !== "number") {
+      throw `invalid config: \`above\` must be a number, got ${JSON.stringify(above)}`;
+    }
+    settings = { metric, above };
+    host.log("info", `watching ${metric} above ${above}`);
+    return {
+      name: "{{name}}",
+      version: "0.1.0",
+      description: `alerts while ${metric} is above ${above}`,
+      // The host sends only these metrics: smaller samples, cheaper calls.
+      metrics: [metric],
+    };
+  },
 
-export function evaluate(sample) {
-  // Level-triggered: return every alert that holds now, every time; the host
-  // works out when it starts firing and when it resolves. A failed poll
-  // (`sample.health.tag` is "down") has no metrics, so raises nothing.
-  const { metric: wanted, above } = settings;
-  const alerts = sample.metrics
-    .filter((metric) => metric.name === wanted && metric.value > above)
-    .map((metric) => ({
-      name: alertName(metric.name),
-      severity: "warning",
-      summary: `${metric.name} is ${metric.value.toFixed(1)}, above ${above}`,
-      // One metric can come several times with different labels (a disk per
-      // mount); labels keep their alerts apart.
-      labels: metric.labels,
-      annotations: [],
-      // Fire on the first sample above the limit, resolve on the first below.
-      forMs: 0,
-      keepFiringForMs: 0,
-    }));
-  return { alerts, actions: [] };
-}
+  evaluate(sample) {
+    // Level-triggered: return every alert that holds now, every time; the host
+    // works out when it starts firing and when it resolves. A failed poll
+    // (`sample.health.tag` is "down") has no metrics, so raises nothing.
+    const { metric: wanted, above } = settings;
+    const alerts = sample.metrics
+      .filter((metric) => metric.name === wanted && metric.value > above)
+      .map((metric) => ({
+        name: alertName(metric.name),
+        severity: "warning",
+        summary: `${metric.name} is ${metric.value.toFixed(1)}, above ${above}`,
+        // One metric can come several times with different labels (a disk per
+        // mount); labels keep their alerts apart.
+        labels: metric.labels,
+        annotations: [],
+        // Fire on the first sample above the limit, resolve on the first below.
+        forMs: 0,
+        keepFiringForMs: 0,
+      }));
+    return { alerts, actions: [] };
+  },
+});

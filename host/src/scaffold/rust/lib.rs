@@ -4,6 +4,7 @@
 //! Config (JSON, from the `config` of the rule's `[[rules]]` table in the
 //! host config; both keys optional): `{"metric": "cpu_usage", "above": 80}`.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use serde::Deserialize;
@@ -18,8 +19,8 @@ mod bindings {
 }
 
 use bindings::vigil::rules::host::{self, Level};
-use bindings::vigil::rules::types::{Alert, Severity};
-use bindings::{Guest, RuleInfo, Sample, Verdict};
+use bindings::vigil::rules::types::{ActionOutcome, Alert, Health, Label, Series, Severity};
+use bindings::{Guest, RuleInfo, Verdict};
 
 /// What to watch, from the JSON config.
 #[derive(Deserialize)]
@@ -45,6 +46,12 @@ impl Default for Config {
 // calls `configure` once per instance, before any sample.
 static CONFIG: Mutex<Option<Config>> = Mutex::new(None);
 
+// The host tells the rule a target's series (metric names and labels) once,
+// in `define_target`, and each `evaluate` carries only the values, in that
+// order: much cheaper than the whole sample on every call. This is what the
+// rule keeps of each target, by the id the host gave it.
+static SERIES: Mutex<BTreeMap<u32, Vec<Series>>> = Mutex::new(BTreeMap::new());
+
 struct Rule;
 
 impl Guest for Rule {
@@ -67,23 +74,38 @@ impl Guest for Rule {
         Ok(info)
     }
 
-    fn evaluate(sample: Sample) -> Verdict {
+    fn define_target(target: u32, _name: String, _labels: Vec<Label>, series: Vec<Series>) {
+        // Sent before a target's first sample and again whenever its series
+        // change; this rule needs neither the target's name nor its labels.
+        SERIES.lock().unwrap().insert(target, series);
+    }
+
+    fn forget_target(target: u32) {
+        SERIES.lock().unwrap().remove(&target);
+    }
+
+    fn evaluate(
+        target: u32,
+        _timestamp_ms: u64,
+        _health: Health,
+        values: Vec<f64>,
+        _recent_actions: Vec<ActionOutcome>,
+    ) -> Verdict {
         let config = CONFIG.lock().unwrap();
         let config = config.as_ref().expect("the host calls `configure` first");
+        let series = SERIES.lock().unwrap();
+        let series = series.get(&target).map_or(&[][..], Vec::as_slice);
         // Level-triggered: return every alert that holds now, every time; the
         // host works out when it starts firing and when it resolves. A failed
-        // poll (`sample.health` is `down`) has no metrics, so raises nothing.
-        let alerts = sample
-            .metrics
+        // poll (`health` is `down`) has no values, so raises nothing.
+        let alerts = series
             .iter()
-            .filter(|metric| metric.name == config.metric && metric.value > config.above)
-            .map(|metric| Alert {
+            .zip(values)
+            .filter(|(metric, value)| metric.name == config.metric && *value > config.above)
+            .map(|(metric, value)| Alert {
                 name: alert_name(&metric.name),
                 severity: Severity::Warning,
-                summary: format!(
-                    "{} is {:.1}, above {}",
-                    metric.name, metric.value, config.above
-                ),
+                summary: format!("{} is {value:.1}, above {}", metric.name, config.above),
                 // One metric can come several times with different labels (a
                 // disk per mount); labels keep their alerts apart.
                 labels: metric.labels.clone(),
