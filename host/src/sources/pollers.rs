@@ -50,7 +50,9 @@ pub const MIN_BURST: usize = 100;
 /// not 100.
 pub fn grid_step(count: usize, interval: Duration) -> Duration {
     let coarse = interval.as_nanos() * MIN_BURST as u128 / count.max(1) as u128;
-    Duration::from_nanos(coarse.clamp(STEP.as_nanos(), interval.as_nanos().max(1)) as u64)
+    // An interval shorter than `STEP` is its own grid.
+    let finest = interval.as_nanos().max(1);
+    Duration::from_nanos(coarse.clamp(STEP.as_nanos().min(finest), finest) as u64)
 }
 
 /// When target `index` of `count` started together polls first:
@@ -201,6 +203,14 @@ impl Drop for Pollers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_interval_shorter_than_the_finest_step_is_its_own_grid() {
+        let fast = Duration::from_millis(5);
+        assert_eq!(grid_step(1, fast), fast);
+        assert_eq!(grid_step(10_000, fast), fast);
+        assert!(first_poll_delay(3, 4, fast) < fast);
+    }
 
     #[test]
     fn first_polls_are_spread_evenly_over_the_interval() {
