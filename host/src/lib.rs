@@ -68,6 +68,8 @@ pub mod http;
 pub mod names;
 pub mod process;
 pub mod size;
+#[cfg(test)]
+mod test_logs;
 pub mod text;
 pub mod watch;
 

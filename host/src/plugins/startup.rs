@@ -318,21 +318,6 @@ mod tests {
         }
     }
 
-    /// A log writer that keeps what it is given.
-    #[derive(Clone, Default)]
-    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("log buffer").extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn the_host_logs_each_rule_loaded_in_config_order() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -357,17 +342,8 @@ mod tests {
             .collect();
         let runtime = Runtime::new().expect("runtime");
         let state = StateDb::in_memory().expect("state db");
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish();
-        let results =
-            tracing::subscriber::with_default(subscriber, || load_all(&runtime, &state, &specs));
+        let (results, logs) = crate::test_logs::logs_of(|| load_all(&runtime, &state, &specs));
         assert!(results.iter().all(Result::is_ok));
-        let logs =
-            String::from_utf8(captured.0.lock().expect("log buffer").clone()).expect("utf-8");
         let logged: Vec<&str> = logs
             .lines()
             .filter(|line| line.contains("Rule loaded."))

@@ -333,8 +333,6 @@ fn create_private_dir(dir: &Path) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use super::*;
     use crate::runtime::builtin::THRESHOLD;
     use crate::runtime::{Limits, Metric, Origin, Prepared, RuleInstance, Runtime};
@@ -436,32 +434,9 @@ mod tests {
         assert!(!hit(&cache, engine, &b, "b"), "b was evicted");
     }
 
-    /// Log lines written into a shared buffer.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl io::Write for Captured {
-        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-            self.0.lock().expect("log buffer").extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
     /// Runs `body` with this thread's log lines captured, and returns them.
     fn logs_of(body: impl FnOnce()) -> String {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish();
-        tracing::subscriber::with_default(subscriber, body);
-        let bytes = captured.0.lock().expect("log buffer").clone();
-        String::from_utf8(bytes).expect("utf-8 logs")
+        crate::test_logs::logs_of(body).1
     }
 
     #[test]
