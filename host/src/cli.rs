@@ -339,6 +339,7 @@ enum Evaluations {
 
 /// Runs the command line and turns the outcome into an exit code.
 pub fn main() -> ExitCode {
+    crate::allocator::one_arena_per_core();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -39,8 +39,8 @@
 //!   one database), [`config`] (settings and their reload), [`api`] (the
 //!   HTTP API, `/metrics` and the page, over every stage's read model),
 //!   [`cluster`] (targets partitioned across nodes through NATS KV leases);
-//! - shared by all: [`names`], [`clock`], [`duration`], [`size`], [`hash`],
-//!   [`http`], [`process`], [`text`], [`watch`];
+//! - shared by all: [`allocator`], [`names`], [`clock`], [`duration`], [`size`],
+//!   [`hash`], [`http`], [`process`], [`text`], [`watch`];
 //! - the rule authors' tools: [`cli`], [`casefile`] (`vigil test`),
 //!   [`scaffold`] (`vigil new`), [`signing`] (`vigil keygen`, `vigil sign`).
 
@@ -61,6 +61,7 @@ pub mod config;
 pub mod state;
 
 // Shared by every stage.
+pub mod allocator;
 pub mod clock;
 pub mod duration;
 pub mod hash;

@@ -8,6 +8,7 @@ use wasmtime::{Store, Trap, WasmBacktrace};
 
 use super::bindings::Rule;
 use super::component::{LoadError, Prepared};
+use super::epoch::Ticking;
 use super::sandbox::{self, Output, StoreData};
 use super::targets::{Lookup, Targets};
 use super::{EPOCH_TICK, Limits, RuleInfo, Runtime, Sample, Verdict, deadline_ticks};
@@ -162,7 +163,8 @@ impl RuleInstance {
         }
         let live = self.live.as_mut().expect("instantiated above");
         let timeout = self.limits.evaluate_timeout;
-        let started = prepare_call(&mut live.store, &self.output, timeout);
+        let (started, _ticking) =
+            prepare_call(&self.runtime, &mut live.store, &self.output, timeout);
         // One deadline covers the definition and the evaluation.
         let called = match live.targets.lookup(sample) {
             Lookup::Known(id) => Ok(id),
@@ -233,7 +235,7 @@ impl RuleInstance {
             return Ok(());
         };
         let timeout = self.limits.evaluate_timeout;
-        prepare_call(&mut live.store, &self.output, timeout);
+        let _ticking = prepare_call(&self.runtime, &mut live.store, &self.output, timeout);
         match live.rule.call_forget_target(&mut live.store, id) {
             Ok(()) => {
                 commit_state(&mut live.store);
@@ -274,7 +276,7 @@ impl RuleInstance {
         // a log line, a state value) before it allocates it on the host.
         store.set_hostcall_fuel(hostcall_fuel(&self.limits));
         let timeout = self.limits.init_timeout;
-        let started = prepare_call(&mut store, &self.output, timeout);
+        let (started, _ticking) = prepare_call(&self.runtime, &mut store, &self.output, timeout);
         let rule = match self.prepared.shared.pre.instantiate(&mut store) {
             Ok(rule) => rule,
             Err(error) => return Err(self.instantiate_error(error, &store, timeout)),
@@ -398,14 +400,21 @@ fn check_name(what: &str, name: &str) -> Result<(), CallError> {
     )))
 }
 
-/// Arms the deadline and resets per-call bookkeeping; returns when the call
-/// starts.
-fn prepare_call(store: &mut Store<StoreData>, output: &Output, timeout: Duration) -> Instant {
+/// Counts the call in with the epoch ticker (so its deadline has a clock),
+/// arms the deadline and resets per-call bookkeeping; returns when the call
+/// starts, and the count, to hold until the call returns.
+fn prepare_call<'r>(
+    runtime: &'r Runtime,
+    store: &mut Store<StoreData>,
+    output: &Output,
+    timeout: Duration,
+) -> (Instant, Ticking<'r>) {
+    let ticking = runtime.ticker().call();
     store.set_epoch_deadline(deadline_ticks(timeout));
     store.data_mut().limiter.hit = false;
     store.data_mut().host.pending.clear();
     output.stderr.clear_last_line();
-    Instant::now()
+    (Instant::now(), ticking)
 }
 
 /// The time a call may take before the epoch stops it: `timeout` rounded up
@@ -702,6 +711,43 @@ mod tests {
         let verdict = rule.evaluate(&down("c")).unwrap();
         assert_eq!(verdict.alerts[0].summary, "target `c` is down: refused");
         assert_eq!(rule.defined_targets(), 3);
+    }
+
+    #[test]
+    fn a_runaway_call_is_stopped_at_its_deadline_after_the_ticker_went_idle() {
+        let runtime = Runtime::new().unwrap();
+        let spin = std::path::Path::new(env!("VIGIL_RULES_DIR")).join("fixture_spin.wasm");
+        let prepared = runtime.prepare(&std::fs::read(spin).unwrap()).unwrap();
+        let state = crate::state::StateDb::in_memory()
+            .unwrap()
+            .rule("spin")
+            .unwrap();
+        let limits = Limits {
+            evaluate_timeout: Duration::from_millis(50),
+            ..Limits::default()
+        };
+        let (mut rule, _) =
+            RuleInstance::start(&runtime, "spin", prepared, "{}".into(), limits, state).unwrap();
+        for _ in 0..2 {
+            // Nothing runs: the ticker parks, and the call must wake it.
+            let give_up = Instant::now() + Duration::from_secs(10);
+            while !runtime.ticker().parked() {
+                assert!(Instant::now() < give_up, "the idle ticker never parked");
+                std::thread::sleep(EPOCH_TICK);
+            }
+            // On its own thread: without a clock the call would never end.
+            let (done, result) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let error = rule.evaluate(&poll("a", &[("cpu_usage", 1.0, None)]));
+                let _ = done.send((rule, error));
+            });
+            let (back, error) = result
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the runaway call was never stopped");
+            let error = error.unwrap_err();
+            assert!(matches!(error, CallError::Timeout(..)), "{error}");
+            rule = back;
+        }
     }
 
     #[test]

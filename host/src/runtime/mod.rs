@@ -7,7 +7,8 @@
 //!
 //! Guarantees:
 //! - A rule's call that runs past its deadline is stopped (epoch
-//!   interruption; the deadline is set before every call).
+//!   interruption; the deadline is set before every call, and the epoch
+//!   advances while any call runs: see [`epoch`]).
 //! - A rule's linear memory cannot grow past its cap.
 //! - A rule that trapped never runs again in the same store: the next call
 //!   gets a fresh instance from the pre-linked component, configured again.
@@ -21,6 +22,7 @@ mod bindings;
 pub mod builtin;
 mod cache;
 mod component;
+mod epoch;
 mod host;
 mod instance;
 mod sample;
@@ -90,7 +92,7 @@ impl Default for Limits {
 }
 
 /// The process-wide wasm runtime: an engine whose epoch ticks in a
-/// background thread, a linker with WASI and the host imports, the compiled
+/// background thread while rules run, a linker with WASI and the host imports, the compiled
 /// components rules use (one per content, shared by the runtime's clones),
 /// and optionally a cache of compiled components on disk.
 #[derive(Clone)]
@@ -99,6 +101,7 @@ pub struct Runtime {
     linker: Arc<Linker<StoreData>>,
     components: Arc<shared::Components>,
     cache: Option<CompileCache>,
+    ticker: epoch::Ticker,
 }
 
 /// The runtime could not be set up (a wasmtime configuration problem).
@@ -118,7 +121,7 @@ impl Runtime {
         // difference in this build).
         config.concurrency_support(false);
         let engine = Engine::new(&config).map_err(error)?;
-        spawn_epoch_ticker(&engine);
+        let ticker = epoch::Ticker::start(&engine);
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(error)?;
@@ -129,6 +132,7 @@ impl Runtime {
             linker: Arc::new(linker),
             components: Arc::default(),
             cache: None,
+            ticker,
         })
     }
 
@@ -148,6 +152,12 @@ impl Runtime {
     /// The engine, shared by every rule.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// What advances the engine's epoch; every call into a rule is counted
+    /// in with it (see [`epoch`]).
+    fn ticker(&self) -> &epoch::Ticker {
+        &self.ticker
     }
 
     /// Distinct compiled components in memory now: rules loaded from the
@@ -192,22 +202,6 @@ fn deny_waiting(linker: &mut Linker<StoreData>) -> wasmtime::Result<()> {
     }
     linker.allow_shadowing(false);
     Ok(())
-}
-
-/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is
-/// dropped. Deadlines are counted in these ticks.
-fn spawn_epoch_ticker(engine: &Engine) {
-    let weak = engine.weak();
-    std::thread::Builder::new()
-        .name("vigil-epoch".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
-            }
-        })
-        .expect("spawning the epoch thread");
 }
 
 /// Ticks to allow for `timeout`: rounded up, plus one for the tick already
