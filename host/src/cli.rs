@@ -431,7 +431,11 @@ fn run_monitor(args: RunArgs) -> anyhow::Result<()> {
         .data_dir
         .or_else(|| settings.data_dir.clone())
         .map_or_else(DataDir::default_location, DataDir::new);
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.poll_threads())
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     let evaluations = match args.evaluations {
         Some(choice) => choice == Evaluations::Show,
         None => args.config.is_none(),

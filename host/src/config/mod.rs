@@ -7,6 +7,7 @@
 //! data_dir = "/var/lib/vigil"          # optional
 //! shutdown_grace = "5s"                # optional: how long a stop may take
 //! evaluation_threads = 4               # optional: threads that run every rule (default: the cores, at least 2)
+//! poll_threads = 2                     # optional: threads that poll and serve the API (default: one per 20,000 polls a second)
 //!
 //! [[targets]]
 //! name = "web-01"
@@ -167,6 +168,10 @@ pub struct Settings {
     /// Threads that evaluate rules, shared by every rule (a busy tenant may
     /// hold all but one). Takes effect at the next start.
     pub evaluation_threads: usize,
+    /// Threads that poll the targets and serve the API, as configured
+    /// (`poll_threads`); `None`: sized from the targets (see
+    /// [`Settings::poll_threads`]). Takes effect at the next start.
+    pub poll_threads: Option<usize>,
     /// The operator's `[trust]`: what its rules pushed to the cluster
     /// (`vigil rules push`) must pass, as its rule files do.
     pub trust: TrustSettings,
@@ -190,6 +195,7 @@ impl Settings {
                 "evaluation_threads",
                 self.evaluation_threads != new.evaluation_threads,
             ),
+            ("poll_threads", self.poll_threads != new.poll_threads),
         ];
         changed
             .into_iter()
@@ -197,7 +203,38 @@ impl Settings {
             .map(|(key, _)| key)
             .collect()
     }
+
+    /// Threads for the async side (polls, the API, the cluster's client):
+    /// `poll_threads` if set, else one per [`POLLS_PER_THREAD`] polls a
+    /// second the targets ask for, at least one and at most the cores.
+    ///
+    /// Why not one per core, tokio's default: a poll is mostly waiting, and
+    /// at 1,000 polls a second two workers cost 8 % more CPU than one
+    /// (hand-offs and wake-ups between them; BENCHMARKS.md, "Third round"),
+    /// while one worker at 10,000 polls a second used about a quarter of a
+    /// core. Sized at start: a reload that adds many targets keeps the count
+    /// until the next start (or set `poll_threads`).
+    pub fn poll_threads(&self) -> usize {
+        if let Some(threads) = self.poll_threads {
+            return threads;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+        let polls_per_second: f64 = self
+            .targets
+            .iter()
+            .map(|target| 1.0 / target.interval.as_secs_f64().max(1e-3))
+            .sum();
+        let wanted = (polls_per_second / POLLS_PER_THREAD).ceil() as usize;
+        wanted.clamp(1, cores)
+    }
 }
+
+/// Polls a second one async thread is given by default (see
+/// [`Settings::poll_threads`]).
+pub const POLLS_PER_THREAD: f64 = 20_000.0;
+
+/// The most async threads a config may ask for.
+pub const MAX_POLL_THREADS: u64 = 256;
 
 /// A folder of rules: every `*.wasm` file in it is a rule named after the
 /// file, with the same config and limits. Files added later are loaded,
@@ -401,6 +438,7 @@ impl Settings {
             tenants: Vec::new(),
             cluster: None,
             evaluation_threads: Pool::default_threads(),
+            poll_threads: None,
             trust: TrustSettings::default(),
         }
     }
@@ -612,6 +650,22 @@ impl Settings {
                 threads as usize
             }
         };
+        let poll_threads = match file.poll_threads {
+            None => None,
+            Some(threads) => {
+                let location = at(threads.span());
+                let threads = threads.into_inner();
+                if !(1..=MAX_POLL_THREADS).contains(&threads) {
+                    return Err(ConfigError {
+                        location,
+                        message: format!(
+                            "poll_threads = {threads}: must be between 1 and {MAX_POLL_THREADS}\nhint: leave it out for one thread per 20,000 polls a second"
+                        ),
+                    });
+                }
+                Some(threads as usize)
+            }
+        };
         Ok(Settings {
             data_dir: file.data_dir.map(|dir| base.join(dir)),
             targets,
@@ -629,6 +683,7 @@ impl Settings {
             tenants,
             cluster,
             evaluation_threads,
+            poll_threads,
             trust,
         })
     }
@@ -689,6 +744,7 @@ struct ConfigFile {
     reload_debounce: Option<ConfigDuration>,
     shutdown_grace: Option<ConfigDuration>,
     evaluation_threads: Option<Spanned<u64>>,
+    poll_threads: Option<Spanned<u64>>,
     audit: Option<Spanned<AuditConfig>>,
     api: Option<Spanned<api::ApiConfig>>,
     cluster: Option<Spanned<cluster::ClusterConfig>>,
@@ -1236,6 +1292,40 @@ mod tests {
         assert_eq!(default.start_only_changes(&four), ["evaluation_threads"]);
         for refused in ["evaluation_threads = 0", "evaluation_threads = 100000"] {
             let error = parse(refused).unwrap_err();
+            assert!(error.location.ends_with(":1"), "{error}");
+            assert!(
+                error.message.contains("must be between 1 and 256")
+                    && error.message.contains("hint:"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn poll_threads_follow_the_poll_rate_unless_set_and_take_effect_at_start() {
+        let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+        let fleet = |count: usize, interval: &str| {
+            (0..count)
+                .map(|i| {
+                    format!(
+                        "[[targets]]\nname = \"t{i}\"\nkind = \"http-json\"\nurl = \"http://127.0.0.1:1/\"\ninterval = \"{interval}\"\n"
+                    )
+                })
+                .collect::<String>()
+        };
+        // 1,000 polls a second: one thread.
+        let small = parse(&fleet(1000, "1s")).unwrap();
+        assert_eq!(small.poll_threads, None);
+        assert_eq!(small.poll_threads(), 1);
+        // 50,000 polls a second: three wanted, at most the cores.
+        let large = parse(&fleet(500, "10ms")).unwrap();
+        assert_eq!(large.poll_threads(), 3.min(cores));
+        let set = parse(&format!("poll_threads = 4\n{}", fleet(1, "1s"))).unwrap();
+        assert_eq!(set.poll_threads(), 4);
+        let unset = parse(&fleet(1, "1s")).unwrap();
+        assert_eq!(unset.start_only_changes(&set), ["poll_threads"]);
+        for refused in ["poll_threads = 0", "poll_threads = 100000"] {
+            let error = parse(&format!("{refused}\n{}", fleet(1, "1s"))).unwrap_err();
             assert!(error.location.ends_with(":1"), "{error}");
             assert!(
                 error.message.contains("must be between 1 and 256")
