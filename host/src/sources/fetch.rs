@@ -7,44 +7,99 @@
 //! a huge or endless page costs one chunk past the cap, never its size.
 //!
 //! Every HTTP target shares one [`client`] and its connection pool: a
-//! `reqwest::Client` is a connector, a TLS configuration with the system's
-//! trusted roots parsed into it, and a pool, about 45 KiB and a root-store
-//! load each, which per target cost 10,000 targets 450 MiB and a burst of
-//! work at start (`BENCHMARKS.md`, "Same job as Prometheus"). The timeout
-//! is set per request, so targets keep their own.
+//! client is a connector, a TLS configuration with the system's trusted
+//! roots parsed into it, and a pool, about 45 KiB and a root-store load
+//! each, which per target cost 10,000 targets 450 MiB and a burst of work
+//! at start (`BENCHMARKS.md`, "Same job as Prometheus"). The timeout is set
+//! per request, so targets keep their own.
+//!
+//! Polls go through hyper's pooled client, not `reqwest` (which the sinks
+//! and actions use): a poll is the hot path, one per target per interval,
+//! and `reqwest` added a tower stack to each (redirect and retry layers,
+//! and a fresh parse of the URL from text on every response, 4.5 % of the
+//! host's CPU at 1,000 targets; BENCHMARKS.md, "Third round"). What it gave
+//! is kept: redirects followed (at most [`MAX_REDIRECTS`], like Prometheus
+//! and `reqwest`), `TCP_NODELAY`, idle connections closed after 90 s.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::header::{ACCEPT, HeaderValue};
+use bytes::Bytes;
+use http::header::{ACCEPT, HeaderMap, HeaderValue, LOCATION, USER_AGENT};
+use http::{Request, Uri};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::describe;
 use super::failure::{PollError, Reason};
-use crate::http::read_body_capped;
 
 /// The header that names the cluster node which polled (cluster mode only):
 /// a target, or the operator reading its access log, can tell which node
 /// watches it now.
 pub const NODE_HEADER: &str = "vigil-node";
 
+/// Redirects followed before a poll fails.
+pub const MAX_REDIRECTS: usize = 10;
+
+/// How long an unused keep-alive connection stays open.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The client every HTTP target polls through (see [`client`]); cloning it
+/// shares the pool.
+#[derive(Clone)]
+pub struct HttpClient {
+    pool: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    /// Sent with every request: the user agent and, in a cluster, the node.
+    headers: Arc<HeaderMap>,
+}
+
 /// The client every HTTP target polls through: keep-alive connections are
 /// pooled per host and reused by whichever target asks next. In a cluster,
 /// `node` is sent in [`NODE_HEADER`] with every poll.
-pub fn client(node: Option<&str>) -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
+pub fn client(node: Option<&str>) -> HttpClient {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        USER_AGENT,
+        HeaderValue::from_static(concat!("vigil/", env!("CARGO_PKG_VERSION"))),
+    );
     if let Some(node) = node.and_then(|node| HeaderValue::from_str(node).ok()) {
         headers.insert(NODE_HEADER, node);
     }
-    reqwest::Client::builder()
-        .user_agent(concat!("vigil/", env!("CARGO_PKG_VERSION")))
-        .default_headers(headers)
-        .build()
-        .expect("a default HTTP client builds")
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let tls = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_native_roots()
+        .unwrap_or_else(|error| {
+            // `https` targets then fail on the certificate they present
+            // (and say so); `http` ones need no roots.
+            tracing::warn!(%error, "No trusted root certificates loaded; https targets cannot be verified.");
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+            )
+        });
+    let connector = tls.https_or_http().enable_http1().wrap_connector(http);
+    let pool = Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(IDLE_TIMEOUT)
+        .build(connector);
+    HttpClient {
+        pool,
+        headers: Arc::new(headers),
+    }
 }
 
 /// A capped `GET` of one URL.
 pub struct CappedGet {
-    client: reqwest::Client,
+    client: HttpClient,
     url: reqwest::Url,
+    /// `url`, parsed once for every request.
+    uri: Uri,
     timeout: Duration,
     max_body_bytes: usize,
     accept: Option<HeaderValue>,
@@ -54,14 +109,18 @@ impl CappedGet {
     /// A `GET url` through `client` (see [`client`]), bounded by `timeout`
     /// (body included) and `max_body_bytes`.
     pub fn new(
-        client: reqwest::Client,
+        client: HttpClient,
         url: reqwest::Url,
         timeout: Duration,
         max_body_bytes: usize,
     ) -> Self {
+        // A `Url` is valid as a `Uri`; one that is not fails every poll,
+        // saying why.
+        let uri = url.as_str().parse().unwrap_or_default();
         CappedGet {
             client,
             url,
+            uri,
             timeout,
             max_body_bytes,
             accept: None,
@@ -76,33 +135,92 @@ impl CappedGet {
 
     /// The body of a 2xx answer, or the reason there is none.
     pub async fn fetch(&self) -> Result<Vec<u8>, PollError> {
-        let mut request = self.client.get(self.url.clone()).timeout(self.timeout);
-        if let Some(accept) = &self.accept {
-            request = request.header(ACCEPT, accept.clone());
+        match tokio::time::timeout(self.timeout, self.fetch_untimed()).await {
+            Ok(fetched) => fetched,
+            Err(_) => Err(PollError::new(
+                Reason::Timeout,
+                format!(
+                    "timed out after {} waiting for {}",
+                    describe(self.timeout),
+                    self.url
+                ),
+            )),
         }
-        let mut response = request
-            .send()
-            .await
-            .map_err(|error| self.describe_error(&error))?;
+    }
+
+    async fn fetch_untimed(&self) -> Result<Vec<u8>, PollError> {
+        let mut response = self.send(self.uri.clone()).await?;
+        let mut location = self.url.clone();
+        for _ in 0..MAX_REDIRECTS {
+            let Some(next) = redirect(&response, &location) else {
+                break;
+            };
+            location = next;
+            let uri = location
+                .as_str()
+                .parse()
+                .map_err(|error| self.failed(Reason::Other, &error))?;
+            response = self.send(uri).await?;
+        }
         let status = response.status();
+        if status.is_redirection() && response.headers().contains_key(LOCATION) {
+            return Err(PollError::new(
+                Reason::HttpStatus,
+                format!("more than {MAX_REDIRECTS} redirects from {}", self.url),
+            ));
+        }
         if !status.is_success() {
             return Err(PollError::new(
                 Reason::HttpStatus,
                 format!("HTTP {status} from {}", self.url),
             ));
         }
-        if let Some(length) = response.content_length()
-            && length > self.max_body_bytes as u64
-        {
+        let length = response
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|length| length.to_str().ok()?.parse::<u64>().ok());
+        if length.is_some_and(|length| length > self.max_body_bytes as u64) {
             return Err(self.too_large());
         }
-        let body = read_body_capped(&mut response, self.max_body_bytes)
-            .await
-            .map_err(|error| self.describe_error(&error))?;
-        if body.truncated {
-            return Err(self.too_large());
+        self.read_capped(response.into_body()).await
+    }
+
+    async fn send(&self, uri: Uri) -> Result<http::Response<Incoming>, PollError> {
+        let mut request = Request::get(uri)
+            .body(Empty::new())
+            .map_err(|error| self.failed(Reason::Other, &error))?;
+        let headers = request.headers_mut();
+        for (name, value) in self.client.headers.iter() {
+            headers.insert(name, value.clone());
         }
-        Ok(body.bytes)
+        if let Some(accept) = &self.accept {
+            headers.insert(ACCEPT, accept.clone());
+        }
+        self.client.pool.request(request).await.map_err(|error| {
+            let reason = if error.is_connect() {
+                Reason::Connect
+            } else {
+                Reason::Other
+            };
+            self.failed(reason, &error)
+        })
+    }
+
+    /// Reads the body chunk by chunk, refusing it at the first byte past the
+    /// cap (dropping the body then closes the connection, so a huge or
+    /// endless body costs one chunk past the cap, never its size).
+    async fn read_capped(&self, mut body: Incoming) -> Result<Vec<u8>, PollError> {
+        let mut bytes = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|error| self.failed(Reason::Other, &error))?;
+            if let Ok(chunk) = frame.into_data() {
+                if chunk.len() > self.max_body_bytes - bytes.len() {
+                    return Err(self.too_large());
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+        }
+        Ok(bytes)
     }
 
     fn too_large(&self) -> PollError {
@@ -115,27 +233,27 @@ impl CappedGet {
         )
     }
 
-    fn describe_error(&self, error: &reqwest::Error) -> PollError {
-        if error.is_timeout() {
-            return PollError::new(
-                Reason::Timeout,
-                format!(
-                    "timed out after {} waiting for {}",
-                    describe(self.timeout),
-                    self.url
-                ),
-            );
-        }
-        // The innermost cause says what happened ("Connection refused").
-        let mut cause: &dyn std::error::Error = error;
+    /// A failure, told by its innermost cause ("Connection refused").
+    fn failed(&self, reason: Reason, error: &(dyn std::error::Error + 'static)) -> PollError {
+        let mut cause = error;
         while let Some(source) = cause.source() {
             cause = source;
         }
-        let (reason, what) = if error.is_connect() {
-            (Reason::Connect, "cannot connect to")
-        } else {
-            (Reason::Other, "request failed for")
+        let what = match reason {
+            Reason::Connect => "cannot connect to",
+            _ => "request failed for",
         };
         PollError::new(reason, format!("{what} {}: {cause}", self.url))
     }
+}
+
+/// Where a redirect answer sends the request next (its `Location`, resolved
+/// against `from`), or `None` when `response` is not one to follow.
+fn redirect(response: &http::Response<Incoming>, from: &reqwest::Url) -> Option<reqwest::Url> {
+    if !response.status().is_redirection() {
+        return None;
+    }
+    let location = response.headers().get(LOCATION)?.to_str().ok()?;
+    let next = from.join(location).ok()?;
+    matches!(next.scheme(), "http" | "https").then_some(next)
 }

@@ -85,7 +85,7 @@ pub fn spawn(
     target: &TargetSpec,
     samples: mpsc::Sender<Arc<Sample>>,
     board: TargetBoard,
-    http: &reqwest::Client,
+    http: &fetch::HttpClient,
     start: tokio::time::Instant,
     claim: Option<Claim>,
 ) -> tokio::task::JoinHandle<()> {

@@ -73,7 +73,7 @@ pub struct Pollers {
     running: HashMap<TargetName, (TargetSpec, tokio::task::JoinHandle<()>)>,
     samples: mpsc::Sender<Arc<Sample>>,
     board: TargetBoard,
-    http: reqwest::Client,
+    http: super::fetch::HttpClient,
     /// The targets the config asks for, owned here or not.
     config: Vec<TargetSpec>,
     /// In a cluster: which partitions this node polls.

@@ -42,7 +42,7 @@ impl PrometheusSource {
     /// A source for `url` with a whole-request `timeout` and a body cap,
     /// polled through `client` (shared by every HTTP target).
     pub fn new(
-        client: reqwest::Client,
+        client: super::fetch::HttpClient,
         url: reqwest::Url,
         timeout: Duration,
         max_body_bytes: usize,
