@@ -110,6 +110,42 @@ fn bad_answers_mark_their_target_down_and_the_others_keep_polling() {
     assert!(vigil.is_running());
 }
 
+/// Polls follow redirects (a status page moved behind a proxy, as
+/// Prometheus follows them), relative ones included, and a redirect loop is
+/// a down target that says so rather than a poll that never ends.
+#[test]
+fn redirects_are_followed_and_a_loop_marks_the_target_down() {
+    let server = StatusServer::start();
+    server.set("good", Behavior::json(json!({"cpu_usage": 17})));
+    server.set("moved", Behavior::Redirect("good".into()));
+    server.set("loop", Behavior::Redirect("/loop".into()));
+    let config: String = ["moved", "loop"]
+        .iter()
+        .map(|name| {
+            format!(
+                "[[targets]]\nname = \"{name}\"\nkind = \"http-json\"\nurl = \"{}\"\ninterval = \"100ms\"\ntimeout = \"2s\"\n",
+                server.url(name)
+            )
+        })
+        .collect();
+    let mut vigil = Vigil::start(&config);
+    let up = vigil.wait_for("a sample from `moved`", Duration::from_secs(10), |v| {
+        is_evaluation(v, "moved")
+    });
+    assert_eq!(up["health"], "up", "{up}");
+    assert_eq!(up["metrics"][0]["name"], "cpu_usage", "{up}");
+    assert_eq!(up["metrics"][0]["value"], 17.0, "{up}");
+    let down = vigil.wait_for("a sample from `loop`", Duration::from_secs(10), |v| {
+        is_evaluation(v, "loop")
+    });
+    assert_eq!(down["health"], "down", "{down}");
+    assert_eq!(
+        down["reason"],
+        format!("more than 10 redirects from {}", server.url("loop"))
+    );
+    assert!(vigil.is_running());
+}
+
 /// Issue 15: every HTTP target polls through one shared client and
 /// connection pool, and targets started together spread their first polls
 /// over the interval. Many targets behind one server (one host and port, as

@@ -26,6 +26,8 @@ pub enum Behavior {
     Body(String),
     /// This status, empty body.
     Status(u16),
+    /// 302 to this location.
+    Redirect(String),
     /// Wait this long, then 200 with the body.
     Slow(Duration, String),
     /// 200 with this JSON object plus `"request_id"`: the number of the
@@ -115,6 +117,9 @@ async fn answer(State(routes): State<Routes>, UrlPath(name): UrlPath<String>) ->
         None => StatusCode::NOT_FOUND.into_response(),
         Some(Behavior::Body(body)) => body.into_response(),
         Some(Behavior::Status(code)) => StatusCode::from_u16(code).unwrap().into_response(),
+        Some(Behavior::Redirect(location)) => {
+            (StatusCode::FOUND, [(axum::http::header::LOCATION, location)]).into_response()
+        }
         Some(Behavior::Slow(delay, body)) => {
             tokio::time::sleep(delay).await;
             body.into_response()
