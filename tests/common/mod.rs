@@ -117,9 +117,11 @@ async fn answer(State(routes): State<Routes>, UrlPath(name): UrlPath<String>) ->
         None => StatusCode::NOT_FOUND.into_response(),
         Some(Behavior::Body(body)) => body.into_response(),
         Some(Behavior::Status(code)) => StatusCode::from_u16(code).unwrap().into_response(),
-        Some(Behavior::Redirect(location)) => {
-            (StatusCode::FOUND, [(axum::http::header::LOCATION, location)]).into_response()
-        }
+        Some(Behavior::Redirect(location)) => (
+            StatusCode::FOUND,
+            [(axum::http::header::LOCATION, location)],
+        )
+            .into_response(),
         Some(Behavior::Slow(delay, body)) => {
             tokio::time::sleep(delay).await;
             body.into_response()
