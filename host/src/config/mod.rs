@@ -179,7 +179,9 @@ pub struct Settings {
 
 impl Settings {
     /// The settings read only at start that differ in `new`, by config key:
-    /// a reload cannot apply them, and says so.
+    /// a reload cannot apply them, and says so. `poll_threads` is among them
+    /// also when it is not set but the new targets ask for another count
+    /// than runs (see [`Settings::poll_threads`]).
     pub fn start_only_changes(&self, new: &Settings) -> Vec<&'static str> {
         let changed = [
             ("data_dir", self.data_dir != new.data_dir),
@@ -195,7 +197,8 @@ impl Settings {
                 "evaluation_threads",
                 self.evaluation_threads != new.evaluation_threads,
             ),
-            ("poll_threads", self.poll_threads != new.poll_threads),
+            // Set, or sized from targets that now ask for another count.
+            ("poll_threads", self.poll_threads() != new.poll_threads()),
         ];
         changed
             .into_iter()
@@ -212,8 +215,9 @@ impl Settings {
     /// at 1,000 polls a second two workers cost 8 % more CPU than one
     /// (hand-offs and wake-ups between them; BENCHMARKS.md, "Third round"),
     /// while one worker at 10,000 polls a second used about a quarter of a
-    /// core. Sized at start: a reload that adds many targets keeps the count
-    /// until the next start (or set `poll_threads`).
+    /// core. Sized at start: a reload whose targets ask for another count
+    /// keeps the running one until the next start, and says so (see
+    /// [`Settings::start_only_changes`]).
     pub fn poll_threads(&self) -> usize {
         if let Some(threads) = self.poll_threads {
             return threads;
@@ -1324,6 +1328,11 @@ mod tests {
         assert_eq!(set.poll_threads(), 4);
         let unset = parse(&fleet(1, "1s")).unwrap();
         assert_eq!(unset.start_only_changes(&set), ["poll_threads"]);
+        // Targets that ask for more threads than run are told apart from a
+        // reload that changes nothing the running host cannot follow.
+        assert!(small.start_only_changes(&small).is_empty());
+        let grown: &[&str] = if cores > 1 { &["poll_threads"] } else { &[] };
+        assert_eq!(small.start_only_changes(&large), grown);
         for refused in ["poll_threads = 0", "poll_threads = 100000"] {
             let error = parse(&format!("{refused}\n{}", fleet(1, "1s"))).unwrap_err();
             assert!(error.location.ends_with(":1"), "{error}");
