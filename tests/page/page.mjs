@@ -134,10 +134,12 @@ async function alerts(browser) {
 }
 
 async function token(browser) {
-  const page = await open(browser, "token", { width: 1280, height: 800 });
   // The page's own 401s are logged by the browser as failed loads; what
-  // matters here is that the page says so and recovers.
+  // matters here is that the page says so and recovers. Not watched from
+  // before the page opens: its first API call can be refused before the
+  // `load` event that `open` waits for.
   watching = false;
+  const page = await open(browser, "token", { width: 1280, height: 800 });
   await waitFor(page, '#banner:has-text("needs its API token")', "visible", "the 401 banner");
   await waitFor(page, "#auth", "visible", "the token form");
   await page.fill("#token", "not-the-token-at-all");
