@@ -455,11 +455,9 @@ impl App {
                 // 0 only once closed: then, like a `None`, it disables the branch.
                 1.. = samples.recv_many(&mut sample_batch, BATCH) => {
                     gather(&mut samples, &mut sample_batch).await;
-                    for sample in sample_batch.drain(..) {
-                        let overloaded = router.route(sample);
-                        if !overloaded.is_empty() {
-                            alerting.rules_overloaded(overloaded, now_ms());
-                        }
+                    let overloaded = router.route(sample_batch.drain(..));
+                    if !overloaded.is_empty() {
+                        alerting.rules_overloaded(overloaded, now_ms());
                     }
                 }
                 1.. = results.recv_many(&mut event_batch, BATCH) => {
@@ -655,7 +653,7 @@ async fn stop(
 ) -> Stopped {
     samples.close();
     while let Some(sample) = samples.recv().await {
-        router.route(sample);
+        router.route([sample]);
     }
     let stopping: Vec<Stopping> = router.close();
     let mut running: HashSet<RuleName> = stopping

@@ -84,7 +84,9 @@ struct Figures {
     detections: Vec<f64>,
     resolutions: Vec<f64>,
     missed: usize,
-    other_notifications: usize,
+    /// Notifications not about a flipped target, by alert name and status
+    /// (a `TargetDown` is a poll that failed or timed out).
+    other_notifications: std::collections::BTreeMap<String, usize>,
 }
 
 #[tokio::main]
@@ -271,10 +273,15 @@ async fn measure(
     let window = started.elapsed();
     let fleet_stats = fleet.stats().await?;
     let peak_rss_bytes = children.peak_rss_bytes()?;
-    let other_notifications = receiver.arrivals()[seen_before..]
+    let mut other_notifications = std::collections::BTreeMap::new();
+    for arrival in receiver.arrivals()[seen_before..]
         .iter()
         .filter(|arrival| !flipped.contains(&arrival.target))
-        .count();
+    {
+        *other_notifications
+            .entry(format!("{} {}", arrival.alertname, arrival.status))
+            .or_insert(0) += 1;
+    }
     drop(children);
     Ok(Figures {
         window,
@@ -549,7 +556,16 @@ fn table(args: &Args, results: &[(System, Figures)]) -> String {
     });
     row("flips missed (15 s)", &|f| f.missed.to_string());
     row("other notifications", &|f| {
-        f.other_notifications.to_string()
+        let count: usize = f.other_notifications.values().sum();
+        let kinds: Vec<String> = f
+            .other_notifications
+            .iter()
+            .map(|(kind, n)| format!("{kind} {n}"))
+            .collect();
+        match count {
+            0 => "0".into(),
+            _ => format!("{count} ({})", kinds.join(", ")),
+        }
     });
 
     let mut out = format!(

@@ -31,7 +31,7 @@ pub use crate::config::FailurePolicy;
 /// The rules embedded in the binary (they live in the runtime, below the
 /// config that names them).
 pub use crate::runtime::builtin;
-pub use pool::{MAX_THREADS, Pool, PoolStats, QUEUE, RuleWorker, Stopping};
+pub use pool::{MAX_THREADS, Offering, Pool, PoolStats, QUEUE, RuleWorker, Stopping};
 pub use schedule::{Refused, TenantShare};
 pub use startup::load_all;
 pub use worker::{Evaluation, RuleBoard, RuleCounters, RuleHealth, RuleState, WorkerEvent};

@@ -14,6 +14,9 @@
 //! - each rule keeps its own bounded queue ([`QUEUE`]): offering a sample
 //!   ([`RuleWorker::offer`]) never waits, and fails at once when the queue
 //!   is full or the rule's tenant is past its rate ([`Pool::set_share`]);
+//! - a burst of samples is offered under one hold of the lock and wakes
+//!   at most one thread, once ([`Pool::offering`]): a wake-up is a system
+//!   call, and one per sample was most of what routing cost;
 //! - a rule is on at most one thread at a time and sees its samples in the
 //!   order they came; its state ([`RuleInstance`](crate::runtime::RuleInstance)
 //!   and all) moves to whichever thread serves it;
@@ -43,6 +46,10 @@ use crate::runtime::{ActionOutcome, Sample};
 
 /// Samples waiting for one rule; more are dropped for this rule.
 pub const QUEUE: usize = 1024;
+/// Most samples offered under one hold of the lock ([`Offering`]): the
+/// threads wait for the lock meanwhile, so a burst for many rules lets
+/// them in between every this many.
+const OFFERS_PER_HOLD: usize = 256;
 /// Action outcomes waiting to be handed to one rule; more are dropped.
 const MAX_PENDING_FEEDBACK: usize = 1024;
 /// The most evaluation threads a config may ask for.
@@ -73,6 +80,8 @@ struct Shared {
     gone: Condvar,
     /// Times a waiting thread woke up.
     wakeups: AtomicU64,
+    /// Times a waiting thread was signalled (a system call each).
+    notifications: AtomicU64,
 }
 
 impl Shared {
@@ -89,6 +98,7 @@ impl Shared {
     /// many threads as it needs, one after the other.
     fn wake_one(&self, state: &State) {
         if state.idle > 0 && state.schedule.has_turn() {
+            self.notifications.fetch_add(1, Ordering::Relaxed);
             self.work.notify_one();
         }
     }
@@ -120,6 +130,8 @@ pub struct PoolStats {
     pub threads: usize,
     /// Times a waiting thread woke up (work arrived, or the pool closed).
     pub wakeups: u64,
+    /// Times a waiting thread was signalled because work arrived.
+    pub notifications: u64,
 }
 
 impl Pool {
@@ -142,6 +154,7 @@ impl Pool {
             work: Condvar::new(),
             gone: Condvar::new(),
             wakeups: AtomicU64::new(0),
+            notifications: AtomicU64::new(0),
         });
         let handles = (0..threads)
             .map(|n| {
@@ -170,7 +183,13 @@ impl Pool {
         PoolStats {
             threads: self.0.threads,
             wakeups: self.0.shared.wakeups.load(Ordering::Relaxed),
+            notifications: self.0.shared.notifications.load(Ordering::Relaxed),
         }
+    }
+
+    /// Takes the lock to offer a burst of samples (see [`Offering`]).
+    pub fn offering(&self) -> Offering<'_> {
+        Offering::new(&self.0.shared)
     }
 
     /// Sets what `tenant`'s rules (`None`: the operator's) may spend from
@@ -293,15 +312,24 @@ impl RuleWorker {
     /// rate, never waiting. A sample over the rate is counted here
     /// (`rate_limited`); a full queue is the caller's to count.
     pub fn offer(&self, sample: Arc<Sample>) -> Result<(), Refused> {
-        let at = Instant::now();
-        let mut state = self.shared.lock();
-        let offered = state.schedule.offer(self.key, Queued { sample, at }, at);
-        match offered {
-            Ok(()) => self.shared.wake_one(&state),
-            Err(Refused::RateLimited) => {
-                self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(Refused::Full | Refused::Closed) => {}
+        self.offer_in(&mut Offering::new(&self.shared), sample)
+    }
+
+    /// [`RuleWorker::offer`], as part of a burst `offering` holds the lock
+    /// for. `offering` must come from the pool this rule runs on.
+    pub fn offer_in(
+        &self,
+        offering: &mut Offering<'_>,
+        sample: Arc<Sample>,
+    ) -> Result<(), Refused> {
+        assert!(
+            std::ptr::eq(offering.shared, Arc::as_ptr(&self.shared)),
+            "offered to rule {} through another pool's lock",
+            self.name
+        );
+        let offered = offering.offer(self.key, sample);
+        if offered == Err(Refused::RateLimited) {
+            self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
         }
         offered
     }
@@ -382,6 +410,65 @@ impl Drop for RuleWorker {
         let mut state = self.shared.lock();
         state.schedule.close(self.key);
         self.shared.wake_one(&state);
+    }
+}
+
+/// The pool's lock, held while a burst of samples is offered
+/// ([`RuleWorker::offer_in`]). Threads are woken once, when it is dropped
+/// (or every [`OFFERS_PER_HOLD`] samples, when it lets them in): the thread
+/// woken takes a turn and wakes the next if more turns wait, so a burst
+/// wakes as many threads as it has work for, each once. The lock is not
+/// re-entrant: while an `Offering` is held, reach the pool's rules only
+/// through it.
+pub struct Offering<'a> {
+    shared: &'a Shared,
+    state: Option<MutexGuard<'a, State>>,
+    /// Samples offered since the lock was taken.
+    held: usize,
+    /// Whether one of them was queued (and may need a thread).
+    queued: bool,
+}
+
+impl<'a> Offering<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        Offering {
+            shared,
+            state: Some(shared.lock()),
+            held: 0,
+            queued: false,
+        }
+    }
+
+    fn offer(&mut self, key: RuleKey, sample: Arc<Sample>) -> Result<(), Refused> {
+        if self.held == OFFERS_PER_HOLD {
+            self.release();
+            self.state = Some(self.shared.lock());
+        }
+        self.held += 1;
+        let at = Instant::now();
+        let state = self.state.as_mut().expect("held between offers");
+        let offered = state.schedule.offer(key, Queued { sample, at }, at);
+        self.queued |= offered.is_ok();
+        offered
+    }
+
+    /// Wakes a thread if the samples offered made work for one, and lets
+    /// go of the lock.
+    fn release(&mut self) {
+        // Taking the guard out lets go of the lock either way.
+        if let Some(state) = self.state.take()
+            && self.queued
+        {
+            self.shared.wake_one(&state);
+        }
+        self.held = 0;
+        self.queued = false;
+    }
+}
+
+impl Drop for Offering<'_> {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -714,6 +801,52 @@ mod tests {
         assert!(after_work >= 1);
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(pool.stats().wakeups, after_work);
+    }
+
+    #[test]
+    fn a_burst_offered_under_one_hold_signals_one_thread_once() {
+        let rules = Rules::new();
+        let pool = Pool::start(4);
+        let (results, mut events) = mpsc::channel(1024);
+        let worker = RuleWorker::spawn(
+            &pool,
+            rules.threshold("r", None),
+            never_quarantine(),
+            Arc::new(RuleCounters::default()),
+            results,
+        );
+        wait_until("every thread waiting", || pool.0.shared.lock().idle == 4);
+        const BURST: u64 = 200;
+        let mut offering = pool.offering();
+        for at in 1..=BURST {
+            worker.offer_in(&mut offering, sample("web", at)).unwrap();
+        }
+        drop(offering);
+        let seen: Vec<u64> = evaluated(&mut events, BURST as usize)
+            .into_iter()
+            .map(|(_, at)| at)
+            .collect();
+        assert_eq!(seen, (1..=BURST).collect::<Vec<_>>());
+        // One rule is one turn at a time: the thread signalled serves the
+        // whole burst, and nobody else is signalled. Offered one at a time,
+        // each sample signalled again until that thread got the lock.
+        assert_eq!(pool.stats().notifications, 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "through another pool's lock")]
+    fn a_rule_cannot_be_offered_through_another_pool_s_lock() {
+        let rules = Rules::new();
+        let (pool, other) = (Pool::start(1), Pool::start(1));
+        let (results, _events) = mpsc::channel(8);
+        let worker = RuleWorker::spawn(
+            &pool,
+            rules.threshold("r", None),
+            never_quarantine(),
+            Arc::new(RuleCounters::default()),
+            results,
+        );
+        let _ = worker.offer_in(&mut other.offering(), sample("web", 1));
     }
 
     #[test]

@@ -85,39 +85,53 @@ impl Router {
         self.workers.len()
     }
 
-    /// Offers `sample` to every rule that selects it, never waiting.
-    /// Returns the rules that just started dropping samples (the first drop
-    /// since the last tick), for the host's `RuleOverloaded` alert.
-    pub fn route(&mut self, sample: Arc<Sample>) -> Vec<RuleName> {
-        self.stats.samples.fetch_add(1, Ordering::Relaxed);
+    /// Offers each of `samples`, in order, to every rule that selects it,
+    /// never waiting. The burst is offered under one hold of the pool's
+    /// lock and wakes its threads once ([`Pool::offering`]). Returns the
+    /// rules that just started dropping samples (the first drop since the
+    /// last tick), for the host's `RuleOverloaded` alert.
+    pub fn route(&mut self, samples: impl IntoIterator<Item = Arc<Sample>>) -> Vec<RuleName> {
         let mut started = Vec::new();
-        for (name, (worker, selector)) in &self.workers {
-            if !selector.selects(&sample) {
-                continue;
-            }
-            match worker.offer(sample.clone()) {
-                Ok(()) => {
-                    self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        let mut closed = Vec::new();
+        let mut offering = self.pool.offering();
+        for sample in samples {
+            self.stats.samples.fetch_add(1, Ordering::Relaxed);
+            for (name, (worker, selector)) in &self.workers {
+                if !selector.selects(&sample) {
+                    continue;
                 }
-                Err(Refused::Full) => {
-                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                    worker.counters().dropped.fetch_add(1, Ordering::Relaxed);
-                    let dropped = self.dropping.entry(name.clone()).or_default();
-                    *dropped += 1;
-                    if *dropped == 1 {
-                        tracing::warn!(rule = %name, target = %sample.target, "Rule is not keeping up; its queue is full and samples are dropped for it.");
-                        started.push(name.clone());
+                match worker.offer_in(&mut offering, sample.clone()) {
+                    Ok(()) => {
+                        self.stats.queued.fetch_add(1, Ordering::Relaxed);
                     }
-                }
-                // Counted by the worker: a tenant past its rate is a
-                // policy, not a rule that cannot keep up.
-                Err(Refused::RateLimited) => {}
-                Err(Refused::Closed) => {
-                    tracing::error!(rule = %name, "Rule worker stopped; sample not evaluated.");
+                    Err(Refused::Full) => {
+                        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                        worker.counters().dropped.fetch_add(1, Ordering::Relaxed);
+                        let dropped = self.dropping.entry(name.clone()).or_default();
+                        *dropped += 1;
+                        if *dropped == 1 {
+                            started.push((name.clone(), sample.clone()));
+                        }
+                    }
+                    // Counted by the worker: a tenant past its rate is a
+                    // policy, not a rule that cannot keep up.
+                    Err(Refused::RateLimited) => {}
+                    Err(Refused::Closed) => closed.push(name.clone()),
                 }
             }
         }
+        // Logged once the threads can take the burst.
+        drop(offering);
+        for name in closed {
+            tracing::error!(rule = %name, "Rule worker stopped; sample not evaluated.");
+        }
         started
+            .into_iter()
+            .map(|(name, sample)| {
+                tracing::warn!(rule = %name, target = %sample.target, "Rule is not keeping up; its queue is full and samples are dropped for it.");
+                name
+            })
+            .collect()
     }
 
     /// The samples each rule dropped since the last tick (only rules that

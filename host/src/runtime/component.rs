@@ -212,6 +212,7 @@ impl Runtime {
             Origin::Cache
         } else {
             self.components.compiled();
+            crate::allocator::give_back_free_memory();
             Origin::Compiled
         };
         self.check_world(&component)?;

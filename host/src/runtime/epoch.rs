@@ -6,7 +6,7 @@
 //! thread doing that forever woke 200 times a second on an idle host, and
 //! was 5 % of the host's CPU at 1,000 targets (BENCHMARKS.md, "Third
 //! round"): most of the time no rule is running. The ticker here parks
-//! after [`IDLE_TICKS`] ticks with no call in flight, and the next call
+//! after [`IDLE_TICKS`] ticks in which no call ran, and the next call
 //! wakes it.
 //!
 //! Guarantees:
@@ -19,8 +19,10 @@
 //! - **Deadlines are no shorter.** A woken ticker advances the epoch at
 //!   once; deadlines already allow one tick for the tick under way
 //!   (`deadline_ticks`), so a call still gets at least its timeout.
-//! - **Cheap when busy.** A call costs two atomic adds; a wake-up is paid
-//!   only by the first call after an idle spell of [`IDLE_TICKS`] ticks.
+//! - **Cheap when busy.** A call costs three atomic adds; a wake-up is paid
+//!   only by the first call after an idle spell of [`IDLE_TICKS`] ticks. A
+//!   burst of calls keeps the ticker up from its first call to its last,
+//!   however short each call is.
 //! - **No leak.** The thread ends when the last [`Ticker`] handle is dropped
 //!   (or the engine is), parked or not.
 
@@ -32,9 +34,12 @@ use wasmtime::Engine;
 
 use super::EPOCH_TICK;
 
-/// Ticks with no call in flight after which the ticker parks: a short idle
-/// spell (between two bursts of samples) keeps it ticking.
-pub const IDLE_TICKS: u32 = 4;
+/// Ticks in which no call ran after which the ticker parks. One: a burst of
+/// samples keeps the ticker up while it lasts (its calls come closer than
+/// a tick), and a tick after it is the only one spent idle. Each tick is a
+/// thread wake-up, and four idle ones after every burst were most of the
+/// ticker's wake-ups at 1,000 targets (BENCHMARKS.md, "Fourth round").
+pub const IDLE_TICKS: u32 = 1;
 
 /// The handle to the engine's ticker; cloned with the runtime. When the last
 /// handle goes, the thread ends.
@@ -49,6 +54,8 @@ struct Handle {
 struct Shared {
     /// Calls running now.
     running: AtomicUsize,
+    /// Calls started so far.
+    started: AtomicU64,
     /// The ticker is parked, or about to park.
     parked: AtomicBool,
     /// Every handle is gone: the thread ends.
@@ -79,6 +86,7 @@ impl Ticker {
     pub(super) fn start(engine: &Engine) -> Self {
         let shared = Arc::new(Shared {
             running: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
             parked: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             ticks: AtomicU64::new(0),
@@ -89,6 +97,7 @@ impl Ticker {
             .name("vigil-epoch".into())
             .spawn(move || {
                 let mut idle = 0;
+                let mut seen = 0;
                 while !state.closed.load(SeqCst) {
                     let Some(engine) = weak.upgrade() else {
                         return;
@@ -97,7 +106,9 @@ impl Ticker {
                     drop(engine);
                     state.ticks.fetch_add(1, SeqCst);
                     std::thread::sleep(EPOCH_TICK);
-                    if state.running.load(SeqCst) > 0 {
+                    let started = state.started.load(SeqCst);
+                    if state.running.load(SeqCst) > 0 || started != seen {
+                        seen = started;
                         idle = 0;
                         continue;
                     }
@@ -126,6 +137,7 @@ impl Ticker {
     pub(super) fn call(&self) -> Ticking<'_> {
         let shared = &self.0.shared;
         shared.running.fetch_add(1, SeqCst);
+        shared.started.fetch_add(1, SeqCst);
         if shared.parked.load(SeqCst) {
             self.0.thread.unpark();
         }
