@@ -11,6 +11,9 @@
 # on loopback; every process it starts is killed by PID when it ends.
 set -eu
 cd "$(dirname "$0")/.."
-cargo build --release --quiet -p vigil -p vigil-bench
+# Vigil as it would be shipped: the `production` profile (release with
+# thin LTO, see Cargo.toml). The driver itself is an ordinary release build.
+cargo build --profile production --quiet -p vigil
+cargo build --release --quiet -p vigil-bench
 target="${CARGO_TARGET_DIR:-target}"
-exec "$target/release/compare" --vigil "$target/release/vigil" "$@"
+exec "$target/release/compare" --vigil "$target/production/vigil" "$@"

@@ -31,9 +31,11 @@ pub fn one_arena_per_core() {
 
 /// Hands the memory the allocator holds free back to the system. Compiling
 /// a rule is a burst of allocations that are all freed when it ends, and
-/// glibc keeps what a burst freed for later: a host that compiled its rules
-/// at start kept about 9 MiB it never used again, a quarter of its RSS at
-/// 1,000 targets (BENCHMARKS.md, "Fourth round"). Called after each
+/// glibc keeps what a burst freed for later: the zero-config host, which
+/// compiles the bundled rule at its first start, went from 36.7 to 32.8 MiB
+/// RSS with this (a start from the compile cache is 23.8). A host with many
+/// targets reuses those pages anyway, so its peak is the same either way
+/// (BENCHMARKS.md, "Fourth round"). Called after each
 /// compile, which is rare (at start, and when a rule file changes); it
 /// walks the free lists of every arena, a few milliseconds. Elsewhere than
 /// on glibc it does nothing.

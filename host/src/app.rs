@@ -277,7 +277,10 @@ impl App {
         )?;
         let board = RuleBoard::default();
         let (result_tx, results) = mpsc::channel(RESULT_QUEUE);
-        let pool = plugins::Pool::start(settings.evaluation_threads);
+        let pool = plugins::Pool::start(
+            settings.evaluation_threads,
+            plugins::Pool::queue_for(settings.polls_per_second()),
+        );
         for tenant in &settings.tenants {
             pool.set_share(Some(tenant.name.clone()), tenant.share());
         }
@@ -491,6 +494,7 @@ impl App {
                     for tenant in &new.tenants {
                         router.pool().set_share(Some(tenant.name.clone()), tenant.share());
                     }
+                    router.pool().set_queue(plugins::Pool::queue_for(new.polls_per_second()));
                     dispatch.reconfigure(new.actions.clone(), new.tenant_actions());
                     router.forget_targets(&pollers.apply(&new.targets));
                     reloader.reconcile(new.rules, new.rule_dirs);

@@ -223,13 +223,16 @@ impl Settings {
             return threads;
         }
         let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
-        let polls_per_second: f64 = self
-            .targets
+        let wanted = (self.polls_per_second() / POLLS_PER_THREAD).ceil() as usize;
+        wanted.clamp(1, cores)
+    }
+
+    /// How many polls a second the targets make together.
+    pub fn polls_per_second(&self) -> f64 {
+        self.targets
             .iter()
             .map(|target| 1.0 / target.interval.as_secs_f64().max(1e-3))
-            .sum();
-        let wanted = (polls_per_second / POLLS_PER_THREAD).ceil() as usize;
-        wanted.clamp(1, cores)
+            .sum()
     }
 }
 

@@ -11,7 +11,7 @@
 //! thread serves next is [`schedule`](super::schedule)'s decision, made
 //! under one short lock:
 //!
-//! - each rule keeps its own bounded queue ([`QUEUE`]): offering a sample
+//! - each rule keeps its own bounded queue ([`Pool::queue_for`]): offering a sample
 //!   ([`RuleWorker::offer`]) never waits, and fails at once when the queue
 //!   is full or the rule's tenant is past its rate ([`Pool::set_share`]);
 //! - a burst of samples is offered under one hold of the lock and wakes
@@ -44,8 +44,11 @@ use super::{FailurePolicy, RuleCounters, WorkerEvent};
 use crate::names::{RuleName, TenantName};
 use crate::runtime::{ActionOutcome, Sample};
 
-/// Samples waiting for one rule; more are dropped for this rule.
+/// The fewest samples a rule's queue holds (see [`Pool::queue_for`]).
 pub const QUEUE: usize = 1024;
+/// The most samples a rule's queue holds, whatever the poll rate: 24 MiB
+/// of queued pointers for a rule that fell that far behind.
+pub const MAX_QUEUE: usize = 1 << 20;
 /// Most samples offered under one hold of the lock ([`Offering`]): the
 /// threads wait for the lock meanwhile, so a burst for many rules lets
 /// them in between every this many.
@@ -141,13 +144,34 @@ impl Pool {
         std::thread::available_parallelism().map_or(2, |cores| cores.get().max(2))
     }
 
+    /// How many samples each rule's queue holds when the targets make
+    /// `polls_per_second` polls a second: one second of them, at least
+    /// [`QUEUE`], at most [`MAX_QUEUE`]. Past it a rule's samples are
+    /// dropped (and `RuleOverloaded` raised).
+    ///
+    /// Why a second and not a fixed count: a rule's calls are one after the
+    /// other on one thread, which shares the cores with the polls. On a
+    /// loaded host the operating system can leave that thread waiting for
+    /// tens of milliseconds, and a fixed 1,024 samples were 20 ms at 50,000
+    /// polls a second: the bundled rule dropped samples at start (each
+    /// target's first sample costs a `define-target`) while keeping up
+    /// easily after (BENCHMARKS.md, "Fourth round"). A queued sample costs
+    /// its rule 24 bytes; the sample itself is shared by every rule.
+    pub fn queue_for(polls_per_second: f64) -> usize {
+        let second = polls_per_second.ceil();
+        if second >= MAX_QUEUE as f64 {
+            return MAX_QUEUE;
+        }
+        (second as usize).max(QUEUE)
+    }
+
     /// Starts `threads` evaluation threads (at least one, at most
-    /// [`MAX_THREADS`]).
-    pub fn start(threads: usize) -> Self {
+    /// [`MAX_THREADS`]) for rules whose queues hold `queue` samples.
+    pub fn start(threads: usize, queue: usize) -> Self {
         let threads = threads.clamp(1, MAX_THREADS);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                schedule: Schedule::new(threads, QUEUE),
+                schedule: Schedule::new(threads, queue),
                 idle: 0,
                 closing: false,
             }),
@@ -185,6 +209,12 @@ impl Pool {
             wakeups: self.0.shared.wakeups.load(Ordering::Relaxed),
             notifications: self.0.shared.notifications.load(Ordering::Relaxed),
         }
+    }
+
+    /// Sets how many samples each rule's queue holds from now on (see
+    /// [`Pool::queue_for`]).
+    pub fn set_queue(&self, queue: usize) {
+        self.0.shared.lock().schedule.set_capacity(queue);
     }
 
     /// Takes the lock to offer a burst of samples (see [`Offering`]).
@@ -623,7 +653,7 @@ mod tests {
     #[test]
     fn each_rule_sees_its_samples_in_order_while_it_moves_between_threads() {
         let rules = Rules::new();
-        let pool = Pool::start(4);
+        let pool = Pool::start(4, QUEUE);
         let (results, mut events) = mpsc::channel(64);
         let workers: Vec<RuleWorker> = (0..8)
             .map(|n| {
@@ -661,7 +691,7 @@ mod tests {
     #[test]
     fn a_tenant_running_to_its_deadline_leaves_a_thread_for_the_others() {
         let rules = Rules::new();
-        let pool = Pool::start(2);
+        let pool = Pool::start(2, QUEUE);
         let (results, mut events) = mpsc::channel(1024);
         let spin = |name: &str| {
             let rule = rules.spin(name, Some("busy"), Duration::from_millis(50));
@@ -717,7 +747,7 @@ mod tests {
     #[test]
     fn the_operator_s_rules_alone_use_every_thread() {
         let rules = Rules::new();
-        let pool = Pool::start(2);
+        let pool = Pool::start(2, QUEUE);
         let (results, _events) = mpsc::channel(1024);
         let spin = |name: &str| {
             let rule = rules.spin(name, None, Duration::from_millis(50));
@@ -737,7 +767,7 @@ mod tests {
     #[test]
     fn samples_past_a_tenant_s_rate_are_dropped_and_counted_for_each_rule() {
         let rules = Rules::new();
-        let pool = Pool::start(2);
+        let pool = Pool::start(2, QUEUE);
         let share = TenantShare {
             evaluations_per_second: Some(5),
         };
@@ -778,7 +808,7 @@ mod tests {
     #[test]
     fn idle_threads_sleep_until_work_comes() {
         let rules = Rules::new();
-        let pool = Pool::start(4);
+        let pool = Pool::start(4, QUEUE);
         let (results, mut events) = mpsc::channel(64);
         let worker = RuleWorker::spawn(
             &pool,
@@ -804,9 +834,19 @@ mod tests {
     }
 
     #[test]
+    fn a_rule_s_queue_holds_a_second_of_polls_within_its_bounds() {
+        assert_eq!(Pool::queue_for(0.0), QUEUE);
+        assert_eq!(Pool::queue_for(1_000.0), QUEUE);
+        assert_eq!(Pool::queue_for(50_000.0), 50_000);
+        assert_eq!(Pool::queue_for(50_000.2), 50_001);
+        assert_eq!(Pool::queue_for(1e12), MAX_QUEUE);
+        assert_eq!(Pool::queue_for(f64::INFINITY), MAX_QUEUE);
+    }
+
+    #[test]
     fn a_burst_offered_under_one_hold_signals_one_thread_once() {
         let rules = Rules::new();
-        let pool = Pool::start(4);
+        let pool = Pool::start(4, QUEUE);
         let (results, mut events) = mpsc::channel(1024);
         let worker = RuleWorker::spawn(
             &pool,
@@ -837,7 +877,7 @@ mod tests {
     #[should_panic(expected = "through another pool's lock")]
     fn a_rule_cannot_be_offered_through_another_pool_s_lock() {
         let rules = Rules::new();
-        let (pool, other) = (Pool::start(1), Pool::start(1));
+        let (pool, other) = (Pool::start(1, QUEUE), Pool::start(1, QUEUE));
         let (results, _events) = mpsc::channel(8);
         let worker = RuleWorker::spawn(
             &pool,
@@ -852,7 +892,7 @@ mod tests {
     #[test]
     fn a_closed_rule_evaluates_its_queue_then_stops_and_abandon_counts_the_rest() {
         let rules = Rules::new();
-        let pool = Pool::start(2);
+        let pool = Pool::start(2, QUEUE);
         let (results, mut events) = mpsc::channel(1024);
         let fast = RuleWorker::spawn(
             &pool,

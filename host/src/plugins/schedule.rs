@@ -162,6 +162,12 @@ pub struct Schedule<W, S, O> {
 }
 
 impl<W, S, O> Schedule<W, S, O> {
+    /// Queues hold `capacity` items from now on; items already queued past
+    /// a smaller capacity stay and are evaluated.
+    pub fn set_capacity(&mut self, capacity: usize) {
+        self.capacity = capacity;
+    }
+
     /// A schedule for `threads` threads and queues of `capacity` items.
     pub fn new(threads: usize, capacity: usize) -> Self {
         Schedule {
@@ -557,6 +563,23 @@ mod tests {
         assert_eq!(schedule.offer(rule, 2, now), Ok(()));
         assert_eq!(schedule.offer(rule, 3, now), Err(Refused::Full));
         assert_eq!(drain(&mut schedule), ["r:1", "r:2"]);
+    }
+
+    #[test]
+    fn a_new_capacity_applies_to_the_next_offer_and_keeps_what_is_queued() {
+        let now = Instant::now();
+        let mut schedule = Test::new(2, 2);
+        let rule = schedule.insert(None, "r", now);
+        assert_eq!(schedule.offer(rule, 1, now), Ok(()));
+        assert_eq!(schedule.offer(rule, 2, now), Ok(()));
+        schedule.set_capacity(3);
+        assert_eq!(schedule.offer(rule, 3, now), Ok(()));
+        assert_eq!(schedule.offer(rule, 4, now), Err(Refused::Full));
+        schedule.set_capacity(1);
+        assert_eq!(schedule.offer(rule, 5, now), Err(Refused::Full));
+        assert_eq!(drain(&mut schedule), ["r:1", "r:2", "r:3"]);
+        assert_eq!(schedule.offer(rule, 6, now), Ok(()));
+        assert_eq!(schedule.offer(rule, 7, now), Err(Refused::Full));
     }
 
     #[test]

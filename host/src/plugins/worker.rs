@@ -541,7 +541,7 @@ mod tests {
         };
         let counters = Arc::new(RuleCounters::default());
         let (results, mut evaluations) = mpsc::channel(16);
-        let pool = super::super::Pool::start(2);
+        let pool = super::super::Pool::start(2, super::super::QUEUE);
         let worker =
             super::super::RuleWorker::spawn(&pool, rule, policy, counters.clone(), results);
         let sample = Arc::new(crate::sources::make_sample("t", &[], Ok(vec![]), 1));
