@@ -15,8 +15,9 @@
 //!   ([`RuleWorker::offer`]) never waits, and fails at once when the queue
 //!   is full or the rule's tenant is past its rate ([`Pool::set_share`]);
 //! - a burst of samples is offered under one hold of the lock and wakes
-//!   at most one thread, once ([`Pool::offering`]): a wake-up is a system
-//!   call, and one per sample was most of what routing cost;
+//!   at most one thread, once ([`Pool::offering`]): signalling a thread is
+//!   a system call, and offered one by one, every sample signalled again
+//!   until the thread woken got the lock;
 //! - a rule is on at most one thread at a time and sees its samples in the
 //!   order they came; its state ([`RuleInstance`](crate::runtime::RuleInstance)
 //!   and all) moves to whichever thread serves it;
@@ -571,6 +572,19 @@ mod tests {
             super::super::load(&self.runtime, &self.state, &spec).unwrap()
         }
 
+        /// The bundled threshold rule as the operator's rule `name` on
+        /// `pool`, reporting on `results`.
+        fn operator_s(
+            &self,
+            pool: &Pool,
+            name: &str,
+            results: mpsc::Sender<WorkerEvent>,
+        ) -> RuleWorker {
+            let counters = Arc::new(RuleCounters::default());
+            let rule = self.threshold(name, None);
+            RuleWorker::spawn(pool, rule, never_quarantine(), counters, results)
+        }
+
         /// The `spin` fixture, which runs to its deadline (`timeout`) on
         /// every sample.
         fn spin(&self, name: &str, tenant: Option<&str>, timeout: Duration) -> LoadedRule {
@@ -810,13 +824,7 @@ mod tests {
         let rules = Rules::new();
         let pool = Pool::start(4, QUEUE);
         let (results, mut events) = mpsc::channel(64);
-        let worker = RuleWorker::spawn(
-            &pool,
-            rules.threshold("r", None),
-            never_quarantine(),
-            Arc::new(RuleCounters::default()),
-            results,
-        );
+        let worker = rules.operator_s(&pool, "r", results);
         // A spinning or polling thread would wake up in the meantime.
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(pool.stats().wakeups, 0);
@@ -848,13 +856,7 @@ mod tests {
         let rules = Rules::new();
         let pool = Pool::start(4, QUEUE);
         let (results, mut events) = mpsc::channel(1024);
-        let worker = RuleWorker::spawn(
-            &pool,
-            rules.threshold("r", None),
-            never_quarantine(),
-            Arc::new(RuleCounters::default()),
-            results,
-        );
+        let worker = rules.operator_s(&pool, "r", results);
         wait_until("every thread waiting", || pool.0.shared.lock().idle == 4);
         const BURST: u64 = 200;
         let mut offering = pool.offering();
@@ -879,13 +881,7 @@ mod tests {
         let rules = Rules::new();
         let (pool, other) = (Pool::start(1, QUEUE), Pool::start(1, QUEUE));
         let (results, _events) = mpsc::channel(8);
-        let worker = RuleWorker::spawn(
-            &pool,
-            rules.threshold("r", None),
-            never_quarantine(),
-            Arc::new(RuleCounters::default()),
-            results,
-        );
+        let worker = rules.operator_s(&pool, "r", results);
         let _ = worker.offer_in(&mut other.offering(), sample("web", 1));
     }
 

@@ -197,9 +197,8 @@ async fn poll_once<S: Source>(
 /// that turn's poll ended: one interval later, or, when that moment has
 /// passed too (the poll started late, or took longer than an interval),
 /// the first turn after `now` on the same phase. Missed turns are skipped,
-/// not caught up in a burst, no poll follows another at once, and the
-/// phase is kept: the next turn is always `due` plus a whole number of
-/// intervals.
+/// not caught up in a burst, and the phase is kept: the next turn is always
+/// `due` plus a whole number of intervals.
 ///
 /// Keeping the phase is what keeps a loaded host out of a spiral. When each
 /// late turn moved the next one to "now + interval" instead (tokio's
